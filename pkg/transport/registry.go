@@ -1,0 +1,117 @@
+package transport
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/url"
+	"sort"
+	"strings"
+)
+
+// DialFunc opens a client connection to the device named by u.
+type DialFunc func(ctx context.Context, u *url.URL, opts Options) (Conn, error)
+
+// Registry maps URL schemes to transports. The zero value is empty and ready;
+// pkg/transport/all builds one with every transport.
+type Registry struct {
+	dialers map[string]DialFunc
+}
+
+// Register adds a transport for scheme (lower case, without "://").
+func (r *Registry) Register(scheme string, dial DialFunc) {
+	if r.dialers == nil {
+		r.dialers = map[string]DialFunc{}
+	}
+	r.dialers[strings.ToLower(scheme)] = dial
+}
+
+// Schemes lists the registered schemes, sorted.
+func (r *Registry) Schemes() []string {
+	out := make([]string, 0, len(r.dialers))
+	for s := range r.dialers {
+		out = append(out, s)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// ErrBadPort is wrapped by every error about a --port value that cannot be
+// used (unknown scheme, malformed URL).
+var ErrBadPort = errors.New("bad port")
+
+// ParsePort turns a --port value into a URL. A value without "://" is a
+// serial port path (/dev/ttyUSB0, COM3, ./link) and becomes serial://PATH.
+func ParsePort(port string) (*url.URL, error) {
+	port = strings.TrimSpace(port)
+	if port == "" {
+		return nil, fmt.Errorf("%w: no port given: pass --port (for example --port /dev/ttyUSB0 or --port http://192.168.4.1/rpc) or set OTACTL_PORT", ErrBadPort)
+	}
+	if !strings.Contains(port, "://") {
+		return &url.URL{Scheme: "serial", Path: port}, nil
+	}
+	u, err := url.Parse(port)
+	if err != nil {
+		// url.Parse errors quote the input, which may hold a password.
+		return nil, fmt.Errorf("%w: %q is not a valid URL", ErrBadPort, RedactString(port))
+	}
+	u.Scheme = strings.ToLower(u.Scheme)
+	return u, nil
+}
+
+// Dial parses port and opens a connection with the transport of its scheme.
+func (r *Registry) Dial(ctx context.Context, port string, opts Options) (Conn, error) {
+	u, err := ParsePort(port)
+	if err != nil {
+		return nil, err
+	}
+	dial, ok := r.dialers[u.Scheme]
+	if !ok {
+		return nil, fmt.Errorf("%w: unknown scheme %q in %s; known schemes: %s (or a bare serial device path)",
+			ErrBadPort, u.Scheme, Redact(u), strings.Join(r.Schemes(), ", "))
+	}
+	return dial(ctx, u, opts)
+}
+
+// Redact renders u without secrets: a password becomes "xxxxx", and a user
+// name without a password (a bearer token, as in ws://TOKEN@host/rpc) is
+// hidden too.
+func Redact(u *url.URL) string {
+	if u == nil {
+		return ""
+	}
+	if u.User == nil {
+		return u.String()
+	}
+	c := *u
+	if _, has := u.User.Password(); has {
+		c.User = url.UserPassword(u.User.Username(), "xxxxx")
+	} else {
+		c.User = url.User("xxxxx")
+	}
+	return c.String()
+}
+
+// RedactString hides the password in a URL-looking string, even one that
+// does not parse: "mqtt://u:secret@h/x" becomes "mqtt://u:xxxxx@h/x".
+func RedactString(s string) string {
+	if u, err := url.Parse(s); err == nil && u.User != nil {
+		return Redact(u)
+	}
+	i := strings.Index(s, "://")
+	if i < 0 {
+		return s
+	}
+	rest := s[i+3:]
+	at := strings.LastIndex(rest, "@")
+	if at < 0 {
+		return s
+	}
+	userinfo := rest[:at]
+	if c := strings.Index(userinfo, ":"); c >= 0 {
+		userinfo = userinfo[:c] + ":xxxxx"
+	} else {
+		userinfo = "xxxxx"
+	}
+	return s[:i+3] + userinfo + rest[at:]
+}

@@ -1,0 +1,97 @@
+// Package transport defines the frame-level connection between otactl and a
+// device, and a registry that picks a transport by the scheme of a --port
+// URL. Each transport lives in a subpackage and provides both ends: the
+// client Dial used by otactl and the device-side Serve used by the emulator,
+// so that every framing rule is written once and both ends test each other.
+package transport
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"log/slog"
+
+	"github.com/otactl/otactl/pkg/rpc/frame"
+)
+
+// Conn is a frame-level connection to a device (client side).
+//
+// Send and Recv may be called concurrently with each other; Send may be
+// called from several goroutines at once. Close is idempotent, and unblocks
+// pending Send and Recv calls, which then return ErrClosed.
+type Conn interface {
+	// Send writes one frame. It honours ctx for as long as it blocks.
+	Send(ctx context.Context, f *frame.Frame) error
+	// Recv returns the next frame from the device. It returns ctx.Err() when
+	// ctx ends first, ErrClosed after Close, or the error that broke the link.
+	Recv(ctx context.Context) (*frame.Frame, error)
+	// Close releases the connection.
+	Close() error
+}
+
+// Handler answers requests on the device side. HandleFrame is called
+// concurrently, once per request frame, and may block (OTA.Update defers its
+// reply until the update finished). It returns the reply frame, or nil for no
+// reply (a request without id, or one addressed to another device).
+type Handler interface {
+	HandleFrame(ctx context.Context, req *frame.Frame) *frame.Frame
+}
+
+// HandlerFunc adapts a function to Handler.
+type HandlerFunc func(ctx context.Context, req *frame.Frame) *frame.Frame
+
+// HandleFrame calls fn(ctx, req).
+func (fn HandlerFunc) HandleFrame(ctx context.Context, req *frame.Frame) *frame.Frame {
+	return fn(ctx, req)
+}
+
+// Credentials are RPC credentials (mos --rpc-creds user:pass).
+type Credentials struct {
+	User     string
+	Password string
+}
+
+// Options carry what every transport may need on either end. Zero values
+// mean defaults.
+type Options struct {
+	// Creds are used for authentication where the transport does it itself
+	// (HTTP digest, MQTT user/pass) and by the RPC client for in-frame digest.
+	Creds *Credentials
+	// TLS is used by the TLS forms (https, wss, mqtts, and serving them).
+	TLS *tls.Config
+	// Logger receives diagnostics (frames at Debug level with --verbose).
+	// Nil means no logging. Never log credentials.
+	Logger *slog.Logger
+	// DeviceLog receives the device's log output that a transport sees
+	// between frames (serial). Nil discards it.
+	DeviceLog func(line string)
+	// Serial settings; URL query parameters override them.
+	BaudRate      int  // default 115200
+	HWFlowControl bool // RTS/CTS
+	// ClientID is the MQTT client id; empty means random per connection.
+	ClientID string
+	// MaxFrameSize bounds frames read from the other end; default 1 MiB on
+	// the client, frame.MaxSize-compatible limits are the device's business.
+	MaxFrameSize int
+}
+
+// ErrClosed is returned by Send and Recv after Close.
+var ErrClosed = errors.New("connection closed")
+
+// DefaultMaxFrameSize is the largest frame a client accepts by default.
+const DefaultMaxFrameSize = 1 << 20
+
+// MaxFrame returns o.MaxFrameSize or the default.
+func (o Options) MaxFrame() int {
+	if o.MaxFrameSize > 0 {
+		return o.MaxFrameSize
+	}
+	return DefaultMaxFrameSize
+}
+
+// DebugFrame logs a frame at debug level with its direction, if a logger is set.
+func (o Options) DebugFrame(dir string, data []byte) {
+	if o.Logger != nil {
+		o.Logger.Debug("frame", "dir", dir, "data", string(data))
+	}
+}
