@@ -1,0 +1,347 @@
+// Package httptransport is the HTTP transport of the Mongoose OS RPC protocol
+// (docs/wire-protocol.md §3), both ends: the client Dial used by otactl, which
+// POSTs each request frame to http(s)://host/rpc and queues the reply frame
+// for Recv, and the device-side NewHandler used by the emulator, which serves
+// POST /rpc (whole frames) and POST /rpc/<Method> (bare arguments and result)
+// the way a real device does, and can share its listener with the WebSocket
+// transport.
+package httptransport
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+	"unicode/utf8"
+
+	"github.com/otactl/otactl/pkg/rpc/frame"
+	"github.com/otactl/otactl/pkg/transport"
+)
+
+// DefaultPath is the request path used when the URL has none; a device
+// serves RPC at /rpc.
+const DefaultPath = "/rpc"
+
+// ErrAuthRequired is wrapped by the error Send returns when the device
+// answers HTTP 401: it wants HTTP digest authentication, which this transport
+// does not do yet.
+var ErrAuthRequired = errors.New("device requires HTTP authentication")
+
+// Conn is an HTTP client connection to a device. HTTP is connectionless: each
+// Send is one POST whose reply frame is queued for Recv. It implements
+// transport.Conn.
+type Conn struct {
+	url      *url.URL // request URL: no user info, path defaulted
+	display  string   // URL for messages, secrets redacted
+	opts     transport.Options
+	creds    *transport.Credentials // for HTTP digest auth (not implemented yet)
+	client   *http.Client
+	tr       *http.Transport
+	closeCtx context.Context // done after Close
+	cancel   context.CancelFunc
+
+	mu    sync.Mutex
+	queue []*frame.Frame
+	ready chan struct{} // capacity 1: signalled when queue gets a frame
+}
+
+// Dial returns a Conn that POSTs frames to u (http:// or https://). An empty
+// path means /rpc. It validates u but does not contact the device, since
+// HTTP is connectionless: the first Send does.
+//
+// For https, opts.TLS is used as given (nil means the system roots);
+// certificates are verified unless the caller's config says otherwise.
+// User info in u (http://user:pass@host/rpc) is never sent in the clear: it
+// is kept as credentials for HTTP digest authentication when opts.Creds is
+// nil.
+func Dial(ctx context.Context, u *url.URL, opts transport.Options) (transport.Conn, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if u == nil {
+		return nil, fmt.Errorf("%w: no URL given for the HTTP transport", transport.ErrBadPort)
+	}
+	scheme := strings.ToLower(u.Scheme)
+	if scheme != "http" && scheme != "https" {
+		return nil, fmt.Errorf("%w: %s is not an http:// or https:// URL", transport.ErrBadPort, transport.Redact(u))
+	}
+	if u.Host == "" || u.Hostname() == "" {
+		return nil, fmt.Errorf("%w: %s has no host: use for example http://192.168.4.1/rpc", transport.ErrBadPort, transport.Redact(u))
+	}
+	if u.Opaque != "" {
+		return nil, fmt.Errorf("%w: %s is not a valid HTTP URL: use for example http://192.168.4.1/rpc", transport.ErrBadPort, transport.Redact(u))
+	}
+	if p := u.Port(); p != "" {
+		if _, err := net.LookupPort("tcp", p); err != nil {
+			return nil, fmt.Errorf("%w: %s has a bad port number %q", transport.ErrBadPort, transport.Redact(u), p)
+		}
+	}
+
+	reqURL := *u
+	reqURL.Scheme = scheme
+	// Never let net/http turn the URL's user info into a Basic auth header:
+	// that would send the password in the clear.
+	reqURL.User = nil
+	reqURL.Fragment = ""
+	reqURL.RawFragment = ""
+	if reqURL.Path == "" {
+		reqURL.Path = DefaultPath
+		reqURL.RawPath = ""
+	}
+
+	creds := opts.Creds
+	if creds == nil && u.User != nil {
+		pass, _ := u.User.Password()
+		creds = &transport.Credentials{User: u.User.Username(), Password: pass}
+	}
+
+	tr := &http.Transport{
+		// A device is usually on the local network: like mos, do not go
+		// through a proxy from the environment.
+		Proxy:             nil,
+		DialContext:       (&net.Dialer{}).DialContext,
+		ForceAttemptHTTP2: false,
+		MaxIdleConns:      4,
+		IdleConnTimeout:   0,
+	}
+	if scheme == "https" && opts.TLS != nil {
+		tr.TLSClientConfig = opts.TLS.Clone()
+	}
+	closeCtx, cancel := context.WithCancel(context.Background())
+	shown := reqURL
+	shown.User = u.User
+	display := transport.Redact(&shown)
+	return &Conn{
+		url:     &reqURL,
+		display: display,
+		opts:    opts,
+		creds:   creds,
+		tr:      tr,
+		client: &http.Client{
+			Transport: tr,
+			// A device does not redirect; following one could send frames
+			// somewhere unexpected.
+			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+		},
+		closeCtx: closeCtx,
+		cancel:   cancel,
+		ready:    make(chan struct{}, 1),
+	}, nil
+}
+
+// Send POSTs f to the device and waits for the HTTP reply under ctx; the
+// reply frame, if any, is queued for Recv. A request without id gets an
+// empty reply body, and nothing is queued. Send may be called from several
+// goroutines at once; each call is its own POST.
+func (c *Conn) Send(ctx context.Context, f *frame.Frame) error {
+	if c.closeCtx.Err() != nil {
+		return transport.ErrClosed
+	}
+	b, err := frame.Marshal(f)
+	if err != nil {
+		return fmt.Errorf("encode frame for %s: %w", c.display, err)
+	}
+	c.opts.DebugFrame("send", b)
+	body := append(b, '\n')
+
+	// The POST ends when ctx ends or the connection is closed.
+	reqCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stop := context.AfterFunc(c.closeCtx, cancel)
+	defer stop()
+
+	reply, err := c.post(reqCtx, body)
+	if err != nil {
+		switch {
+		case c.closeCtx.Err() != nil:
+			return transport.ErrClosed
+		case ctx.Err() != nil:
+			return fmt.Errorf("HTTP POST to %s: %w", c.display, ctx.Err())
+		}
+		return err
+	}
+	reply = bytes.TrimSpace(reply)
+	if len(reply) == 0 {
+		return nil
+	}
+	c.opts.DebugFrame("recv", reply)
+	rf, err := frame.Parse(reply)
+	if err != nil {
+		return fmt.Errorf("device at %s sent a reply that is not an RPC frame (%w): check that the URL points at the device's RPC endpoint, e.g. http://HOST/rpc", c.display, err)
+	}
+	c.push(rf)
+	return nil
+}
+
+// post does one POST of body and returns the reply body of a 200 answer.
+func (c *Conn) post(ctx context.Context, body []byte) ([]byte, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.url.String(), bytes.NewReader(body))
+	if err != nil {
+		return nil, fmt.Errorf("build HTTP request for %s: %w", c.display, err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := c.client.Do(req)
+	if err != nil {
+		return nil, c.requestError(err)
+	}
+	defer resp.Body.Close()
+
+	switch {
+	case resp.StatusCode == http.StatusUnauthorized:
+		// HTTP digest authentication (wire-protocol.md §6) goes here: when
+		// resp carries "WWW-Authenticate: Digest ..." and c.creds is set,
+		// answer with an "Authorization: Digest ..." header (uri=/rpc,
+		// nc=00000001, qop=auth, method POST) and resend once; a second
+		// 401 is "authentication failed". Until then, report it.
+		drain(resp.Body)
+		hint := "pass credentials with --rpc-creds user:pass once HTTP digest authentication is supported, or disable rpc.auth on the device"
+		if c.creds != nil {
+			hint = "HTTP digest authentication is not supported yet; use another transport (ws://, serial) or disable HTTP auth on the device"
+		}
+		return nil, fmt.Errorf("%w: device at %s answered HTTP 401 Unauthorized: %s", ErrAuthRequired, c.display, hint)
+	case resp.StatusCode != http.StatusOK:
+		snippet := readSnippet(resp.Body)
+		return nil, fmt.Errorf("device at %s answered HTTP %s%s: %s", c.display, resp.Status, snippet, statusHint(resp.StatusCode))
+	}
+
+	max := c.opts.MaxFrame()
+	data, err := io.ReadAll(io.LimitReader(resp.Body, int64(max)+1))
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		return nil, fmt.Errorf("read reply from %s: %w: check the network link to the device", c.display, err)
+	}
+	if len(data) > max {
+		return nil, fmt.Errorf("reply from %s is larger than %d bytes: raise the frame size limit (MaxFrameSize) if the device really sends such frames", c.display, max)
+	}
+	return data, nil
+}
+
+// requestError turns an error from http.Client.Do into one that says what to
+// do. The request URL carries no user info, and the URL is replaced by the
+// redacted display form anyway.
+func (c *Conn) requestError(err error) error {
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		err = ue.Err
+	}
+	var unknownCA x509.UnknownAuthorityError
+	var hostErr x509.HostnameError
+	var certErr *tls.CertificateVerificationError
+	switch {
+	case errors.As(err, &unknownCA):
+		return fmt.Errorf("HTTPS to %s: the device's TLS certificate is not trusted (%w): trust the CA certificate that signed it, or use http://", c.display, err)
+	case errors.As(err, &hostErr):
+		return fmt.Errorf("HTTPS to %s: the device's TLS certificate does not match the host name (%w): use the host name the certificate was issued for", c.display, err)
+	case errors.As(err, &certErr):
+		return fmt.Errorf("HTTPS to %s: the device's TLS certificate was refused (%w): check the device certificate and the CA you trust", c.display, err)
+	}
+	return fmt.Errorf("HTTP POST to %s failed: %w: check that the device is powered, on the network, and that the address is right", c.display, err)
+}
+
+// statusHint says what to do about a non-200 answer.
+func statusHint(code int) string {
+	switch {
+	case code == http.StatusNotFound:
+		return "the device has no RPC endpoint at this path: use http://HOST/rpc, and check that the firmware includes the rpc-service and HTTP RPC channel"
+	case code == http.StatusRequestEntityTooLarge:
+		return "the frame is larger than the device accepts (rpc.max_frame_size): send smaller frames"
+	case code == http.StatusForbidden:
+		return "the device refused the request: check its access settings"
+	case code == http.StatusBadRequest:
+		return "the device could not understand the request: check that the URL points at the device's RPC endpoint"
+	case code >= 500:
+		return "the device failed to handle the request: check the device log and try again"
+	}
+	return "check that the URL points at the device's RPC endpoint (e.g. http://HOST/rpc)"
+}
+
+// readSnippet returns up to 200 printable bytes of an error body for the
+// message, as `: "..."`, or "".
+func readSnippet(r io.Reader) string {
+	b, _ := io.ReadAll(io.LimitReader(r, 200))
+	drain(r)
+	s := strings.TrimSpace(strings.ToValidUTF8(string(b), ""))
+	s = strings.Map(func(r rune) rune {
+		if r < 0x20 || r == utf8.RuneError {
+			return ' '
+		}
+		return r
+	}, s)
+	if s == "" {
+		return ""
+	}
+	return fmt.Sprintf(" (%q)", s)
+}
+
+// drain reads a little of a body so that the connection can be reused.
+func drain(r io.Reader) {
+	_, _ = io.Copy(io.Discard, io.LimitReader(r, 64<<10))
+}
+
+func (c *Conn) push(f *frame.Frame) {
+	c.mu.Lock()
+	c.queue = append(c.queue, f)
+	c.mu.Unlock()
+	select {
+	case c.ready <- struct{}{}:
+	default:
+	}
+}
+
+// pop takes the oldest queued frame, if any, re-signalling ready when more
+// remain so that another waiting Recv wakes up.
+func (c *Conn) pop() *frame.Frame {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.queue) == 0 {
+		return nil
+	}
+	f := c.queue[0]
+	c.queue[0] = nil
+	c.queue = c.queue[1:]
+	if len(c.queue) > 0 {
+		select {
+		case c.ready <- struct{}{}:
+		default:
+		}
+	}
+	return f
+}
+
+// Recv returns the next queued reply frame, waiting for one until ctx ends
+// or the connection is closed.
+func (c *Conn) Recv(ctx context.Context) (*frame.Frame, error) {
+	for {
+		if c.closeCtx.Err() != nil {
+			return nil, transport.ErrClosed
+		}
+		if f := c.pop(); f != nil {
+			return f, nil
+		}
+		select {
+		case <-c.ready:
+		case <-c.closeCtx.Done():
+			return nil, transport.ErrClosed
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+}
+
+// Close cancels POSTs in flight, unblocks Recv and releases idle
+// connections. It is idempotent.
+func (c *Conn) Close() error {
+	c.cancel()
+	c.tr.CloseIdleConnections()
+	return nil
+}

@@ -1,0 +1,311 @@
+// Package ws is the WebSocket transport of the Mongoose OS RPC protocol
+// (docs/wire-protocol.md §4), both ends: the client Dial used by otactl
+// (ws:// and wss://, subprotocol clubby.cesanta.com, one text message per
+// frame) and the device-side Handler used by the emulator.
+package ws
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/gorilla/websocket"
+
+	"github.com/otactl/otactl/pkg/rpc/frame"
+	"github.com/otactl/otactl/pkg/transport"
+)
+
+// Subprotocol is the WebSocket subprotocol of Mongoose OS RPC, offered by
+// the client and selected by the device.
+const Subprotocol = "clubby.cesanta.com"
+
+// DefaultPath is the request path used when the URL has none.
+const DefaultPath = "/rpc"
+
+// closeWait bounds the close handshake message written by Close.
+const closeWait = time.Second
+
+// Conn is a client WebSocket connection to a device. It implements
+// transport.Conn.
+type Conn struct {
+	ws      *websocket.Conn
+	opts    transport.Options
+	display string // URL for messages, secrets redacted
+
+	wsem chan struct{} // capacity 1: held while writing a message
+
+	in       chan *frame.Frame // from the reader goroutine
+	readDone chan struct{}     // closed when the reader goroutine ends
+	readErr  error             // why the reader ended; set before readDone closes
+
+	closeOnce sync.Once
+	closed    chan struct{}
+}
+
+// Dial opens a WebSocket connection to u (ws:// or wss://; an empty path
+// means /rpc), offering the clubby.cesanta.com subprotocol. User info in the
+// URL (ws://TOKEN@host/rpc) is sent as "Authorization: Bearer TOKEN", as mos
+// does (user:pass becomes "Bearer user:pass"); it never appears in errors or
+// logs. For wss, opts.TLS is used as given (nil means the system roots).
+// ctx bounds the handshake only.
+func Dial(ctx context.Context, u *url.URL, opts transport.Options) (transport.Conn, error) {
+	if u == nil {
+		return nil, fmt.Errorf("%w: no URL given for the WebSocket transport", transport.ErrBadPort)
+	}
+	scheme := strings.ToLower(u.Scheme)
+	if scheme != "ws" && scheme != "wss" {
+		return nil, fmt.Errorf("%w: %s is not a ws:// or wss:// URL", transport.ErrBadPort, transport.Redact(u))
+	}
+	if u.Host == "" || u.Hostname() == "" || u.Opaque != "" {
+		return nil, fmt.Errorf("%w: %s has no host: use for example ws://192.168.4.1/rpc", transport.ErrBadPort, transport.Redact(u))
+	}
+	dialURL := *u
+	dialURL.Scheme = scheme
+	dialURL.User = nil // gorilla refuses user info; it goes in a header
+	dialURL.Fragment = ""
+	dialURL.RawFragment = ""
+	if dialURL.Path == "" {
+		dialURL.Path = DefaultPath
+		dialURL.RawPath = ""
+	}
+	shown := dialURL
+	shown.User = u.User
+	display := transport.Redact(&shown)
+
+	hdr := http.Header{}
+	if u.User != nil {
+		token := u.User.Username()
+		if pass, ok := u.User.Password(); ok {
+			token += ":" + pass
+		}
+		hdr.Set("Authorization", "Bearer "+token)
+	}
+	d := websocket.Dialer{
+		// A device is usually on the local network: like mos, no proxy.
+		Proxy:          nil,
+		NetDialContext: (&net.Dialer{}).DialContext,
+		Subprotocols:   []string{Subprotocol},
+	}
+	if scheme == "wss" && opts.TLS != nil {
+		d.TLSClientConfig = opts.TLS.Clone()
+	}
+	ws, resp, err := d.DialContext(ctx, dialURL.String(), hdr)
+	if resp != nil && resp.Body != nil {
+		resp.Body.Close()
+	}
+	if err != nil {
+		return nil, dialError(ctx, display, resp, err)
+	}
+	if got := ws.Subprotocol(); got != "" && got != Subprotocol {
+		ws.Close()
+		return nil, fmt.Errorf("WebSocket at %s chose subprotocol %q, not %q: check that the URL points at a Mongoose OS device's RPC endpoint", display, got, Subprotocol)
+	}
+	ws.SetReadLimit(int64(opts.MaxFrame()) + 2) // room for a trailing "\r\n"
+
+	c := &Conn{
+		ws:       ws,
+		opts:     opts,
+		display:  display,
+		wsem:     make(chan struct{}, 1),
+		in:       make(chan *frame.Frame, 16),
+		readDone: make(chan struct{}),
+		closed:   make(chan struct{}),
+	}
+	go c.readLoop()
+	return c, nil
+}
+
+// dialError explains a failed handshake. It never includes the token: the
+// display URL is redacted and gorilla's errors do not carry the header.
+func dialError(ctx context.Context, display string, resp *http.Response, err error) error {
+	if ctx.Err() != nil {
+		return fmt.Errorf("WebSocket connection to %s: %w", display, ctx.Err())
+	}
+	if errors.Is(err, websocket.ErrBadHandshake) && resp != nil {
+		hint := "check that the URL points at the device's RPC endpoint (ws://HOST/rpc) and that the firmware includes the rpc-ws library"
+		switch resp.StatusCode {
+		case http.StatusUnauthorized, http.StatusForbidden:
+			hint = "the device refused the credentials: check the token in the URL (ws://TOKEN@HOST/rpc)"
+		case http.StatusServiceUnavailable:
+			hint = "WebSocket RPC is disabled on the device: set rpc.ws.enable=true or use http://"
+		}
+		return fmt.Errorf("WebSocket handshake with %s failed: HTTP %s: %s", display, resp.Status, hint)
+	}
+	var unknownCA x509.UnknownAuthorityError
+	var hostErr x509.HostnameError
+	var certErr *tls.CertificateVerificationError
+	switch {
+	case errors.As(err, &unknownCA):
+		return fmt.Errorf("WebSocket TLS to %s: the device's certificate is not trusted (%w): trust the CA certificate that signed it, or use ws://", display, err)
+	case errors.As(err, &hostErr):
+		return fmt.Errorf("WebSocket TLS to %s: the device's certificate does not match the host name (%w): use the host name the certificate was issued for", display, err)
+	case errors.As(err, &certErr):
+		return fmt.Errorf("WebSocket TLS to %s: the device's certificate was refused (%w): check the device certificate and the CA you trust", display, err)
+	}
+	return fmt.Errorf("WebSocket connection to %s failed: %w: check that the device is powered, on the network, and that the address is right", display, err)
+}
+
+// readLoop is the one reader of the connection. A read error is permanent:
+// it is stored for Recv and the loop ends.
+func (c *Conn) readLoop() {
+	defer close(c.readDone)
+	for {
+		typ, data, err := c.ws.ReadMessage()
+		if err != nil {
+			c.readErr = err
+			return
+		}
+		if typ != websocket.TextMessage && typ != websocket.BinaryMessage {
+			continue
+		}
+		c.opts.DebugFrame("recv", data)
+		f, err := frame.Parse(data)
+		if err != nil {
+			if c.opts.Logger != nil {
+				c.opts.Logger.Warn("dropping a WebSocket message that is not an RPC frame", "url", c.display, "err", err)
+			}
+			continue
+		}
+		select {
+		case c.in <- f:
+		case <-c.closed:
+			return
+		}
+	}
+}
+
+// Send writes f as one text message, followed by "\n" as mos does. Writes
+// are serialised; ctx bounds the wait for the writer and the write itself.
+// A write cut short by ctx breaks the connection (a partial message cannot
+// be taken back).
+func (c *Conn) Send(ctx context.Context, f *frame.Frame) error {
+	select {
+	case <-c.closed:
+		return transport.ErrClosed
+	default:
+	}
+	b, err := frame.Marshal(f)
+	if err != nil {
+		return fmt.Errorf("encode frame for %s: %w", c.display, err)
+	}
+	c.opts.DebugFrame("send", b)
+	msg := append(b, '\n')
+
+	select {
+	case c.wsem <- struct{}{}:
+	case <-c.closed:
+		return transport.ErrClosed
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	defer func() { <-c.wsem }()
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+
+	deadline, _ := ctx.Deadline() // zero: no deadline
+	_ = c.ws.SetWriteDeadline(deadline)
+	// Cancel a write in progress by expiring the socket's deadline; wait
+	// for that to finish before the next writer sets its own deadline.
+	fired := make(chan struct{})
+	stop := context.AfterFunc(ctx, func() {
+		defer close(fired)
+		_ = c.ws.NetConn().SetWriteDeadline(time.Unix(1, 0))
+	})
+	err = c.ws.WriteMessage(websocket.TextMessage, msg)
+	if !stop() {
+		<-fired
+	}
+	if err != nil {
+		select {
+		case <-c.closed:
+			return transport.ErrClosed
+		default:
+		}
+		if ne := net.Error(nil); errors.As(err, &ne) && ne.Timeout() {
+			// Only ctx sets write deadlines, so it is ending; the socket's
+			// timer may just fire before ctx's own. (gorilla replaces
+			// timeout errors, so os.ErrDeadlineExceeded is not in the chain.)
+			select {
+			case <-ctx.Done():
+			case <-time.After(time.Second):
+			}
+		}
+		if ctx.Err() != nil {
+			return fmt.Errorf("WebSocket write to %s: %w (the connection is now unusable, reconnect)", c.display, ctx.Err())
+		}
+		return fmt.Errorf("WebSocket write to %s failed: %w: the connection is broken, reconnect", c.display, err)
+	}
+	return nil
+}
+
+// Recv returns the next frame from the device. After the connection broke
+// it returns the read error, every time.
+func (c *Conn) Recv(ctx context.Context) (*frame.Frame, error) {
+	select {
+	case <-c.closed:
+		return nil, transport.ErrClosed
+	default:
+	}
+	select {
+	case f := <-c.in:
+		return f, nil
+	case <-c.closed:
+		return nil, transport.ErrClosed
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case <-c.readDone:
+		// Frames read before the error come first.
+		select {
+		case f := <-c.in:
+			return f, nil
+		default:
+		}
+		select {
+		case <-c.closed:
+			return nil, transport.ErrClosed
+		default:
+		}
+		return nil, c.readError()
+	}
+}
+
+func (c *Conn) readError() error {
+	err := c.readErr
+	if websocket.IsCloseError(err, websocket.CloseNormalClosure, websocket.CloseGoingAway) {
+		return fmt.Errorf("device at %s closed the WebSocket connection (%w): reconnect (it may be rebooting)", c.display, err)
+	}
+	if errors.Is(err, websocket.ErrReadLimit) {
+		return fmt.Errorf("device at %s sent a frame larger than %d bytes (%w): raise the frame size limit (MaxFrameSize)", c.display, c.opts.MaxFrame(), err)
+	}
+	return fmt.Errorf("WebSocket connection to %s broke: %w: reconnect", c.display, err)
+}
+
+// Close sends a close message (best effort), closes the connection, and
+// waits for the reader goroutine to end. Pending Recv and Send calls return
+// ErrClosed. It is idempotent.
+func (c *Conn) Close() error {
+	c.closeOnce.Do(func() {
+		close(c.closed)
+		// Say goodbye unless a write is stuck (then the peer is not
+		// reading anyway).
+		select {
+		case c.wsem <- struct{}{}:
+			_ = c.ws.WriteControl(websocket.CloseMessage,
+				websocket.FormatCloseMessage(websocket.CloseNormalClosure, ""), time.Now().Add(closeWait))
+			<-c.wsem
+		default:
+		}
+		_ = c.ws.Close()
+		<-c.readDone
+	})
+	return nil
+}
