@@ -20,7 +20,8 @@ import (
 
 func newPair(t *testing.T, s *rpc.Server, opts rpc.ClientOptions) *rpc.Client {
 	t.Helper()
-	t.Cleanup(func() { goleak.VerifyNone(t, goleak.IgnoreCurrent()) })
+	ignore := goleak.IgnoreCurrent()
+	t.Cleanup(func() { goleak.VerifyNone(t, ignore) })
 	c := rpc.NewClient(pipe.New(s), opts)
 	t.Cleanup(func() { c.Close() })
 	return c

@@ -106,7 +106,8 @@ func Run(t *testing.T, start StartFunc) {
 		t.Run(tc.name, func(t *testing.T) {
 			// Registered first so that it runs last, after the device and
 			// connections registered below are torn down.
-			t.Cleanup(func() { goleak.VerifyNone(t, goleak.IgnoreCurrent()) })
+			ignore := goleak.IgnoreCurrent() // goroutines from before this test
+			t.Cleanup(func() { goleak.VerifyNone(t, ignore) })
 			tc.fn(t, start)
 		})
 	}

@@ -1,0 +1,337 @@
+// Package mqtt is the MQTT transport of the Mongoose OS RPC protocol
+// (docs/wire-protocol.md §5), both ends:
+//
+//   - Dial is the client used by otactl for
+//     mqtt://[user:pass@]broker[:1883]/<device_id> and mqtts://… (port 8883).
+//     Requests are published to "<device_id>/rpc"; the device answers on
+//     "<device_id>/rpc-resp/<client_id>/rpc", which Dial subscribes to before
+//     it returns.
+//   - Serve is the device side used by the emulator: it subscribes to
+//     "<device_id>/rpc" and publishes each reply to "<reply dst>/rpc".
+//
+// Both use github.com/eclipse/paho.mqtt.golang with MQTT 3.1.1, a clean
+// session, keepalive 30 s, QoS 1 and a fresh client per connection.
+package mqtt
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	paho "github.com/eclipse/paho.mqtt.golang"
+	"github.com/eclipse/paho.mqtt.golang/packets"
+
+	"github.com/otactl/otactl/pkg/transport"
+)
+
+// Default broker ports.
+const (
+	DefaultPort    = 1883 // mqtt://
+	DefaultTLSPort = 8883 // mqtts://
+)
+
+// Protocol settings shared by both ends.
+const (
+	qos            = 1
+	keepAlive      = 30 * time.Second
+	writeTimeout   = 10 * time.Second // bounds one packet write and a Publish call
+	connectTimeout = 30 * time.Second // backstop; ctx normally ends a connect sooner
+	quiesce        = 500              // ms granted to send DISCONNECT on Close
+)
+
+// RequestTopic is the topic a device listens on for requests:
+// "<deviceID>/rpc".
+func RequestTopic(deviceID string) string { return deviceID + "/rpc" }
+
+// ReplySrc is the src a client puts on its requests:
+// "<deviceID>/rpc-resp/<clientID>". The device publishes its reply to
+// ReplySrc + "/rpc".
+func ReplySrc(deviceID, clientID string) string { return deviceID + "/rpc-resp/" + clientID }
+
+// ReplyTopic is the topic a client subscribes to for replies:
+// "<deviceID>/rpc-resp/<clientID>/rpc".
+func ReplyTopic(deviceID, clientID string) string { return ReplySrc(deviceID, clientID) + "/rpc" }
+
+// broker is a parsed mqtt:// or mqtts:// URL.
+type broker struct {
+	u      *url.URL // as given, for messages (always shown via transport.Redact)
+	tls    bool
+	host   string // host name or IP, without port
+	addr   string // host:port
+	user   string
+	pass   string
+	hasPwd bool
+}
+
+// parseBroker checks the scheme, host and port of u and fills in the default
+// port. Credentials come from the URL user info, else from creds.
+func parseBroker(u *url.URL, creds *transport.Credentials) (*broker, error) {
+	if u == nil {
+		return nil, fmt.Errorf("%w: no MQTT URL given", transport.ErrBadPort)
+	}
+	b := &broker{u: u}
+	switch strings.ToLower(u.Scheme) {
+	case "mqtt":
+	case "mqtts":
+		b.tls = true
+	default:
+		return nil, fmt.Errorf("%w: %s: scheme must be mqtt:// or mqtts://", transport.ErrBadPort, transport.Redact(u))
+	}
+	b.host = u.Hostname()
+	if b.host == "" {
+		return nil, fmt.Errorf("%w: %s: no broker host: use %s://[user:pass@]broker[:port]/<device_id>",
+			transport.ErrBadPort, transport.Redact(u), u.Scheme)
+	}
+	port := DefaultPort
+	if b.tls {
+		port = DefaultTLSPort
+	}
+	if p := u.Port(); p != "" {
+		n, err := strconv.Atoi(p)
+		if err != nil || n < 1 || n > 65535 {
+			return nil, fmt.Errorf("%w: %s: bad broker port %q: use a number from 1 to 65535", transport.ErrBadPort, transport.Redact(u), p)
+		}
+		port = n
+	} else if strings.HasSuffix(u.Host, ":") {
+		return nil, fmt.Errorf("%w: %s: empty broker port: drop the colon or give a port number", transport.ErrBadPort, transport.Redact(u))
+	}
+	b.addr = net.JoinHostPort(b.host, strconv.Itoa(port))
+	if u.User != nil {
+		b.user = u.User.Username()
+		b.pass, b.hasPwd = u.User.Password()
+	} else if creds != nil {
+		b.user, b.pass, b.hasPwd = creds.User, creds.Password, creds.Password != ""
+	}
+	return b, nil
+}
+
+// checkTopicPart rejects ids that cannot be part of a topic: MQTT wildcards
+// and the NUL character.
+func checkTopicPart(what, s string) error {
+	if strings.ContainsAny(s, "+#\x00") {
+		return fmt.Errorf("%w: %s %q must not contain '+', '#' or NUL (they are MQTT wildcards)", transport.ErrBadPort, what, s)
+	}
+	return nil
+}
+
+// randomID returns prefix followed by 16 random hex digits; with a 7-byte
+// prefix that is 23 bytes, the longest client id every MQTT 3.1.1 broker
+// must accept.
+func randomID(prefix string) string {
+	var b [8]byte
+	_, _ = rand.Read(b[:]) // never fails (crypto/rand panics on failure)
+	return prefix + hex.EncodeToString(b[:])
+}
+
+// clientOptions returns paho options common to both ends: MQTT 3.1.1 (no
+// fallback to 3.1), clean session, keepalive 30 s, no automatic reconnect
+// (the owner decides), unordered delivery (a slow handler must not stall
+// the connection), manual acks (so that the ack happens inside our tracked
+// callback), and a connection opener that honours the dialer's ctx.
+func clientOptions(b *broker, clientID string, d *ctxDialer) *paho.ClientOptions {
+	o := paho.NewClientOptions()
+	// The scheme here is only a label: d.open makes the connection.
+	o.AddBroker("tcp://" + b.addr)
+	o.SetClientID(clientID)
+	o.SetProtocolVersion(4)
+	o.SetCleanSession(true)
+	o.SetKeepAlive(keepAlive)
+	o.SetAutoReconnect(false)
+	o.SetConnectRetry(false)
+	o.SetResumeSubs(false)
+	o.SetOrderMatters(false)
+	o.SetAutoAckDisabled(true)
+	o.SetWriteTimeout(writeTimeout)
+	o.SetConnectTimeout(connectTimeout)
+	o.SetConnectionLostHandler(nil)
+	if b.user != "" || b.hasPwd {
+		o.SetUsername(b.user)
+		o.SetPassword(b.pass)
+	}
+	o.SetCustomOpenConnectionFn(d.open)
+	return o
+}
+
+// ctxDialer opens the network connection for paho so that a cancelled ctx
+// aborts the TCP dial, the TLS handshake and the MQTT CONNECT exchange.
+type ctxDialer struct {
+	ctx context.Context
+	b   *broker
+	tls *tls.Config // for mqtts; nil means system roots
+
+	mu   sync.Mutex
+	stop func() bool // stops closing the open connection when ctx ends
+}
+
+func newDialer(ctx context.Context, b *broker, tlsConf *tls.Config) *ctxDialer {
+	return &ctxDialer{ctx: ctx, b: b, tls: tlsConf}
+}
+
+func (d *ctxDialer) open(_ *url.URL, _ paho.ClientOptions) (net.Conn, error) {
+	var nd net.Dialer
+	c, err := nd.DialContext(d.ctx, "tcp", d.b.addr)
+	if err != nil {
+		return nil, err
+	}
+	if d.b.tls {
+		conf := &tls.Config{MinVersion: tls.VersionTLS12}
+		if d.tls != nil {
+			conf = d.tls.Clone()
+		}
+		if conf.ServerName == "" {
+			conf.ServerName = d.b.host
+		}
+		tc := tls.Client(c, conf)
+		if err := tc.HandshakeContext(d.ctx); err != nil {
+			c.Close()
+			return nil, fmt.Errorf("TLS handshake: %w", err)
+		}
+		c = tc
+	}
+	// Until the connect finished, ending ctx closes the connection, which
+	// ends paho's CONNECT/CONNACK exchange at once.
+	stop := context.AfterFunc(d.ctx, func() { c.Close() })
+	d.mu.Lock()
+	d.stop = stop
+	d.mu.Unlock()
+	return c, nil
+}
+
+// release detaches the connection from ctx. It reports false when ctx ended
+// first (the connection is then closed or being closed).
+func (d *ctxDialer) release() bool {
+	d.mu.Lock()
+	stop := d.stop
+	d.stop = nil
+	d.mu.Unlock()
+	if stop == nil {
+		return d.ctx.Err() == nil
+	}
+	return stop()
+}
+
+// connect connects cl, bounded by ctx, and explains a failure. On error the
+// client is left disconnected.
+func connect(ctx context.Context, cl paho.Client, d *ctxDialer, b *broker) error {
+	tok := cl.Connect()
+	select {
+	case <-tok.Done():
+	case <-ctx.Done():
+		// d.open's AfterFunc closes the connection, so the token completes
+		// promptly; wait for it so that no connect goroutine outlives us.
+		<-tok.Done()
+	}
+	if err := tok.Error(); err != nil {
+		if ctx.Err() != nil {
+			return fmt.Errorf("connect to MQTT broker %s: %w", transport.Redact(b.u), ctx.Err())
+		}
+		return explainConnectError(b, err)
+	}
+	if !d.release() {
+		disconnect(cl)
+		return fmt.Errorf("connect to MQTT broker %s: %w", transport.Redact(b.u), ctx.Err())
+	}
+	return nil
+}
+
+func explainConnectError(b *broker, err error) error {
+	where := transport.Redact(b.u)
+	switch {
+	// Brokers answer bad credentials with either code (mosquitto and mochi
+	// use "not authorised").
+	case errors.Is(err, packets.ErrorRefusedBadUsernameOrPassword), errors.Is(err, packets.ErrorRefusedNotAuthorised):
+		if b.user == "" && !b.hasPwd {
+			return fmt.Errorf("MQTT broker %s refused an anonymous client: it wants a user name and password: put them in the URL (%s://user:pass@%s/…) or use --rpc-creds: %w",
+				where, b.u.Scheme, b.u.Host, err)
+		}
+		return fmt.Errorf("MQTT broker %s refused user %q: wrong user name or password (or the user may not connect): check the credentials: %w", where, b.user, err)
+	case errors.Is(err, packets.ErrorRefusedIDRejected):
+		return fmt.Errorf("MQTT broker %s rejected the client id: pick another client id: %w", where, err)
+	case errors.Is(err, packets.ErrorRefusedServerUnavailable):
+		return fmt.Errorf("MQTT broker %s is unavailable: try again later: %w", where, err)
+	case errors.Is(err, packets.ErrorRefusedBadProtocolVersion):
+		return fmt.Errorf("MQTT broker %s does not speak MQTT 3.1.1: %w", where, err)
+	}
+	return fmt.Errorf("cannot connect to MQTT broker %s (%s): check the address and that the broker is running: %w", where, b.addr, err)
+}
+
+// disconnect ends cl and waits until paho's workers have stopped.
+//
+// Disconnect returns after the quiesce time even when its work is still
+// running; a second Disconnect waits for a disconnect in progress to finish
+// (or returns at once when there is nothing to do), so that Close does not
+// leave paho goroutines behind.
+func disconnect(cl paho.Client) {
+	cl.Disconnect(quiesce)
+	cl.Disconnect(5 * quiesce)
+}
+
+// waitToken waits for tok, ctx, or done (closed on Close).
+func waitToken(ctx context.Context, tok paho.Token, done <-chan struct{}) error {
+	select {
+	case <-tok.Done():
+		return tok.Error()
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-done:
+		return transport.ErrClosed
+	}
+}
+
+// subscribe subscribes cl to topic at QoS 1 and checks that the broker
+// granted it.
+func subscribe(ctx context.Context, cl paho.Client, topic string, cb paho.MessageHandler, done <-chan struct{}) error {
+	tok := cl.Subscribe(topic, qos, cb)
+	if err := waitToken(ctx, tok, done); err != nil {
+		return fmt.Errorf("subscribe to MQTT topic %q: %w", topic, err)
+	}
+	if st, ok := tok.(*paho.SubscribeToken); ok {
+		if g, ok := st.Result()[topic]; ok && g == 0x80 {
+			return fmt.Errorf("the MQTT broker refused the subscription to %q: check its access rules for this user", topic)
+		}
+	}
+	return nil
+}
+
+// tracker counts callbacks and goroutines so that Close can wait for them,
+// and refuses new ones once closed.
+type tracker struct {
+	mu     sync.Mutex
+	closed bool
+	wg     sync.WaitGroup
+}
+
+// enter registers one unit of work; it reports false after shut.
+func (t *tracker) enter() bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.closed {
+		return false
+	}
+	t.wg.Add(1)
+	return true
+}
+
+func (t *tracker) leave() { t.wg.Done() }
+
+// shut refuses new work; it reports false if already shut.
+func (t *tracker) shut() bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.closed {
+		return false
+	}
+	t.closed = true
+	return true
+}
+
+func (t *tracker) wait() { t.wg.Wait() }
