@@ -182,7 +182,7 @@ func (c *Client) roundTrip(ctx context.Context, req *frame.Frame) (*frame.Frame,
 	if c.readErr != nil {
 		err := c.readErr
 		c.mu.Unlock()
-		return nil, fmt.Errorf("%s: %w", req.Method, err)
+		return nil, &LinkError{Method: req.Method, Err: fmt.Errorf("connection lost: %w", err)}
 	}
 	c.pending[req.ID] = ch
 	c.mu.Unlock()
@@ -196,14 +196,14 @@ func (c *Client) roundTrip(ctx context.Context, req *frame.Frame) (*frame.Frame,
 		if ctxErr := ctx.Err(); ctxErr != nil && !errors.Is(err, ctxErr) {
 			err = fmt.Errorf("%w (%v)", ctxErr, err)
 		}
-		return nil, fmt.Errorf("%s: %w", req.Method, err)
+		return nil, &LinkError{Method: req.Method, Err: err}
 	}
 	select {
 	case resp := <-ch:
 		return resp, nil
 	case <-ctx.Done():
 		forget()
-		return nil, fmt.Errorf("%s: no reply: %w", req.Method, ctx.Err())
+		return nil, &LinkError{Method: req.Method, Err: fmt.Errorf("no reply: %w", ctx.Err())}
 	case <-c.done:
 		forget()
 		// A reply may have landed just before the reader stopped.
@@ -215,6 +215,6 @@ func (c *Client) roundTrip(ctx context.Context, req *frame.Frame) (*frame.Frame,
 		c.mu.Lock()
 		err := c.readErr
 		c.mu.Unlock()
-		return nil, fmt.Errorf("%s: connection lost: %w", req.Method, err)
+		return nil, &LinkError{Method: req.Method, Err: fmt.Errorf("connection lost: %w", err)}
 	}
 }

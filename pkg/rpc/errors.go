@@ -32,6 +32,18 @@ func Errorf(code int, format string, args ...any) *Error {
 	return &Error{Code: code, Message: fmt.Sprintf(format, args...)}
 }
 
+// LinkError is a failure of the connection to the device while calling a
+// method: the request could not be sent, the link dropped, or the device did
+// not answer before the context ended. The device said nothing about the
+// call itself.
+type LinkError struct {
+	Method string
+	Err    error
+}
+
+func (e *LinkError) Error() string { return e.Method + ": " + e.Err.Error() }
+func (e *LinkError) Unwrap() error { return e.Err }
+
 // ErrAuth is wrapped by errors that mean the device refused the credentials
 // (or wanted some and none were given).
 var ErrAuth = errors.New("authentication failed")

@@ -279,7 +279,7 @@ func testJunk(t *testing.T, start StartFunc) {
 	}
 	for _, j := range junk {
 		dev.Log(j)
-		roundTrip(t, c, map[string]string{"after": j[:4]})
+		roundTrip(t, c, map[string]string{"after": j[:min(4, len(j))]})
 	}
 	deadline := time.Now().Add(Timeout)
 	for {

@@ -1,0 +1,84 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+
+	"github.com/otactl/otactl/pkg/rpc"
+	"github.com/otactl/otactl/pkg/transport"
+)
+
+// Exit codes; docs/exit-codes.md documents them and tests pin them.
+const (
+	ExitOK          = 0 // success
+	ExitFailure     = 1 // any other failure
+	ExitUsage       = 2 // bad flag, argument or --port value
+	ExitRPCError    = 3 // the device returned an RPC error
+	ExitAuth        = 4 // authentication failed
+	ExitUnreachable = 5 // device unreachable or timed out
+	ExitUpdate      = 6 // the update did not take (rejected, failed, rolled back)
+)
+
+// UsageError marks an error caused by how the command was called.
+type UsageError struct{ Err error }
+
+func (e *UsageError) Error() string { return e.Err.Error() }
+func (e *UsageError) Unwrap() error { return e.Err }
+
+// usageErrorf returns a *UsageError with a formatted message.
+func usageErrorf(format string, args ...any) error {
+	return &UsageError{Err: fmt.Errorf(format, args...)}
+}
+
+// UnreachableError marks a failure to reach the device (dial failed, link
+// lost, no answer in time).
+type UnreachableError struct{ Err error }
+
+func (e *UnreachableError) Error() string { return e.Err.Error() }
+func (e *UnreachableError) Unwrap() error { return e.Err }
+
+// ExitError carries an explicit exit code, for outcomes that are not Go
+// errors of one of the kinds above (an update that rolled back). Silent
+// means the message was already printed.
+type ExitError struct {
+	Code   int
+	Err    error
+	Silent bool
+}
+
+func (e *ExitError) Error() string { return e.Err.Error() }
+func (e *ExitError) Unwrap() error { return e.Err }
+
+// ExitCode maps an error to the documented exit code.
+func ExitCode(err error) int {
+	if err == nil {
+		return ExitOK
+	}
+	var ee *ExitError
+	if errors.As(err, &ee) {
+		return ee.Code
+	}
+	var ue *UsageError
+	if errors.As(err, &ue) || errors.Is(err, transport.ErrBadPort) {
+		return ExitUsage
+	}
+	if errors.Is(err, rpc.ErrAuth) {
+		return ExitAuth
+	}
+	var re *rpc.Error
+	if errors.As(err, &re) {
+		if re.Code == 401 {
+			return ExitAuth
+		}
+		return ExitRPCError
+	}
+	var un *UnreachableError
+	var le *rpc.LinkError
+	if errors.As(err, &un) || errors.As(err, &le) || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, transport.ErrClosed) ||
+		errors.Is(err, os.ErrDeadlineExceeded) {
+		return ExitUnreachable
+	}
+	return ExitFailure
+}

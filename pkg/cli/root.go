@@ -1,0 +1,302 @@
+// Package cli implements the otactl command line: one file per verb, each
+// with an Options struct, a NewCmdX constructor binding its flags, and a
+// runX function doing the work.
+package cli
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/fatih/color"
+	"github.com/mattn/go-isatty"
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+
+	"github.com/otactl/otactl/pkg/rpc"
+	"github.com/otactl/otactl/pkg/transport"
+	"github.com/otactl/otactl/pkg/transport/all"
+)
+
+// Version is set at build time with -ldflags "-X ...cli.Version=...".
+var Version = "dev"
+
+// IOStreams are the command's standard streams and what they are attached to.
+type IOStreams struct {
+	In     io.Reader
+	Out    io.Writer
+	ErrOut io.Writer
+	// OutTTY and ErrTTY say whether Out and ErrOut are terminals.
+	OutTTY, ErrTTY bool
+}
+
+// SystemIO returns the process's streams.
+func SystemIO() *IOStreams {
+	return &IOStreams{
+		In: os.Stdin, Out: os.Stdout, ErrOut: os.Stderr,
+		OutTTY: isatty.IsTerminal(os.Stdout.Fd()) || isatty.IsCygwinTerminal(os.Stdout.Fd()),
+		ErrTTY: isatty.IsTerminal(os.Stderr.Fd()) || isatty.IsCygwinTerminal(os.Stderr.Fd()),
+	}
+}
+
+// Globals are the flags every command shares.
+type Globals struct {
+	Port       string
+	Timeout    time.Duration
+	RPCCreds   string
+	CACertFile string
+	CertFile   string
+	KeyFile    string
+	JSON       bool
+	Verbose    bool
+	NoColor    bool
+	BaudRate   int
+	HWFlow     bool
+}
+
+// Factory holds what commands need from the outside world; tests replace
+// parts of it.
+type Factory struct {
+	IO       *IOStreams
+	Getenv   func(string) string
+	Registry *transport.Registry
+	G        Globals
+}
+
+// Main runs otactl with args (without the program name) and returns the
+// process exit code.
+func Main(args []string, ios *IOStreams, getenv func(string) string) int {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	f := &Factory{IO: ios, Getenv: getenv, Registry: all.NewRegistry()}
+	root := NewRootCmd(f)
+	root.SetArgs(args)
+	root.SetIn(ios.In)
+	root.SetOut(ios.Out)
+	root.SetErr(ios.ErrOut)
+	err := root.ExecuteContext(ctx)
+	if err == nil {
+		return ExitOK
+	}
+	err = classifyCobraError(err)
+	var ee *ExitError
+	if !(errors.As(err, &ee) && ee.Silent) {
+		fmt.Fprintln(ios.ErrOut, f.palette().red("Error:"), err)
+		var ue *UsageError
+		if errors.As(err, &ue) && !strings.Contains(err.Error(), "--help") {
+			if name := commandPath(root, args); name != "" {
+				fmt.Fprintf(ios.ErrOut, "Run '%s --help' for usage.\n", name)
+			}
+		}
+	}
+	return ExitCode(err)
+}
+
+// classifyCobraError marks cobra's own argument errors (unknown command,
+// missing required flag, wrong argument count) as usage errors.
+func classifyCobraError(err error) error {
+	var ue *UsageError
+	if errors.As(err, &ue) {
+		return err
+	}
+	msg := err.Error()
+	for _, p := range []string{"unknown command", "required flag", "accepts ", "requires at least", "requires at most", "invalid argument", "unknown flag", "unknown shorthand flag", "flag needs an argument"} {
+		if strings.HasPrefix(msg, p) {
+			return &UsageError{Err: err}
+		}
+	}
+	return err
+}
+
+func commandPath(root *cobra.Command, args []string) string {
+	c, _, err := root.Find(args)
+	if err != nil || c == nil {
+		return root.Name()
+	}
+	return c.CommandPath()
+}
+
+// NewRootCmd builds the command tree.
+func NewRootCmd(f *Factory) *cobra.Command {
+	root := &cobra.Command{
+		Use:   "otactl",
+		Short: "Update Mongoose OS devices over the air, and know what booted",
+		Long: `otactl drives the OTA service of Mongoose OS devices (the OTA.* RPC methods)
+over serial, HTTP, WebSocket or MQTT, wire-compatible with 'mos call OTA.*'.`,
+		Example: `  otactl --port http://192.168.4.1/rpc call Sys.GetInfo
+  OTACTL_PORT=/dev/ttyUSB0 otactl call OTA.GetBootState`,
+		Version:       Version,
+		SilenceErrors: true,
+		SilenceUsage:  true,
+		PersistentPreRunE: func(cmd *cobra.Command, args []string) error {
+			return applyEnv(cmd.Root().PersistentFlags(), f.Getenv)
+		},
+	}
+	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
+		return &UsageError{Err: err}
+	})
+	g := &f.G
+	pf := root.PersistentFlags()
+	pf.StringVar(&g.Port, "port", "", "device address: serial path (/dev/ttyUSB0, COM3), http://host/rpc, ws://host/rpc, mqtt://broker/DEVICE_ID, or the TLS forms (env OTACTL_PORT, then MOS_PORT)")
+	pf.DurationVar(&g.Timeout, "timeout", 20*time.Second, "how long to wait for the device to answer")
+	pf.StringVar(&g.RPCCreds, "rpc-creds", "", "RPC credentials user:pass, or @FILE holding them")
+	pf.StringVar(&g.CACertFile, "ca-cert-file", "", "CA certificate(s) (PEM) to verify the device or broker (TLS ports)")
+	pf.StringVar(&g.CertFile, "cert-file", "", "client certificate (PEM) for TLS ports")
+	pf.StringVar(&g.KeyFile, "key-file", "", "client private key (PEM) for --cert-file")
+	pf.BoolVar(&g.JSON, "json", false, "machine-readable output: one JSON document on stdout")
+	pf.BoolVarP(&g.Verbose, "verbose", "v", false, "show frames and device log lines on stderr")
+	pf.BoolVar(&g.NoColor, "no-color", false, "no colour in output (also: NO_COLOR env)")
+	pf.IntVar(&g.BaudRate, "baud-rate", 115200, "serial port speed")
+	pf.BoolVar(&g.HWFlow, "hw-flow-control", false, "serial RTS/CTS hardware flow control")
+
+	root.AddCommand(NewCmdCall(f, nil))
+	return root
+}
+
+// applyEnv fills global flags not given on the command line from
+// OTACTL_<FLAG> and then MOS_<FLAG> (e.g. OTACTL_PORT, MOS_PORT).
+func applyEnv(fs *pflag.FlagSet, getenv func(string) string) error {
+	if getenv == nil {
+		return nil
+	}
+	var err error
+	fs.VisitAll(func(fl *pflag.Flag) {
+		if fl.Changed || err != nil {
+			return
+		}
+		key := strings.ToUpper(strings.ReplaceAll(fl.Name, "-", "_"))
+		for _, prefix := range []string{"OTACTL_", "MOS_"} {
+			if v := getenv(prefix + key); v != "" {
+				if e := fl.Value.Set(v); e != nil {
+					err = usageErrorf("environment variable %s%s=%q: %v", prefix, key, v, e)
+				}
+				return
+			}
+		}
+	})
+	return err
+}
+
+// logger returns the verbose logger, or nil.
+func (f *Factory) logger() *slog.Logger {
+	if !f.G.Verbose {
+		return nil
+	}
+	return slog.New(slog.NewTextHandler(f.IO.ErrOut, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+// transportOptions builds the transport options from the global flags.
+func (f *Factory) transportOptions() (transport.Options, error) {
+	opts := transport.Options{
+		Logger:        f.logger(),
+		BaudRate:      f.G.BaudRate,
+		HWFlowControl: f.G.HWFlow,
+	}
+	if f.G.Verbose {
+		errOut := f.IO.ErrOut
+		opts.DeviceLog = func(line string) { fmt.Fprintln(errOut, "device:", line) }
+	}
+	creds, err := parseCreds(f.G.RPCCreds)
+	if err != nil {
+		return opts, err
+	}
+	opts.Creds = creds
+	tlsConf, err := f.tlsConfig()
+	if err != nil {
+		return opts, err
+	}
+	opts.TLS = tlsConf
+	return opts, nil
+}
+
+func parseCreds(s string) (*transport.Credentials, error) {
+	if s == "" {
+		return nil, nil
+	}
+	if strings.HasPrefix(s, "@") {
+		b, err := os.ReadFile(s[1:])
+		if err != nil {
+			return nil, usageErrorf("--rpc-creds: cannot read %s: %v", s[1:], errors.Unwrap(err))
+		}
+		s = strings.TrimSpace(string(b))
+	}
+	user, pass, ok := strings.Cut(s, ":")
+	if !ok || user == "" {
+		return nil, usageErrorf("--rpc-creds wants user:pass or @FILE holding user:pass")
+	}
+	return &transport.Credentials{User: user, Password: pass}, nil
+}
+
+func (f *Factory) tlsConfig() (*tls.Config, error) {
+	g := f.G
+	if g.CACertFile == "" && g.CertFile == "" && g.KeyFile == "" {
+		return nil, nil
+	}
+	conf := &tls.Config{MinVersion: tls.VersionTLS12}
+	if g.CACertFile != "" {
+		pem, err := os.ReadFile(g.CACertFile)
+		if err != nil {
+			return nil, usageErrorf("--ca-cert-file: %v", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, usageErrorf("--ca-cert-file %s holds no PEM certificate", g.CACertFile)
+		}
+		conf.RootCAs = pool
+	}
+	if (g.CertFile == "") != (g.KeyFile == "") {
+		return nil, usageErrorf("--cert-file and --key-file go together")
+	}
+	if g.CertFile != "" {
+		cert, err := tls.LoadX509KeyPair(g.CertFile, g.KeyFile)
+		if err != nil {
+			return nil, usageErrorf("loading --cert-file/--key-file: %v", err)
+		}
+		conf.Certificates = []tls.Certificate{cert}
+	}
+	return conf, nil
+}
+
+// Connect dials the device named by --port and returns an RPC client.
+func (f *Factory) Connect(ctx context.Context) (*rpc.Client, error) {
+	opts, err := f.transportOptions()
+	if err != nil {
+		return nil, err
+	}
+	conn, err := f.Registry.Dial(ctx, f.G.Port, opts)
+	if err != nil {
+		if errors.Is(err, transport.ErrBadPort) {
+			return nil, err
+		}
+		return nil, &UnreachableError{Err: fmt.Errorf("cannot reach the device at %s: %w", transport.RedactString(f.G.Port), err)}
+	}
+	return rpc.NewClient(conn, rpc.ClientOptions{Creds: opts.Creds, Logger: opts.Logger}), nil
+}
+
+// palette returns colour functions honouring --no-color, NO_COLOR and TTY.
+func (f *Factory) palette() palette {
+	on := f.IO.ErrTTY && !f.G.NoColor && (f.Getenv == nil || f.Getenv("NO_COLOR") == "")
+	mk := func(attrs ...color.Attribute) func(a ...any) string {
+		c := color.New(attrs...)
+		if on {
+			c.EnableColor()
+		} else {
+			c.DisableColor()
+		}
+		return c.Sprint
+	}
+	return palette{red: mk(color.FgRed, color.Bold), green: mk(color.FgGreen), yellow: mk(color.FgYellow), bold: mk(color.Bold)}
+}
+
+type palette struct {
+	red, green, yellow, bold func(a ...any) string
+}
