@@ -1,0 +1,804 @@
+package emulator
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/otactl/otactl/pkg/ota/bundle"
+	"github.com/otactl/otactl/pkg/rpc"
+	"github.com/otactl/otactl/pkg/rpc/frame"
+	"github.com/otactl/otactl/pkg/transport"
+)
+
+// Firmware behaviours, the values of the manifest attribute
+// BehaviorAttribute.
+const (
+	// BehaviorAttribute is the top-level manifest attribute that tells the
+	// emulator how a firmware behaves when booted.
+	BehaviorAttribute = "emulator_behavior"
+	// BehaviorOK: boots and answers RPC (the default).
+	BehaviorOK = "ok"
+	// BehaviorCrashOnBoot: crashes during init; on a first boot after an
+	// update the device reverts to the previous firmware at once.
+	BehaviorCrashOnBoot = "crash_on_boot"
+	// BehaviorNoRPC: boots but never answers RPC; only the commit timer
+	// brings the previous firmware back.
+	BehaviorNoRPC = "no_rpc"
+)
+
+// Defaults.
+const (
+	DefaultID             = "dev1"
+	DefaultPlatform       = "esp32"
+	DefaultSlots          = 2
+	DefaultUpdateTimeout  = 600 * time.Second
+	DefaultRebootAfter    = 100 * time.Millisecond
+	DefaultMaxRedirects   = 10
+	DefaultFactoryVersion = "1.0.0"
+)
+
+// Config configures a Device. Zero values mean defaults.
+type Config struct {
+	// StateDir holds the flash (slots and boot state). Required. A new
+	// directory gets a factory firmware in slot 0, committed.
+	StateDir string
+	// ID is the device id (frame "src", MQTT topics). Default "dev1".
+	ID string
+	// Platform is the device architecture, checked against bundles.
+	// Default "esp32".
+	Platform string
+	// Slots is the number of firmware slots (>= 2). Default 2.
+	Slots int
+	// RebootDelay is how long a reboot keeps the device off every
+	// transport. Zero reboots at once (the command's default is 1s).
+	RebootDelay time.Duration
+	// RebootAfter is how long after replying OTA.Update/End, OTA.Revert
+	// or Sys.Reboot (without delay_ms) the device reboots. Default 100ms.
+	RebootAfter time.Duration
+
+	// Listen is the address of the HTTP listener (/rpc, /rpc/<Method>
+	// and WebSocket /rpc). Empty: none.
+	Listen string
+	// SerialLink, when set, creates a pty and a symlink at this path to
+	// its device end, served with the serial framing.
+	SerialLink string
+	// MQTTBroker is "mqtt://[user:pass@]host:port" to connect to, or
+	// "embedded" / "embedded:ADDR" to start an in-process broker. Empty:
+	// no MQTT.
+	MQTTBroker string
+	// Listeners are extra transports (tests can add their own).
+	Listeners []Listener
+
+	// CAFile is a PEM file of CAs trusted for HTTPS downloads (default:
+	// the system pool).
+	CAFile string
+	// HTTPClient, when set, is used for downloads instead of one built
+	// from CAFile.
+	HTTPClient *http.Client
+	// MaxRedirects bounds redirects followed by a download. Default 10.
+	MaxRedirects int
+
+	// FactoryVersion is the version of the factory firmware written to a
+	// new StateDir. Default "1.0.0".
+	FactoryVersion string
+
+	// Clock drives the commit timer, the update watchdog and uptime.
+	// Default: the system clock.
+	Clock Clock
+	// Logger gets the device log (the lines a firmware prints). Default:
+	// discarded.
+	Logger *slog.Logger
+	// Hooks inject faults (power cuts at a flash write).
+	Hooks Hooks
+}
+
+// Listener serves the device on one transport. The Device starts it when
+// it boots and stops it when it goes off for a reboot, so Start and Stop
+// alternate any number of times; Start after the first must listen at the
+// same address.
+type Listener interface {
+	// Start begins serving h. It returns once the transport is reachable.
+	Start(ctx context.Context, h transport.Handler) error
+	// Stop closes the listener and every connection; clients see the
+	// device go away.
+	Stop() error
+	// Info says where the transport is reachable (valid after Start):
+	// one entry per way in (the HTTP listener also serves WebSocket).
+	Info() []ListenerInfo
+}
+
+// ListenerInfo describes a running listener.
+type ListenerInfo struct {
+	// Transport is "http", "ws", "serial", "mqtt" or a test's name.
+	Transport string
+	// Addr is what a client passes as --port (a URL or a device path).
+	Addr string
+}
+
+// State is a snapshot of the device for tests and the command.
+type State struct {
+	// Online is true while the device is up on its transports.
+	Online bool
+	// PoweredOff is true after a power cut or Close.
+	PoweredOff bool
+	// Bricked is true when the booted firmware crashed while committed:
+	// the device stays off (a real one would boot-loop).
+	Bricked bool
+	// Boots counts boots since this Device was created.
+	Boots int
+	// RunningSlot is the slot the running firmware was booted from.
+	RunningSlot int
+	// Boot is the boot state the device reports (OTA.GetBootState).
+	Boot BootState
+	// Persisted is the boot state on flash: what the next boot does.
+	Persisted BootState
+	// Firmware identity of the running slot.
+	App, Version, BuildID, Behavior string
+	// OTAState is OTA.Status's state (0 idle, 1 progress, 2 error, 3
+	// success); OTAMessage its msg.
+	OTAState   int
+	OTAMessage string
+	// OTAProgress is OTA.Status's progress_percent.
+	OTAProgress int
+	// CommitTimerArmed is true while the first-boot commit timer runs.
+	CommitTimerArmed bool
+}
+
+// Device is an emulated Mongoose OS device.
+type Device struct {
+	cfg    Config
+	log    *slog.Logger
+	clock  Clock
+	fl     *flash
+	srv    *rpc.Server
+	client *http.Client
+
+	poweredOff atomic.Bool
+	offOnce    sync.Once
+	off        chan struct{} // closed at power cut or Close
+
+	goMu     sync.Mutex
+	goClosed bool
+	wg       sync.WaitGroup
+	life     context.Context
+	lifeStop context.CancelFunc
+
+	lmu       sync.Mutex // serialises listener start/stop
+	listeners []Listener
+	lstarted  bool
+
+	mu          sync.Mutex
+	started     bool
+	closed      bool
+	online      bool
+	bricked     bool
+	rebooting   bool
+	boots       int
+	mem         BootState
+	running     int
+	manifest    *bundle.Manifest
+	behavior    string
+	bootTime    time.Time
+	epoch       context.Context
+	epochStop   context.CancelFunc
+	commitTimer Timer
+	upd         *update
+	status      otaStatus
+}
+
+type otaStatus struct {
+	state    int
+	msg      string
+	progress int
+}
+
+// New prepares a device on cfg.StateDir (creating a factory firmware when
+// the directory is new). It does not boot it: call Start.
+func New(cfg Config) (*Device, error) {
+	if cfg.StateDir == "" {
+		return nil, errors.New("emulator: a state dir is required (--state-dir DIR)")
+	}
+	if cfg.ID == "" {
+		cfg.ID = DefaultID
+	}
+	if cfg.Platform == "" {
+		cfg.Platform = DefaultPlatform
+	}
+	if cfg.Slots == 0 {
+		cfg.Slots = DefaultSlots
+	}
+	if cfg.Slots < 2 {
+		return nil, fmt.Errorf("emulator: %d slots: at least 2 are needed for OTA", cfg.Slots)
+	}
+	if cfg.RebootAfter == 0 {
+		cfg.RebootAfter = DefaultRebootAfter
+	}
+	if cfg.MaxRedirects == 0 {
+		cfg.MaxRedirects = DefaultMaxRedirects
+	}
+	if cfg.FactoryVersion == "" {
+		cfg.FactoryVersion = DefaultFactoryVersion
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = SystemClock()
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	d := &Device{
+		cfg:   cfg,
+		log:   log.With("device", cfg.ID),
+		clock: cfg.Clock,
+		srv:   rpc.NewServer(cfg.ID),
+		off:   make(chan struct{}),
+	}
+	d.life, d.lifeStop = context.WithCancel(context.Background())
+	d.fl = &flash{dir: cfg.StateDir, slots: cfg.Slots, hook: cfg.Hooks.FlashWrite, onCut: d.cutPower}
+	client, err := d.buildHTTPClient()
+	if err != nil {
+		return nil, err
+	}
+	d.client = client
+	if err := d.initFlash(); err != nil {
+		return nil, err
+	}
+	ls, err := d.configListeners()
+	if err != nil {
+		return nil, err
+	}
+	d.listeners = append(ls, cfg.Listeners...)
+	d.registerMethods()
+	return d, nil
+}
+
+func (d *Device) buildHTTPClient() (*http.Client, error) {
+	max := d.cfg.MaxRedirects
+	redirect := func(req *http.Request, via []*http.Request) error {
+		if len(via) > max {
+			return fmt.Errorf("stopped after %d redirects", max)
+		}
+		return nil
+	}
+	if d.cfg.HTTPClient != nil {
+		c := *d.cfg.HTTPClient
+		if c.CheckRedirect == nil {
+			c.CheckRedirect = redirect
+		}
+		return &c, nil
+	}
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	if d.cfg.CAFile != "" {
+		pem, err := os.ReadFile(d.cfg.CAFile)
+		if err != nil {
+			return nil, fmt.Errorf("emulator: reading CA file: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("emulator: CA file %s holds no PEM certificate", d.cfg.CAFile)
+		}
+		tr.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+	}
+	return &http.Client{Transport: tr, CheckRedirect: redirect}, nil
+}
+
+// initFlash creates the state dir with a factory firmware in slot 0 when it
+// holds no boot state yet.
+func (d *Device) initFlash() error {
+	if err := os.MkdirAll(d.cfg.StateDir, 0o755); err != nil {
+		return fmt.Errorf("emulator: creating state dir: %w", err)
+	}
+	if _, err := os.Stat(d.fl.bootPath()); err == nil {
+		_, err := d.fl.loadBoot()
+		return err
+	}
+	for i := 0; i < d.cfg.Slots; i++ {
+		if err := os.MkdirAll(filepath.Join(d.fl.slotDir(i), "parts"), 0o755); err != nil {
+			return err
+		}
+		if err := os.MkdirAll(d.fl.fsDir(i), 0o755); err != nil {
+			return err
+		}
+	}
+	app := []byte("factory firmware for " + d.cfg.ID + "\n")
+	m := &bundle.Manifest{
+		Name: "emulator-app", Platform: d.cfg.Platform, Description: "otactl emulator factory firmware",
+		Version: d.cfg.FactoryVersion, BuildID: "factory", BuildTimestamp: "2024-01-01T00:00:00Z",
+		Parts: map[string]*bundle.Part{"app": {Type: "app", Src: "app.bin"}},
+	}
+	pw, err := d.fl.create(d.fl.partPath(0, "app", m.Parts["app"]))
+	if err != nil {
+		return err
+	}
+	if _, err := pw.Write(app); err != nil {
+		return err
+	}
+	if err := pw.Close(); err != nil {
+		return err
+	}
+	size, s1, s256, err := digestFile(pw.path)
+	if err != nil {
+		return err
+	}
+	m.Parts["app"].Size, m.Parts["app"].CSSHA1, m.Parts["app"].CSSHA256 = bundle.Int64(size), s1, s256
+	conf, _ := json.MarshalIndent(map[string]any{"device": map[string]any{"id": d.cfg.ID}}, "", "  ")
+	if err := writeSync(filepath.Join(d.fl.fsDir(0), "conf9.json"), conf); err != nil {
+		return err
+	}
+	man, err := m.Indented()
+	if err != nil {
+		return err
+	}
+	if err := d.fl.writeAtomic(d.fl.manifestPath(0), man, "manifest"); err != nil {
+		return err
+	}
+	return d.fl.saveBoot(BootState{ActiveSlot: 0, IsCommitted: true, RevertSlot: 0})
+}
+
+// RPC returns the device's method registry.
+func (d *Device) RPC() *rpc.Server { return d.srv }
+
+// Handler returns what a transport's device side serves: the RPC server,
+// silent while the device is off and for a firmware that answers no RPC.
+func (d *Device) Handler() transport.Handler { return transport.HandlerFunc(d.handleFrame) }
+
+func (d *Device) handleFrame(ctx context.Context, f *frame.Frame) *frame.Frame {
+	d.mu.Lock()
+	online := d.online
+	beh := d.behavior
+	epoch := d.epoch
+	d.mu.Unlock()
+	if !online || d.poweredOff.Load() {
+		return nil
+	}
+	if beh == BehaviorNoRPC {
+		select {
+		case <-ctx.Done():
+		case <-epoch.Done():
+		}
+		return nil
+	}
+	resp := d.srv.HandleFrame(ctx, f)
+	if d.poweredOff.Load() {
+		return nil
+	}
+	return resp
+}
+
+// Start boots the device and brings up its transports.
+func (d *Device) Start(ctx context.Context) error {
+	d.mu.Lock()
+	if d.started || d.closed {
+		d.mu.Unlock()
+		return errors.New("emulator: Start called twice or after Close")
+	}
+	d.started = true
+	d.mu.Unlock()
+	return d.powerOn(ctx)
+}
+
+// Listeners describes where the device is reachable (after Start).
+func (d *Device) Listeners() []ListenerInfo {
+	d.lmu.Lock()
+	defer d.lmu.Unlock()
+	out := make([]ListenerInfo, 0, len(d.listeners))
+	for _, l := range d.listeners {
+		out = append(out, l.Info()...)
+	}
+	return out
+}
+
+// Done is closed when the device is powered off for good (power cut or
+// Close).
+func (d *Device) Done() <-chan struct{} { return d.off }
+
+// FSDir returns the filesystem directory of the running slot.
+func (d *Device) FSDir() string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.fl.fsDir(d.running)
+}
+
+// State returns a snapshot of the device.
+func (d *Device) State() State {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	s := State{
+		Online: d.online, PoweredOff: d.poweredOff.Load(), Bricked: d.bricked, Boots: d.boots,
+		RunningSlot: d.running, Boot: d.mem, Behavior: d.behavior,
+		OTAState: d.status.state, OTAMessage: d.statusMsgLocked(), CommitTimerArmed: d.commitTimer != nil,
+	}
+	s.OTAProgress = d.status.progress
+	if d.upd != nil {
+		s.OTAProgress = d.upd.percent()
+	}
+	if d.manifest != nil {
+		s.App, s.Version, s.BuildID = d.manifest.Name, d.manifest.Version, d.manifest.BuildID
+	}
+	if p, err := d.fl.loadBoot(); err == nil {
+		s.Persisted = p
+	}
+	return s
+}
+
+// Reboot reboots the device as Sys.Reboot does, without the reply delay.
+func (d *Device) Reboot() { d.requestReboot(0) }
+
+// PowerCut cuts the power at once: no more replies, no more flash writes,
+// every transport goes away. The state dir is left as it is; start a new
+// Device on it to power on again.
+func (d *Device) PowerCut() { d.fl.cut() }
+
+// Close shuts the device down (like a power cut, but orderly: in-flight
+// flash writes finish) and releases its transports. It is idempotent.
+func (d *Device) Close() error {
+	d.mu.Lock()
+	if d.closed {
+		d.mu.Unlock()
+		<-d.off
+		return nil
+	}
+	d.closed = true
+	d.mu.Unlock()
+	d.goMu.Lock()
+	d.goClosed = true
+	d.goMu.Unlock()
+	d.lifeStop()
+	d.goOffline()
+	d.wg.Wait()
+	d.stopListeners() // a reboot may have started them again meanwhile
+	d.offOnce.Do(func() { close(d.off) })
+	var errs []error
+	d.lmu.Lock()
+	for _, l := range d.listeners {
+		if c, ok := l.(io.Closer); ok {
+			errs = append(errs, c.Close())
+		}
+	}
+	d.lmu.Unlock()
+	return errors.Join(errs...)
+}
+
+// cutPower is called by the flash at a power cut (maybe with d.mu held).
+func (d *Device) cutPower() {
+	if !d.poweredOff.CompareAndSwap(false, true) {
+		return
+	}
+	d.log.Warn("power cut")
+	d.spawn(func() {
+		d.goOffline()
+		d.offOnce.Do(func() { close(d.off) })
+	})
+}
+
+// spawn runs f in a goroutine that Close waits for, unless closing.
+func (d *Device) spawn(f func()) bool {
+	d.goMu.Lock()
+	defer d.goMu.Unlock()
+	if d.goClosed {
+		return false
+	}
+	d.wg.Add(1)
+	go func() {
+		defer d.wg.Done()
+		f()
+	}()
+	return true
+}
+
+func (d *Device) sleep(dur time.Duration) bool {
+	if dur <= 0 {
+		return d.life.Err() == nil
+	}
+	t := time.NewTimer(dur)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-d.life.Done():
+		return false
+	case <-d.off:
+		return false
+	}
+}
+
+// requestReboot reboots after the given delay, unless a reboot is already
+// pending.
+func (d *Device) requestReboot(after time.Duration) {
+	d.mu.Lock()
+	if d.rebooting || d.closed {
+		d.mu.Unlock()
+		return
+	}
+	d.rebooting = true
+	d.mu.Unlock()
+	ok := d.spawn(func() {
+		// rebooting is cleared by powerOn as the device comes back, or
+		// here when it does not.
+		cameBack := false
+		defer func() {
+			if !cameBack {
+				d.mu.Lock()
+				d.rebooting = false
+				d.mu.Unlock()
+			}
+		}()
+		if !d.sleep(after) {
+			return
+		}
+		d.log.Info("rebooting")
+		d.goOffline()
+		if !d.sleep(d.cfg.RebootDelay) || d.poweredOff.Load() {
+			return
+		}
+		cameBack = true // powerOn clears rebooting
+		if err := d.powerOn(d.life); err != nil && d.life.Err() == nil && !d.poweredOff.Load() {
+			d.log.Error("boot failed", "err", err)
+		}
+	})
+	if !ok {
+		d.mu.Lock()
+		d.rebooting = false
+		d.mu.Unlock()
+	}
+}
+
+// goOffline takes the device off every transport and ends the running
+// firmware: in-flight handlers, the commit timer and any update.
+func (d *Device) goOffline() {
+	d.mu.Lock()
+	d.online = false
+	if d.epochStop != nil {
+		d.epochStop()
+	}
+	if d.commitTimer != nil {
+		d.commitTimer.Stop()
+		d.commitTimer = nil
+	}
+	u := d.upd
+	d.mu.Unlock()
+	d.stopListeners()
+	if u != nil {
+		<-u.done
+	}
+}
+
+func (d *Device) stopListeners() {
+	d.lmu.Lock()
+	defer d.lmu.Unlock()
+	if !d.lstarted {
+		return
+	}
+	d.lstarted = false
+	for _, l := range d.listeners {
+		if err := l.Stop(); err != nil {
+			d.log.Warn("stopping listener", "transport", transportName(l), "err", err)
+		}
+	}
+}
+
+func (d *Device) startListeners(ctx context.Context) error {
+	d.lmu.Lock()
+	defer d.lmu.Unlock()
+	if d.lstarted {
+		return nil
+	}
+	if d.life.Err() != nil {
+		return errors.New("emulator: device closed")
+	}
+	h := d.Handler()
+	for i, l := range d.listeners {
+		if err := l.Start(ctx, h); err != nil {
+			for _, s := range d.listeners[:i] {
+				s.Stop()
+			}
+			return fmt.Errorf("emulator: starting %s listener: %w", transportName(l), err)
+		}
+	}
+	d.lstarted = true
+	return nil
+}
+
+// powerOn boots (again after a crash on first boot) and goes online.
+func (d *Device) powerOn(ctx context.Context) error {
+	wentOnline := false
+	defer func() {
+		if !wentOnline {
+			d.mu.Lock()
+			d.rebooting = false
+			d.mu.Unlock()
+		}
+	}()
+	for {
+		again, err := d.boot()
+		if err != nil {
+			return err
+		}
+		if !again {
+			break
+		}
+		if !d.sleep(d.cfg.RebootDelay) {
+			return d.life.Err()
+		}
+	}
+	d.mu.Lock()
+	bricked := d.bricked
+	d.mu.Unlock()
+	if bricked || d.poweredOff.Load() {
+		return nil
+	}
+	if err := d.startListeners(ctx); err != nil {
+		return err
+	}
+	d.mu.Lock()
+	d.online = !d.poweredOff.Load() && !d.closed
+	d.rebooting = false
+	wentOnline = true
+	d.mu.Unlock()
+	return nil
+}
+
+// boot is one boot of the device from its persisted boot state. It
+// returns again=true when the firmware crashed during a first boot and the
+// device must boot once more (into the reverted slot).
+func (d *Device) boot() (again bool, err error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.poweredOff.Load() {
+		return false, ErrPowerCut
+	}
+	p, err := d.fl.loadBoot()
+	if err != nil {
+		return false, err
+	}
+	d.boots++
+	d.bricked = false
+	d.status = otaStatus{}
+	if d.epochStop != nil {
+		d.epochStop()
+	}
+	d.epoch, d.epochStop = context.WithCancel(d.life)
+	d.bootTime = d.clock.Now()
+	m, merr := d.fl.loadManifest(p.ActiveSlot)
+	behavior := BehaviorOK
+	if merr == nil {
+		behavior = firmwareBehavior(m)
+	}
+	crashed := merr != nil || behavior == BehaviorCrashOnBoot
+	d.running, d.manifest, d.behavior = p.ActiveSlot, m, behavior
+	if p.IsCommitted {
+		d.mem = p
+		if crashed {
+			d.log.Error("firmware crashed during init and is committed: the device is bricked", "slot", p.ActiveSlot, "err", merr)
+			d.bricked = true
+		} else {
+			d.log.Info("booted", "slot", p.ActiveSlot, "version", m.Version, "build_id", m.BuildID)
+		}
+		return false, nil
+	}
+	// First boot after an update (or a SetBootState that uncommitted):
+	// first point the persisted state back at the revert slot.
+	tomb := BootState{ActiveSlot: p.RevertSlot, IsCommitted: true, RevertSlot: p.RevertSlot}
+	if err := d.fl.saveBoot(tomb); err != nil {
+		return false, fmt.Errorf("writing boot state: %w", err)
+	}
+	d.mem = BootState{ActiveSlot: p.ActiveSlot, IsCommitted: false, RevertSlot: p.RevertSlot, CommitTimeout: p.CommitTimeout}
+	if crashed {
+		d.log.Error("firmware failed to init on first boot: reverting", "slot", p.ActiveSlot, "err", merr)
+		d.mem = tomb
+		return true, nil
+	}
+	d.log.Info("first boot", "slot", p.ActiveSlot, "version", m.Version, "build_id", m.BuildID, "revert_slot", p.RevertSlot)
+	if p.RevertSlot != p.ActiveSlot {
+		if err := d.fl.mergeFS(p.RevertSlot, p.ActiveSlot); err != nil {
+			if errors.Is(err, ErrPowerCut) {
+				return false, err
+			}
+			d.log.Error("filesystem merge failed", "err", err)
+		}
+	}
+	if p.CommitTimeout > 0 {
+		d.log.Info(fmt.Sprintf("Arming commit watchdog for %d seconds", p.CommitTimeout))
+		epoch := d.epoch
+		d.commitTimer = d.clock.AfterFunc(time.Duration(p.CommitTimeout)*time.Second, func() { d.commitTimeout(epoch) })
+		return false, nil
+	}
+	if err := d.commitLocked(); err != nil {
+		return false, err
+	}
+	return false, nil
+}
+
+func firmwareBehavior(m *bundle.Manifest) string {
+	raw, ok := m.Extra[BehaviorAttribute]
+	if !ok {
+		return BehaviorOK
+	}
+	var s string
+	if json.Unmarshal(raw, &s) != nil {
+		return BehaviorOK
+	}
+	switch s {
+	case BehaviorCrashOnBoot, BehaviorNoRPC:
+		return s
+	}
+	return BehaviorOK
+}
+
+// commitTimeout is the commit timer's expiry.
+func (d *Device) commitTimeout(epoch context.Context) {
+	d.mu.Lock()
+	if d.epoch != epoch || epoch.Err() != nil || d.mem.IsCommitted {
+		d.mu.Unlock()
+		return
+	}
+	d.commitTimer = nil
+	d.log.Error("Update commit timeout expired")
+	err := d.revertLocked()
+	d.mu.Unlock()
+	if err != nil {
+		d.log.Error("revert failed", "err", err)
+	}
+	d.requestReboot(0)
+}
+
+// commitLocked makes the running firmware permanent.
+func (d *Device) commitLocked() error {
+	st := BootState{ActiveSlot: d.mem.ActiveSlot, IsCommitted: true, RevertSlot: d.mem.RevertSlot}
+	if err := d.fl.saveBoot(st); err != nil {
+		return err
+	}
+	d.mem = st
+	if d.commitTimer != nil {
+		d.commitTimer.Stop()
+		d.commitTimer = nil
+	}
+	d.log.Info("committed", "slot", st.ActiveSlot)
+	return nil
+}
+
+// revertLocked points the boot state at the revert slot, committed.
+func (d *Device) revertLocked() error {
+	st := BootState{ActiveSlot: d.mem.RevertSlot, IsCommitted: true, RevertSlot: d.mem.RevertSlot}
+	if err := d.fl.saveBoot(st); err != nil {
+		return err
+	}
+	d.mem = st
+	if d.commitTimer != nil {
+		d.commitTimer.Stop()
+		d.commitTimer = nil
+	}
+	return nil
+}
+
+func (d *Device) statusMsgLocked() string {
+	if d.status.msg != "" {
+		return d.status.msg
+	}
+	return [...]string{"idle", "progress", "error", "success"}[d.status.state]
+}
+
+func (d *Device) uptime() int64 {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return int64(d.clock.Now().Sub(d.bootTime) / time.Second)
+}
+
+func transportName(l Listener) string {
+	if infos := l.Info(); len(infos) > 0 {
+		return infos[0].Transport
+	}
+	return fmt.Sprintf("%T", l)
+}

@@ -1,0 +1,393 @@
+package emulator
+
+import (
+	"crypto/sha1"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"sync/atomic"
+
+	"github.com/otactl/otactl/pkg/ota/bundle"
+)
+
+// BootState is the device's boot configuration (OTA.GetBootState).
+type BootState struct {
+	ActiveSlot    int  `json:"active_slot"`
+	IsCommitted   bool `json:"is_committed"`
+	RevertSlot    int  `json:"revert_slot"`
+	CommitTimeout int  `json:"commit_timeout"`
+}
+
+// FlashWrite describes one write to the emulated flash; Hooks.FlashWrite
+// sees every one before it happens.
+type FlashWrite struct {
+	// Seq numbers the writes of this Device from 1.
+	Seq int
+	// Kind is one of "erase" (a slot is cleared), "part" (a chunk of part
+	// data), "manifest" (a slot's manifest), "fs" (a filesystem file
+	// copied), "bootstate" (the boot state's temporary file) and
+	// "bootstate-commit" (its rename over the old one).
+	Kind string
+	// Path is relative to Config.StateDir.
+	Path string
+}
+
+// ErrPowerCut is returned by a FlashWrite hook to cut the device's power at
+// that write: the write does not happen, the device goes off every
+// transport at once without replying, and nothing more is written. Start a
+// new Device on the same StateDir to "power it on again".
+var ErrPowerCut = errors.New("power cut")
+
+// Hooks inject faults. Nil hooks do nothing.
+type Hooks struct {
+	// FlashWrite is called before every flash write. Returning ErrPowerCut
+	// cuts the power; any other error fails that write (and so the
+	// operation doing it).
+	FlashWrite func(w FlashWrite) error
+}
+
+// PowerCutAt returns a FlashWrite hook that cuts the power at the n-th
+// flash write whose kind is one of kinds (any kind when none is given).
+func PowerCutAt(n int, kinds ...string) func(FlashWrite) error {
+	var count atomic.Int64
+	return func(w FlashWrite) error {
+		if len(kinds) > 0 {
+			match := false
+			for _, k := range kinds {
+				match = match || k == w.Kind
+			}
+			if !match {
+				return nil
+			}
+		}
+		if count.Add(1) >= int64(n) {
+			return ErrPowerCut
+		}
+		return nil
+	}
+}
+
+// flash is the emulated flash: slots and boot state in a directory.
+//
+//	<dir>/bootstate.json
+//	<dir>/slot<N>/manifest.json   firmware manifest (absent: no firmware)
+//	<dir>/slot<N>/parts/<name>    part data, one file per part
+//	<dir>/slot<N>/fs/             the slot's filesystem
+type flash struct {
+	dir   string
+	slots int
+	hook  func(FlashWrite) error
+	onCut func()
+	seq   atomic.Int64
+	dead  atomic.Bool
+}
+
+func (f *flash) op(kind, path string) error {
+	if f.dead.Load() {
+		return ErrPowerCut
+	}
+	seq := int(f.seq.Add(1))
+	if f.hook != nil {
+		rel, err := filepath.Rel(f.dir, path)
+		if err != nil {
+			rel = path
+		}
+		if err := f.hook(FlashWrite{Seq: seq, Kind: kind, Path: rel}); err != nil {
+			if errors.Is(err, ErrPowerCut) {
+				f.cut()
+			}
+			return err
+		}
+	}
+	return nil
+}
+
+func (f *flash) cut() {
+	if f.dead.CompareAndSwap(false, true) && f.onCut != nil {
+		f.onCut()
+	}
+}
+
+func (f *flash) slotDir(n int) string      { return filepath.Join(f.dir, "slot"+strconv.Itoa(n)) }
+func (f *flash) manifestPath(n int) string { return filepath.Join(f.slotDir(n), bundle.ManifestName) }
+func (f *flash) fsDir(n int) string        { return filepath.Join(f.slotDir(n), "fs") }
+func (f *flash) bootPath() string          { return filepath.Join(f.dir, "bootstate.json") }
+
+// partPath is where a part's data lives: parts of type "file" are files of
+// the slot's filesystem, the others opaque images.
+func (f *flash) partPath(slot int, name string, p *bundle.Part) string {
+	if p.Type == "file" {
+		return filepath.Join(f.fsDir(slot), p.Src)
+	}
+	return filepath.Join(f.slotDir(slot), "parts", name)
+}
+
+func (f *flash) validSlot(n int) bool { return n >= 0 && n < f.slots }
+
+// loadBoot reads the persisted boot state.
+func (f *flash) loadBoot() (BootState, error) {
+	var bs BootState
+	b, err := os.ReadFile(f.bootPath())
+	if err != nil {
+		return bs, fmt.Errorf("reading boot state: %w", err)
+	}
+	if err := json.Unmarshal(b, &bs); err != nil {
+		return bs, fmt.Errorf("boot state %s is corrupt (%w): remove the state dir to start from factory firmware", f.bootPath(), err)
+	}
+	if !f.validSlot(bs.ActiveSlot) || !f.validSlot(bs.RevertSlot) {
+		return bs, fmt.Errorf("boot state %s names slots outside 0..%d: start with --slots matching the state dir", f.bootPath(), f.slots-1)
+	}
+	return bs, nil
+}
+
+// saveBoot persists bs so that a power cut at any instant leaves either the
+// old or the new state: temp file, fsync, rename, fsync of the directory.
+func (f *flash) saveBoot(bs BootState) error {
+	b, _ := json.Marshal(bs)
+	return f.writeAtomic(f.bootPath(), b, "bootstate")
+}
+
+func (f *flash) writeAtomic(path string, data []byte, kind string) error {
+	tmp := path + ".tmp"
+	if err := f.op(kind, tmp); err != nil {
+		return err
+	}
+	if err := writeSync(tmp, data); err != nil {
+		return err
+	}
+	commitKind := kind + "-commit"
+	if kind != "bootstate" {
+		commitKind = kind
+	}
+	if err := f.op(commitKind, path); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return err
+	}
+	return syncDir(filepath.Dir(path))
+}
+
+func writeSync(path string, data []byte) error {
+	fh, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err != nil {
+		return err
+	}
+	if _, err := fh.Write(data); err != nil {
+		fh.Close()
+		return err
+	}
+	if err := fh.Sync(); err != nil {
+		fh.Close()
+		return err
+	}
+	return fh.Close()
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil && !errors.Is(err, os.ErrInvalid) {
+		return err
+	}
+	return nil
+}
+
+// eraseSlot removes a slot's firmware (manifest first, so a half-written
+// slot never looks bootable).
+func (f *flash) eraseSlot(n int) error {
+	dir := f.slotDir(n)
+	if err := f.op("erase", dir); err != nil {
+		return err
+	}
+	if err := os.Remove(f.manifestPath(n)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	if err := syncDir(dir); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	if err := os.RemoveAll(dir); err != nil {
+		return err
+	}
+	for _, d := range []string{filepath.Join(dir, "parts"), filepath.Join(dir, "fs")} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// loadManifest returns the manifest of the firmware in slot n.
+func (f *flash) loadManifest(n int) (*bundle.Manifest, error) {
+	b, err := os.ReadFile(f.manifestPath(n))
+	if err != nil {
+		return nil, fmt.Errorf("slot %d holds no firmware: %w", n, err)
+	}
+	m, err := bundle.ParseManifest(b)
+	if err != nil {
+		return nil, fmt.Errorf("slot %d manifest: %w", n, err)
+	}
+	return m, nil
+}
+
+// partWriter writes part data, one flash write per chunk.
+type partWriter struct {
+	f    *flash
+	path string
+	fh   *os.File
+}
+
+func (f *flash) create(path string) (*partWriter, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return nil, err
+	}
+	fh, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	return &partWriter{f: f, path: path, fh: fh}, nil
+}
+
+func (w *partWriter) Write(p []byte) (int, error) {
+	if err := w.f.op("part", w.path); err != nil {
+		return 0, err
+	}
+	return w.fh.Write(p)
+}
+
+func (w *partWriter) Close() error {
+	if err := w.fh.Sync(); err != nil {
+		w.fh.Close()
+		return err
+	}
+	return w.fh.Close()
+}
+
+// digestFile reads a file back and returns its size and hex digests.
+func digestFile(path string) (int64, string, string, error) {
+	fh, err := os.Open(path)
+	if err != nil {
+		return 0, "", "", err
+	}
+	defer fh.Close()
+	h1, h256 := sha1.New(), sha256.New()
+	n, err := io.Copy(io.MultiWriter(h1, h256), fh)
+	if err != nil {
+		return 0, "", "", err
+	}
+	return n, hex.EncodeToString(h1.Sum(nil)), hex.EncodeToString(h256.Sum(nil)), nil
+}
+
+// copyFile copies src to dst through flash writes of kind.
+func (f *flash) copyFile(src, dst, kind string) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	if err := f.op(kind, dst); err != nil {
+		return err
+	}
+	out, err := f.create(dst)
+	if err != nil {
+		return err
+	}
+	buf := make([]byte, 32<<10)
+	for {
+		n, rerr := in.Read(buf)
+		if n > 0 {
+			if _, err := out.Write(buf[:n]); err != nil {
+				out.fh.Close()
+				return err
+			}
+		}
+		if rerr == io.EOF {
+			break
+		}
+		if rerr != nil {
+			out.fh.Close()
+			return rerr
+		}
+	}
+	return out.Close()
+}
+
+// listFiles returns the regular files under dir, relative, sorted.
+func listFiles(dir string) ([]string, error) {
+	var out []string
+	err := filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.Type().IsRegular() {
+			rel, _ := filepath.Rel(dir, p)
+			out = append(out, rel)
+		}
+		return nil
+	})
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	sort.Strings(out)
+	return out, err
+}
+
+// mergeFS copies files that exist in slot from's filesystem but not in
+// slot to's; existing files are never overwritten.
+func (f *flash) mergeFS(from, to int) error {
+	files, err := listFiles(f.fsDir(from))
+	if err != nil {
+		return err
+	}
+	for _, rel := range files {
+		dst := filepath.Join(f.fsDir(to), rel)
+		if _, err := os.Stat(dst); err == nil {
+			continue
+		}
+		if err := f.copyFile(filepath.Join(f.fsDir(from), rel), dst, "fs"); err != nil {
+			return fmt.Errorf("copying %s: %w", rel, err)
+		}
+	}
+	return nil
+}
+
+// copySlot copies slot from (parts, filesystem, manifest last) to slot to
+// and verifies the copy.
+func (f *flash) copySlot(from, to int) error {
+	man, err := os.ReadFile(f.manifestPath(from))
+	if err != nil {
+		return err
+	}
+	if err := f.eraseSlot(to); err != nil {
+		return err
+	}
+	for _, sub := range []string{"parts", "fs"} {
+		files, err := listFiles(filepath.Join(f.slotDir(from), sub))
+		if err != nil {
+			return err
+		}
+		for _, rel := range files {
+			src := filepath.Join(f.slotDir(from), sub, rel)
+			dst := filepath.Join(f.slotDir(to), sub, rel)
+			if err := f.copyFile(src, dst, "part"); err != nil {
+				return err
+			}
+			_, a, _, err1 := digestFile(src)
+			_, b, _, err2 := digestFile(dst)
+			if err1 != nil || err2 != nil || a != b {
+				return fmt.Errorf("verifying the copy of %s failed", rel)
+			}
+		}
+	}
+	return f.writeAtomic(f.manifestPath(to), man, "manifest")
+}

@@ -1,0 +1,323 @@
+package emulator
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+
+	mochi "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/listeners"
+	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/otactl/otactl/pkg/transport"
+	httptransport "github.com/otactl/otactl/pkg/transport/http"
+	"github.com/otactl/otactl/pkg/transport/mqtt"
+	"github.com/otactl/otactl/pkg/transport/serial"
+	"github.com/otactl/otactl/pkg/transport/ws"
+)
+
+// configListeners builds the listeners named by Config.Listen, SerialLink
+// and MQTTBroker.
+func (d *Device) configListeners() ([]Listener, error) {
+	var out []Listener
+	if d.cfg.Listen != "" {
+		out = append(out, NewHTTPListener(d.cfg.Listen, d.log))
+	}
+	if d.cfg.SerialLink != "" {
+		out = append(out, NewSerialListener(d.cfg.SerialLink, d.log))
+	}
+	if d.cfg.MQTTBroker != "" {
+		l, err := NewMQTTListener(d.cfg.MQTTBroker, d.cfg.ID, d.log)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, l)
+	}
+	return out, nil
+}
+
+// HTTPListener serves HTTP POST /rpc, /rpc/<Method> and WebSocket /rpc on
+// one TCP listener, as a device does. After the first Start it listens at
+// the same (resolved) address, so ":0" picks a port once.
+type HTTPListener struct {
+	log *slog.Logger
+
+	mu   sync.Mutex
+	addr string
+	srv  *http.Server
+	ws   *ws.Handler
+	done chan struct{}
+}
+
+// NewHTTPListener returns a listener for addr (host:port).
+func NewHTTPListener(addr string, log *slog.Logger) *HTTPListener {
+	return &HTTPListener{addr: addr, log: orDiscard(log)}
+}
+
+// Start implements Listener.
+func (l *HTTPListener) Start(ctx context.Context, h transport.Handler) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.srv != nil {
+		return nil
+	}
+	var lc net.ListenConfig
+	var ln net.Listener
+	var err error
+	// The port may still be held briefly by the previous boot's sockets.
+	for i := 0; ; i++ {
+		ln, err = lc.Listen(ctx, "tcp", l.addr)
+		if err == nil || i == 50 || ctx.Err() != nil {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err != nil {
+		return fmt.Errorf("listening on %s: %w (is another emulator running there?)", l.addr, err)
+	}
+	l.addr = ln.Addr().String()
+	opts := transport.Options{Logger: l.log}
+	l.ws = ws.NewHandler(h, opts)
+	l.srv = &http.Server{
+		Handler:           httptransport.NewHandler(h, httptransport.HandlerOptions{WebSocket: l.ws, Logger: l.log}),
+		ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog:          slog.NewLogLogger(l.log.Handler(), slog.LevelDebug),
+	}
+	l.done = make(chan struct{})
+	srv, done := l.srv, l.done
+	go func() {
+		defer close(done)
+		_ = srv.Serve(ln)
+	}()
+	return nil
+}
+
+// Stop implements Listener: the listener closes and every HTTP and
+// WebSocket connection is dropped.
+func (l *HTTPListener) Stop() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.srv == nil {
+		return nil
+	}
+	err := l.srv.Close()
+	l.ws.CloseAll()
+	<-l.done
+	l.srv, l.ws = nil, nil
+	if errors.Is(err, http.ErrServerClosed) {
+		err = nil
+	}
+	return err
+}
+
+// Info implements Listener.
+func (l *HTTPListener) Info() []ListenerInfo {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return []ListenerInfo{
+		{Transport: "http", Addr: "http://" + l.addr + "/rpc"},
+		{Transport: "ws", Addr: "ws://" + l.addr + "/rpc"},
+	}
+}
+
+// SerialListener serves the serial framing on a pty. Every Start creates a
+// new pty and points the symlink at it; Stop closes it, so a client sees
+// the port go away during a reboot and reopens it by the link path.
+type SerialListener struct {
+	link string
+	log  *slog.Logger
+
+	mu    sync.Mutex
+	srv   *serial.Server
+	slave string
+}
+
+// NewSerialListener returns a listener whose pty is reachable at link.
+func NewSerialListener(link string, log *slog.Logger) *SerialListener {
+	return &SerialListener{link: link, log: orDiscard(log)}
+}
+
+// Start implements Listener.
+func (l *SerialListener) Start(_ context.Context, h transport.Handler) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.srv != nil {
+		return nil
+	}
+	master, slave, err := serial.OpenPTY(l.link)
+	if err != nil {
+		return err
+	}
+	l.slave = slave
+	l.srv = serial.Serve(context.Background(), master, h, transport.Options{Logger: l.log})
+	return nil
+}
+
+// Stop implements Listener.
+func (l *SerialListener) Stop() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.srv == nil {
+		return nil
+	}
+	err := l.srv.Close()
+	l.srv = nil
+	return err
+}
+
+// Log prints a device log line on the link (between frames), when up.
+func (l *SerialListener) Log(line string) {
+	l.mu.Lock()
+	srv := l.srv
+	l.mu.Unlock()
+	if srv != nil {
+		srv.Log(line)
+	}
+}
+
+// Info implements Listener.
+func (l *SerialListener) Info() []ListenerInfo {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return []ListenerInfo{{Transport: "serial", Addr: l.link}}
+}
+
+// MQTTListener connects the device to an MQTT broker (or to a broker it
+// runs in-process, which stays up across reboots). Stop disconnects the
+// device's client; Close stops the embedded broker.
+type MQTTListener struct {
+	id  string
+	log *slog.Logger
+
+	embedded     bool
+	embeddedAddr string
+	broker       *mochi.Server
+
+	mu  sync.Mutex
+	url *url.URL
+	srv *mqtt.Server
+}
+
+// NewMQTTListener returns a listener for spec: "mqtt://[user:pass@]host:port"
+// (or mqtts://), or "embedded" / "embedded:ADDR" for an in-process broker
+// (default address 127.0.0.1:1883).
+func NewMQTTListener(spec, deviceID string, log *slog.Logger) (*MQTTListener, error) {
+	l := &MQTTListener{id: deviceID, log: orDiscard(log)}
+	if spec == "embedded" || strings.HasPrefix(spec, "embedded:") {
+		l.embedded = true
+		l.embeddedAddr = strings.TrimPrefix(strings.TrimPrefix(spec, "embedded"), ":")
+		if l.embeddedAddr == "" {
+			l.embeddedAddr = "127.0.0.1:1883"
+		}
+		return l, nil
+	}
+	u, err := url.Parse(spec)
+	if err != nil || (u.Scheme != "mqtt" && u.Scheme != "mqtts") || u.Host == "" {
+		return nil, fmt.Errorf("emulator: --mqtt-broker %q: want mqtt://host:port, mqtts://host:port, embedded or embedded:ADDR", spec)
+	}
+	l.url = u
+	return l, nil
+}
+
+func (l *MQTTListener) startBroker() error {
+	srv := mochi.New(&mochi.Options{Logger: slog.New(slog.DiscardHandler), InlineClient: false})
+	if err := srv.AddHook(new(allowAll), nil); err != nil {
+		return fmt.Errorf("embedded MQTT broker: %w", err)
+	}
+	tcp := listeners.NewTCP(listeners.Config{ID: "emulator", Address: l.embeddedAddr})
+	if err := srv.AddListener(tcp); err != nil {
+		return fmt.Errorf("embedded MQTT broker: listening on %s: %w", l.embeddedAddr, err)
+	}
+	if err := srv.Serve(); err != nil {
+		_ = srv.Close()
+		return fmt.Errorf("embedded MQTT broker: %w", err)
+	}
+	l.broker = srv
+	l.url = &url.URL{Scheme: "mqtt", Host: tcp.Address()}
+	return nil
+}
+
+// Start implements Listener.
+func (l *MQTTListener) Start(ctx context.Context, h transport.Handler) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.srv != nil {
+		return nil
+	}
+	if l.embedded && l.broker == nil {
+		if err := l.startBroker(); err != nil {
+			return err
+		}
+	}
+	srv, err := mqtt.Serve(ctx, l.url, l.id, h, transport.Options{Logger: l.log})
+	if err != nil {
+		return err
+	}
+	l.srv = srv
+	return nil
+}
+
+// Stop implements Listener.
+func (l *MQTTListener) Stop() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.srv == nil {
+		return nil
+	}
+	err := l.srv.Close()
+	l.srv = nil
+	return err
+}
+
+// Close stops the embedded broker, if any.
+func (l *MQTTListener) Close() error {
+	l.Stop()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.broker != nil {
+		err := l.broker.Close()
+		l.broker = nil
+		return err
+	}
+	return nil
+}
+
+// Info implements Listener.
+func (l *MQTTListener) Info() []ListenerInfo {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.url == nil {
+		return []ListenerInfo{{Transport: "mqtt", Addr: "mqtt://" + l.embeddedAddr + "/" + l.id}}
+	}
+	u := *l.url
+	u.Path = "/" + l.id
+	return []ListenerInfo{{Transport: "mqtt", Addr: transport.Redact(&u)}}
+}
+
+// allowAll lets every client connect and use every topic (the embedded
+// broker is for loopback testing).
+type allowAll struct{ mochi.HookBase }
+
+func (*allowAll) ID() string { return "emulator-allow-all" }
+
+func (*allowAll) Provides(b byte) bool {
+	return b == mochi.OnConnectAuthenticate || b == mochi.OnACLCheck
+}
+
+func (*allowAll) OnConnectAuthenticate(*mochi.Client, packets.Packet) bool { return true }
+
+func (*allowAll) OnACLCheck(*mochi.Client, string, bool) bool { return true }
+
+func orDiscard(l *slog.Logger) *slog.Logger {
+	if l == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return l
+}

@@ -1,0 +1,445 @@
+package emulator
+
+import (
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/otactl/otactl/pkg/ota/bundle"
+	"github.com/otactl/otactl/pkg/rpc"
+)
+
+// update is one running update.
+type update struct {
+	d       *Device
+	ctx     context.Context
+	cancel  context.CancelCauseFunc
+	timeout time.Duration
+	ct      int
+	total   atomic.Int64 // bundle size when known
+	got     atomic.Int64 // bytes received
+
+	wmu sync.Mutex
+	wdt Timer
+
+	done        chan struct{}
+	err         error // set before done is closed
+	notModified bool
+
+	// push (OTA.Begin/Write/End)
+	push bool
+	pmu  sync.Mutex
+	pw   *io.PipeWriter
+	next int64
+}
+
+func (u *update) percent() int {
+	t := u.total.Load()
+	if t <= 0 {
+		return 0
+	}
+	p := u.got.Load() * 100 / t
+	if p > 100 {
+		p = 100
+	}
+	return int(p)
+}
+
+// kick re-arms the watchdog: progress was made.
+func (u *update) kick() {
+	u.wmu.Lock()
+	defer u.wmu.Unlock()
+	if u.wdt != nil {
+		u.wdt.Stop()
+	}
+	if u.ctx.Err() != nil {
+		u.wdt = nil
+		return
+	}
+	u.wdt = u.d.clock.AfterFunc(u.timeout, func() {
+		u.d.log.Error("Update timed out")
+		u.cancel(errTimedOut)
+	})
+}
+
+func (u *update) stopWatchdog() {
+	u.wmu.Lock()
+	defer u.wmu.Unlock()
+	if u.wdt != nil {
+		u.wdt.Stop()
+		u.wdt = nil
+	}
+}
+
+// statusError is an update failure with the device's status message.
+type statusError struct {
+	msg string
+	err error
+}
+
+func (e *statusError) Error() string {
+	if e.err == nil {
+		return e.msg
+	}
+	return e.msg + ": " + e.err.Error()
+}
+func (e *statusError) Unwrap() error { return e.err }
+
+var (
+	errTimedOut = &statusError{msg: "Update timed out"}
+	errRebooted = &statusError{msg: "Update interrupted by reboot"}
+)
+
+// sourceError marks a failure to read the bundle (network, connection
+// closed early), which the device reports as "Update failed".
+type sourceError struct{ err error }
+
+func (e *sourceError) Error() string { return "reading the bundle: " + e.err.Error() }
+func (e *sourceError) Unwrap() error { return e.err }
+
+// statusMessage is what the device replies for an update failure.
+func statusMessage(err error) string {
+	var se *statusError
+	if errors.As(err, &se) {
+		return se.msg
+	}
+	var be *bundle.Error
+	if errors.As(err, &be) {
+		return be.Msg
+	}
+	var src *sourceError
+	if errors.As(err, &src) {
+		return "Update failed"
+	}
+	if errors.Is(err, ErrPowerCut) {
+		return "Power cut"
+	}
+	return err.Error()
+}
+
+// beginUpdate starts an update, refusing as the device does.
+func (d *Device) beginUpdate(timeout, commitTimeout int64, total int64, push bool) (*update, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.upd != nil {
+		d.log.Error("Update already in progress")
+		return nil, rpc.Errorf(-1, msgInitFailed)
+	}
+	if !d.mem.IsCommitted {
+		d.log.Error("Previous update has not been committed yet")
+		return nil, rpc.Errorf(-1, msgInitFailed)
+	}
+	to := DefaultUpdateTimeout
+	if timeout > 0 {
+		to = time.Duration(timeout) * time.Second
+	}
+	ctx, cancel := context.WithCancelCause(d.epoch)
+	u := &update{d: d, ctx: ctx, cancel: cancel, timeout: to, ct: int(max(commitTimeout, 0)), done: make(chan struct{}), push: push}
+	if total > 0 {
+		u.total.Store(total)
+	}
+	d.upd = u
+	d.status = otaStatus{state: 1}
+	d.log.Info(fmt.Sprintf("starting, timeout %d", int(to/time.Second)))
+	u.kick()
+	return u, nil
+}
+
+// finishUpdate ends u: on success it commits the new boot state and
+// schedules the reboot; on failure the boot state is untouched.
+func (d *Device) finishUpdate(u *update, target int, err error) {
+	u.stopWatchdog()
+	if err == nil && u.ctx.Err() != nil {
+		err = context.Cause(u.ctx)
+	}
+	if err != nil && u.ctx.Err() != nil {
+		if c := context.Cause(u.ctx); errors.Is(c, errTimedOut) {
+			err = c
+		} else if !errors.Is(err, ErrPowerCut) {
+			err = errRebooted
+		}
+	}
+	d.mu.Lock()
+	ok := err == nil && !u.notModified
+	if ok {
+		st := BootState{ActiveSlot: target, IsCommitted: false, RevertSlot: d.running, CommitTimeout: u.ct}
+		if serr := d.fl.saveBoot(st); serr != nil {
+			err = &statusError{msg: "Cannot save update status", err: serr}
+			ok = false
+		} else {
+			d.mem = st
+		}
+	}
+	switch {
+	case ok:
+		d.status = otaStatus{state: 3, msg: msgApplied, progress: 100}
+		d.log.Info("update applied", "slot", target)
+	case u.notModified:
+		d.status = otaStatus{}
+	default:
+		d.status = otaStatus{state: 2, msg: statusMessage(err), progress: u.percent()}
+		d.log.Error("update failed", "err", err)
+	}
+	d.upd = nil
+	u.err = err
+	d.mu.Unlock()
+	u.cancel(nil)
+	close(u.done)
+	if ok {
+		d.requestReboot(d.cfg.RebootAfter)
+	}
+}
+
+// countingReader feeds the parser, counting progress and kicking the
+// watchdog.
+type countingReader struct {
+	u *update
+	r io.Reader
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	if err := c.u.ctx.Err(); err != nil {
+		return 0, context.Cause(c.u.ctx)
+	}
+	n, err := c.r.Read(p)
+	if n > 0 {
+		c.u.got.Add(int64(n))
+		c.u.kick()
+	}
+	if err != nil && err != io.EOF {
+		if cerr := c.u.ctx.Err(); cerr != nil {
+			return n, context.Cause(c.u.ctx)
+		}
+		err = &sourceError{err}
+	}
+	return n, err
+}
+
+// apply parses the bundle from src and writes its parts to the spare slot.
+// It returns the slot written, once the central directory is reached.
+func (d *Device) apply(u *update, src io.Reader) (int, error) {
+	br, err := bundle.NewReader(&countingReader{u: u, r: src})
+	if err != nil {
+		return 0, err
+	}
+	m := br.Manifest()
+	d.log.Info("FW", "name", m.Name, "platform", m.Platform, "version", m.Version, "build_id", m.BuildID)
+	if err := m.CheckPlatform(d.cfg.Platform); err != nil {
+		d.log.Error(err.Error())
+		return 0, err
+	}
+	bySrc := map[string]string{}
+	for _, name := range m.PartNames() {
+		p := m.Parts[name]
+		if p.Src == "" {
+			continue
+		}
+		if err := bundle.ValidSrc(p.Src); err != nil {
+			return 0, fmt.Errorf("part %q: %w", name, err)
+		}
+		bySrc[p.Src] = name
+	}
+	d.mu.Lock()
+	target := d.spareSlot()
+	d.mu.Unlock()
+	if err := d.fl.eraseSlot(target); err != nil {
+		return 0, &statusError{msg: "Failed to erase slot", err: err}
+	}
+	written := map[string]bool{}
+	buf := make([]byte, 32<<10)
+	for {
+		e, err := br.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return 0, err
+		}
+		name, ok := bySrc[e.BaseName()]
+		if !ok || written[name] {
+			d.log.Debug("skipping", "entry", e.Name)
+			continue
+		}
+		p := m.Parts[name]
+		path := d.fl.partPath(target, name, p)
+		w, err := d.fl.create(path)
+		if err != nil {
+			return 0, &statusError{msg: "Failed to write part", err: err}
+		}
+		_, err = io.CopyBuffer(w, e, buf)
+		if cerr := w.Close(); err == nil && cerr != nil {
+			err = &statusError{msg: "Failed to write part", err: cerr}
+		}
+		if err != nil {
+			return 0, err
+		}
+		size, s1, s256, err := digestFile(path)
+		if err != nil {
+			return 0, &statusError{msg: "Failed to read back part", err: err}
+		}
+		if err := bundle.CheckPart(name, p, size, s1, s256); err != nil {
+			d.log.Error(err.Error())
+			return 0, err
+		}
+		written[name] = true
+	}
+	for src, name := range bySrc {
+		if !written[name] {
+			return 0, &bundle.Error{Msg: bundle.ErrMissingPart.Msg, Detail: fmt.Sprintf("part %q: no entry %q in the archive", name, src)}
+		}
+	}
+	if err := d.fl.writeAtomic(d.fl.manifestPath(target), br.RawManifest(), "manifest"); err != nil {
+		return 0, &statusError{msg: "Failed to write manifest", err: err}
+	}
+	return target, nil
+}
+
+func (d *Device) otaUpdate(ctx context.Context, req *rpc.Request) (any, error) {
+	url, ok := req.String("url")
+	if !ok || url == "" {
+		return nil, rpc.Errorf(-1, msgMalformed)
+	}
+	u, err := d.beginUpdate(intArg(req, "timeout", 0), intArg(req, "commit_timeout", 0), 0, false)
+	if err != nil {
+		return nil, err
+	}
+	if !d.spawn(func() { d.download(u, url) }) {
+		d.finishUpdate(u, 0, errRebooted)
+	}
+	return waitUpdate(ctx, u)
+}
+
+func waitUpdate(ctx context.Context, u *update) (any, error) {
+	select {
+	case <-u.done:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	if u.err != nil {
+		return nil, rpc.Errorf(-1, "%s", statusMessage(u.err))
+	}
+	if u.notModified {
+		return nil, rpc.Errorf(0, msgNotModified)
+	}
+	return nil, rpc.Errorf(0, msgApplied)
+}
+
+func (d *Device) download(u *update, url string) {
+	target, err := d.fetch(u, url)
+	d.finishUpdate(u, target, err)
+}
+
+func (d *Device) fetch(u *update, url string) (int, error) {
+	req, err := http.NewRequestWithContext(u.ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return 0, &statusError{msg: "Invalid URL", err: err}
+	}
+	d.log.Info("downloading", "url", req.URL.Redacted())
+	resp, err := d.client.Do(req)
+	if err != nil {
+		return 0, &sourceError{err}
+	}
+	defer resp.Body.Close()
+	switch {
+	case resp.StatusCode == http.StatusNotModified:
+		u.notModified = true
+		return 0, nil
+	case resp.StatusCode != http.StatusOK:
+		return 0, &statusError{msg: fmt.Sprintf("Invalid HTTP response code %d", resp.StatusCode)}
+	}
+	if resp.ContentLength > 0 {
+		u.total.Store(resp.ContentLength)
+	}
+	return d.apply(u, resp.Body)
+}
+
+func (d *Device) otaBegin(_ context.Context, req *rpc.Request) (any, error) {
+	size := intArg(req, "size", 0)
+	u, err := d.beginUpdate(intArg(req, "timeout", 0), intArg(req, "commit_timeout", 0), size, true)
+	if err != nil {
+		return nil, err
+	}
+	pr, pw := io.Pipe()
+	u.pw = pw
+	stop := context.AfterFunc(u.ctx, func() { pr.CloseWithError(context.Cause(u.ctx)) })
+	if !d.spawn(func() {
+		defer stop()
+		target, err := d.apply(u, pr)
+		if err == nil {
+			// The rest (central directory) is not parsed; wait for End.
+			if _, derr := io.Copy(io.Discard, pr); derr != nil {
+				err = derr
+			}
+		}
+		if err != nil {
+			pr.CloseWithError(err)
+		}
+		d.finishUpdate(u, target, err)
+	}) {
+		d.finishUpdate(u, 0, errRebooted)
+	}
+	return nil, nil
+}
+
+// pushUpdate returns the running push update, or the error to reply.
+func (d *Device) pushUpdate() (*update, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	u := d.upd
+	if u == nil || !u.push {
+		if d.status.state == 2 {
+			return nil, rpc.Errorf(-1, "%s", d.status.msg)
+		}
+		return nil, rpc.Errorf(-1, msgNotStarted)
+	}
+	return u, nil
+}
+
+func (d *Device) otaWrite(_ context.Context, req *rpc.Request) (any, error) {
+	u, err := d.pushUpdate()
+	if err != nil {
+		return nil, err
+	}
+	off, ok, oerr := req.Int("offset")
+	data, dok := req.String("data")
+	if !ok || oerr != nil || !dok {
+		return nil, rpc.Errorf(-1, msgMalformed)
+	}
+	raw, err := base64.StdEncoding.DecodeString(data)
+	if err != nil {
+		return nil, rpc.Errorf(-1, msgMalformed)
+	}
+	u.pmu.Lock()
+	defer u.pmu.Unlock()
+	if off != u.next {
+		return nil, rpc.Errorf(-1, "Wrong offset %d, expected %d", off, u.next)
+	}
+	if u.ctx.Err() != nil { // watchdog fired or rebooting
+		<-u.done
+		return nil, rpc.Errorf(-1, "%s", statusMessage(u.err))
+	}
+	n, err := u.pw.Write(raw)
+	u.next += int64(n)
+	if err != nil {
+		<-u.done
+		return nil, rpc.Errorf(-1, "%s", statusMessage(u.err))
+	}
+	return nil, nil
+}
+
+func (d *Device) otaEnd(ctx context.Context, _ *rpc.Request) (any, error) {
+	u, err := d.pushUpdate()
+	if err != nil {
+		return nil, err
+	}
+	u.pmu.Lock()
+	u.pw.Close()
+	u.pmu.Unlock()
+	return waitUpdate(ctx, u)
+}
