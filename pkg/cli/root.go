@@ -159,6 +159,7 @@ over serial, HTTP, WebSocket or MQTT, wire-compatible with 'mos call OTA.*'.`,
 	pf.BoolVar(&g.HWFlow, "hw-flow-control", false, "serial RTS/CTS hardware flow control")
 
 	root.AddCommand(NewCmdCall(f, nil))
+	root.AddCommand(NewCmdEmulator(f, nil))
 	return root
 }
 

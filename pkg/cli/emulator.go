@@ -1,0 +1,210 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/otactl/otactl/pkg/device/emulator"
+)
+
+// EmulatorOptions are the inputs of `otactl emulator`.
+type EmulatorOptions struct {
+	F           *Factory
+	StateDir    string
+	ID          string
+	Platform    string
+	Slots       int
+	Listen      string
+	SerialLink  string
+	MQTTBroker  string
+	RebootDelay time.Duration
+	CAFile      string
+	ReadyFile   string
+	Quiet       bool
+}
+
+// NewCmdEmulator builds `otactl emulator`.
+func NewCmdEmulator(f *Factory, runF func(context.Context, *EmulatorOptions) error) *cobra.Command {
+	o := &EmulatorOptions{F: f}
+	cmd := &cobra.Command{
+		Use:   "emulator --state-dir DIR [--listen ADDR] [--serial-link PATH] [--mqtt-broker URL]",
+		Short: "Run an emulated Mongoose OS device for tests and CI",
+		Long: `Run an emulated Mongoose OS device: the OTA slot state machine of a real one
+(streaming bundle checks, uncommitted first boot, commit timer, rollback,
+snapshots), served over HTTP and WebSocket (--listen), a serial pty
+(--serial-link) and MQTT (--mqtt-broker), any of them at once.
+
+Its flash lives in --state-dir: killing the process is a power cut, starting
+it again on the same directory is a boot. A new directory gets a factory
+firmware (1.0.0) in slot 0, committed. It runs until SIGINT or SIGTERM and
+prints one line per way to reach it. See docs/emulator.md.`,
+		Example: `  # HTTP and WebSocket on one port
+  otactl emulator --state-dir /tmp/dev1 --listen 127.0.0.1:8080 &
+  otactl --port http://127.0.0.1:8080/rpc bootstate
+
+  # a serial link and an in-process MQTT broker, no install needed
+  otactl emulator --state-dir /tmp/dev1 --serial-link /tmp/ttyDEV1 --mqtt-broker embedded:127.0.0.1:1883
+  otactl --port /tmp/ttyDEV1 call Sys.GetInfo
+  otactl --port mqtt://127.0.0.1:1883/dev1 call Sys.GetInfo`,
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if o.StateDir == "" {
+				return usageErrorf("--state-dir is required: the directory that holds the emulated flash (created if missing)")
+			}
+			if o.Listen == "" && o.SerialLink == "" && o.MQTTBroker == "" {
+				return usageErrorf("give at least one transport: --listen ADDR, --serial-link PATH or --mqtt-broker URL|embedded")
+			}
+			if o.Slots < 2 {
+				return usageErrorf("--slots must be at least 2")
+			}
+			if runF != nil {
+				return runF(cmd.Context(), o)
+			}
+			return runEmulator(cmd.Context(), o)
+		},
+	}
+	fl := cmd.Flags()
+	fl.StringVar(&o.StateDir, "state-dir", "", "directory holding the emulated flash (required)")
+	fl.StringVar(&o.ID, "id", emulator.DefaultID, "device id (frame src, MQTT topics)")
+	fl.StringVar(&o.Platform, "platform", emulator.DefaultPlatform, "device platform, checked against bundles")
+	fl.IntVar(&o.Slots, "slots", emulator.DefaultSlots, "number of firmware slots")
+	fl.StringVar(&o.Listen, "listen", "", "HTTP /rpc, /rpc/<Method> and WebSocket /rpc on this address (e.g. 127.0.0.1:8080; port 0 picks one)")
+	fl.StringVar(&o.SerialLink, "serial-link", "", "create a pty and a symlink at PATH to its device end")
+	fl.StringVar(&o.MQTTBroker, "mqtt-broker", "", "connect to mqtt://host:port as the device, or 'embedded[:ADDR]' to run a broker in-process")
+	fl.DurationVar(&o.RebootDelay, "reboot-delay", time.Second, "how long a reboot keeps the device off every transport")
+	fl.StringVar(&o.CAFile, "download-ca-file", "", "CA certificates (PEM) trusted for HTTPS bundle downloads (default: system roots)")
+	fl.StringVar(&o.ReadyFile, "ready-file", "", "once reachable, write the listeners as JSON to this file (for scripts)")
+	fl.BoolVarP(&o.Quiet, "quiet", "q", false, "do not print the device log on stderr")
+	return cmd
+}
+
+func noArgs(cmd *cobra.Command, args []string) error {
+	if len(args) > 0 {
+		return usageErrorf("%s takes no arguments, got %q", cmd.Name(), strings.Join(args, " "))
+	}
+	return nil
+}
+
+func runEmulator(ctx context.Context, o *EmulatorOptions) error {
+	ios := o.F.IO
+	var logger *slog.Logger
+	if !o.Quiet {
+		logger = slog.New(newDeviceLogHandler(ios.ErrOut, o.ID))
+	}
+	cfg := emulator.Config{
+		StateDir:    o.StateDir,
+		ID:          o.ID,
+		Platform:    o.Platform,
+		Slots:       o.Slots,
+		RebootDelay: o.RebootDelay,
+		Listen:      o.Listen,
+		SerialLink:  o.SerialLink,
+		MQTTBroker:  o.MQTTBroker,
+		CAFile:      o.CAFile,
+		Logger:      logger,
+	}
+	d, err := emulator.New(cfg)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	if err := d.Start(ctx); err != nil {
+		return fmt.Errorf("starting the emulator: %w", err)
+	}
+	st := d.State()
+	fmt.Fprintf(ios.Out, "emulator %s (%s, %d slots): running %s %s from slot %d, %s; flash in %s\n",
+		o.ID, o.Platform, o.Slots, st.App, st.Version, st.RunningSlot, committedWord(st.Boot.IsCommitted), o.StateDir)
+	infos := d.Listeners()
+	for _, l := range infos {
+		fmt.Fprintf(ios.Out, "listening: %-6s %s\n", l.Transport, l.Addr)
+	}
+	if o.ReadyFile != "" {
+		if err := writeReadyFile(o.ReadyFile, infos); err != nil {
+			return err
+		}
+	}
+	select {
+	case <-ctx.Done():
+		fmt.Fprintln(ios.ErrOut, "emulator: stopping")
+	case <-d.Done():
+		if d.State().Bricked {
+			return fmt.Errorf("the emulated device is bricked: its committed firmware crashes at boot")
+		}
+	}
+	return d.Close()
+}
+
+func committedWord(c bool) string {
+	if c {
+		return "committed"
+	}
+	return "NOT committed"
+}
+
+func writeReadyFile(path string, infos []emulator.ListenerInfo) error {
+	type entry struct {
+		Transport string `json:"transport"`
+		Addr      string `json:"addr"`
+	}
+	out := make([]entry, 0, len(infos))
+	for _, l := range infos {
+		out = append(out, entry{l.Transport, l.Addr})
+	}
+	b, _ := json.MarshalIndent(map[string]any{"listeners": out}, "", "  ")
+	tmp := filepath.Join(filepath.Dir(path), "."+filepath.Base(path)+".tmp")
+	if err := os.WriteFile(tmp, append(b, '\n'), 0o644); err != nil {
+		return fmt.Errorf("--ready-file: %w", err)
+	}
+	return os.Rename(tmp, path)
+}
+
+// deviceLogHandler prints the emulated firmware's log like a device console:
+// "dev1: message key=value".
+type deviceLogHandler struct {
+	w     io.Writer
+	id    string
+	attrs []slog.Attr
+}
+
+func newDeviceLogHandler(w io.Writer, id string) *deviceLogHandler {
+	return &deviceLogHandler{w: w, id: id}
+}
+
+func (h *deviceLogHandler) Enabled(_ context.Context, l slog.Level) bool { return l >= slog.LevelInfo }
+
+func (h *deviceLogHandler) Handle(_ context.Context, r slog.Record) error {
+	var b strings.Builder
+	b.WriteString(r.Time.Format("15:04:05.000"))
+	b.WriteString(" ")
+	b.WriteString(h.id)
+	b.WriteString(": ")
+	b.WriteString(r.Message)
+	add := func(a slog.Attr) bool {
+		fmt.Fprintf(&b, " %s=%v", a.Key, a.Value)
+		return true
+	}
+	for _, a := range h.attrs {
+		add(a)
+	}
+	r.Attrs(add)
+	b.WriteString("\n")
+	_, err := io.WriteString(h.w, b.String())
+	return err
+}
+
+func (h *deviceLogHandler) WithAttrs(attrs []slog.Attr) slog.Handler {
+	c := *h
+	c.attrs = append(append([]slog.Attr(nil), h.attrs...), attrs...)
+	return &c
+}
+
+func (h *deviceLogHandler) WithGroup(string) slog.Handler { return h }
