@@ -160,6 +160,7 @@ over serial, HTTP, WebSocket or MQTT, wire-compatible with 'mos call OTA.*'.`,
 
 	root.AddCommand(NewCmdCall(f, nil))
 	root.AddCommand(NewCmdEmulator(f, nil))
+	root.AddCommand(NewCmdBundle(f))
 	return root
 }
 

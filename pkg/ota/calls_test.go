@@ -1,0 +1,240 @@
+package ota_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/otactl/otactl/pkg/ota"
+	"github.com/otactl/otactl/pkg/rpc"
+)
+
+func TestBootStateCalls(t *testing.T) {
+	bubble(t, func(t *testing.T, ctx context.Context) {
+		d := newFakeDev(t)
+		d.boot = ota.BootState{ActiveSlot: 1, RevertSlot: 0, IsCommitted: false, CommitTimeout: 300}
+		var set []string
+		d.srv.Handle("OTA.SetBootState", func(_ context.Context, r *rpc.Request) (any, error) {
+			set = append(set, string(r.Params))
+			return nil, nil
+		})
+		dev := ota.New(d.client(t))
+		bs, err := dev.GetBootState(ctx)
+		if err != nil || bs != d.boot {
+			t.Fatalf("GetBootState = %+v, %v", bs, err)
+		}
+		if err := dev.SetBootState(ctx, ota.BootStateChange{CommitTimeout: new(60)}); err != nil {
+			t.Fatal(err)
+		}
+		if err := dev.SetBootState(ctx, ota.BootStateChange{ActiveSlot: new(0), IsCommitted: new(false)}); err != nil {
+			t.Fatal(err)
+		}
+		if err := dev.SetBootState(ctx, ota.BootStateChange{}); err == nil {
+			t.Fatal("an empty change was sent")
+		}
+		if len(set) != 2 {
+			t.Fatalf("SetBootState calls %q", set)
+		}
+		mustJSON(t, set[0], `{"commit_timeout":60}`)
+		mustJSON(t, set[1], `{"active_slot":0,"is_committed":false}`)
+	})
+}
+
+func TestCommitRevertRefusedWhenCommitted(t *testing.T) {
+	bubble(t, func(t *testing.T, ctx context.Context) {
+		d := newFakeDev(t)
+		committed := true
+		for _, m := range []string{"OTA.Commit", "OTA.Revert"} {
+			d.srv.Handle(m, func(context.Context, *rpc.Request) (any, error) {
+				if committed {
+					return nil, &rpc.Error{Code: -1}
+				}
+				return nil, nil
+			})
+		}
+		dev := ota.New(d.client(t))
+		for name, fn := range map[string]func(context.Context) error{"commit": dev.Commit, "revert": dev.Revert} {
+			err := fn(ctx)
+			var re *rpc.Error
+			if !errors.Is(err, ota.ErrAlreadyCommitted) || !errors.As(err, &re) || re.Code != -1 {
+				t.Fatalf("%s: err = %v", name, err)
+			}
+		}
+		committed = false
+		if err := dev.Commit(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if err := dev.Revert(ctx); err != nil {
+			t.Fatal(err)
+		}
+	})
+}
+
+func TestCreateSnapshotStatusInfoReboot(t *testing.T) {
+	bubble(t, func(t *testing.T, ctx context.Context) {
+		d := newFakeDev(t)
+		var snap []string
+		d.srv.Handle("OTA.CreateSnapshot", func(_ context.Context, r *rpc.Request) (any, error) {
+			snap = append(snap, string(r.Params))
+			return map[string]int{"slot": 1}, nil
+		})
+		var reboot string
+		d.srv.Handle("Sys.Reboot", func(_ context.Context, r *rpc.Request) (any, error) {
+			reboot = string(r.Params)
+			return nil, nil
+		})
+		dev := ota.New(d.client(t))
+		slot, err := dev.CreateSnapshot(ctx, true, 30)
+		if err != nil || slot != 1 {
+			t.Fatalf("CreateSnapshot = %d, %v", slot, err)
+		}
+		if _, err := dev.CreateSnapshot(ctx, false, -1); err != nil {
+			t.Fatal(err)
+		}
+		mustJSON(t, snap[0], `{"set_as_revert":true,"commit_timeout":30}`)
+		mustJSON(t, snap[1], `{"set_as_revert":false}`)
+
+		d.status = ota.Status{State: ota.StateError, Msg: "Digest mismatch", ProgressPercent: 80}
+		st, err := dev.Status(ctx)
+		if err != nil || st.State != ota.StateError || st.Msg != "Digest mismatch" || st.ProgressPercent != 80 || !st.IsCommitted || len(st.Raw) == 0 {
+			t.Fatalf("Status = %+v, %v", st, err)
+		}
+		if st.State.String() != "last update failed" {
+			t.Fatalf("state string %q", st.State)
+		}
+
+		time.Sleep(90 * time.Second)
+		info, err := dev.GetInfo(ctx)
+		if err != nil || info.ID != "esp32_0A1B2C" || info.FWVersion != "1.0" || info.FWID != d.fw.BuildID ||
+			info.Arch != "esp32" || info.App != "demo" || info.Uptime != 90 || !strings.Contains(string(info.Raw), `"mac"`) {
+			t.Fatalf("GetInfo = %+v, %v", info, err)
+		}
+
+		if err := dev.Reboot(ctx, 250*time.Millisecond); err != nil {
+			t.Fatal(err)
+		}
+		mustJSON(t, reboot, `{"delay_ms":250}`)
+	})
+}
+
+func TestUpdate(t *testing.T) {
+	const url = "http://192.168.1.10:8080/fw.zip"
+	bubble(t, func(t *testing.T, ctx context.Context) {
+		d := newFakeDev(t)
+		var params string
+		d.srv.Handle("OTA.Update", func(_ context.Context, r *rpc.Request) (any, error) {
+			params = string(r.Params)
+			// Download for 10 s, reporting progress, then the legacy reply.
+			for i := range 10 {
+				d.mu.Lock()
+				d.status = ota.Status{State: ota.StateProgress, ProgressPercent: i * 11}
+				d.mu.Unlock()
+				time.Sleep(time.Second)
+			}
+			d.mu.Lock()
+			d.status = ota.Status{State: ota.StateProgress, ProgressPercent: 100}
+			d.mu.Unlock()
+			time.Sleep(1500 * time.Millisecond)
+			return nil, &rpc.Error{Code: 0, Message: "Update applied, finalizing"}
+		})
+		dev := ota.New(d.client(t))
+		ev := &events{}
+		acc, err := dev.Update(ctx, ota.UpdateArgs{URL: url, CommitTimeout: 120 * time.Second, OnEvent: ev.fn})
+		if err != nil || !acc.Confirmed {
+			t.Fatalf("Update = %+v, %v", acc, err)
+		}
+		mustJSON(t, params, `{"url":"`+url+`","commit_timeout":120,"timeout":600}`)
+		var pct []int
+		for _, e := range ev.ev {
+			if e.Kind == ota.EventDownload {
+				pct = append(pct, e.Percent)
+			}
+		}
+		if len(pct) < 5 || pct[len(pct)-1] != 100 {
+			t.Fatalf("progress %v", pct)
+		}
+		for i, p := range pct[:len(pct)-1] {
+			if p >= 100 || (i > 0 && p <= pct[i-1]) {
+				t.Fatalf("progress %v: 100%% before the reply, or not increasing", pct)
+			}
+		}
+		if k := ev.kinds(); k[len(k)-1] != ota.EventAccepted {
+			t.Fatalf("events %v", k)
+		}
+	})
+}
+
+func TestUpdateRefused(t *testing.T) {
+	bubble(t, func(t *testing.T, ctx context.Context) {
+		d := newFakeDev(t)
+		d.boot = ota.BootState{ActiveSlot: 1, IsCommitted: false, CommitTimeout: 300}
+		d.srv.Handle("OTA.Update", func(context.Context, *rpc.Request) (any, error) {
+			return nil, rpc.Errorf(-1, "Failed to init updater")
+		})
+		dev := ota.New(d.client(t))
+		_, err := dev.Update(ctx, ota.UpdateArgs{URL: "http://x/fw.zip"})
+		var re *rpc.Error
+		if !errors.Is(err, ota.ErrUpdateFailed) || !errors.As(err, &re) || re.Code != -1 {
+			t.Fatalf("err = %v", err)
+		}
+		contains(t, err, "Failed to init updater", "otactl commit")
+		if _, err := dev.Update(ctx, ota.UpdateArgs{}); err == nil {
+			t.Fatal("no URL accepted")
+		}
+	})
+}
+
+// The reply to OTA.Update can be lost when the device reboots: not an
+// error, but not confirmed.
+func TestUpdateReplyLost(t *testing.T) {
+	bubble(t, func(t *testing.T, ctx context.Context) {
+		d := newFakeDev(t)
+		d.srv.Handle("OTA.Update", func(ctx context.Context, _ *rpc.Request) (any, error) {
+			d.mu.Lock()
+			conn := d.conns[len(d.conns)-1]
+			d.mu.Unlock()
+			time.Sleep(3 * time.Second)
+			go conn.Close()
+			<-ctx.Done()
+			return nil, ctx.Err()
+		})
+		dev := ota.New(d.client(t))
+		ev := &events{}
+		acc, err := dev.Update(ctx, ota.UpdateArgs{URL: "http://x/fw.zip", OnEvent: ev.fn})
+		if err != nil || acc.Confirmed || ev.count(ota.EventNoReply) != 1 {
+			t.Fatalf("Update = %+v, %v, events %v", acc, err, ev.kinds())
+		}
+		// Cancelled by the user: an error, not "probably rebooting".
+		d2 := newFakeDev(t)
+		d2.srv.Handle("OTA.Update", func(ctx context.Context, _ *rpc.Request) (any, error) {
+			<-ctx.Done()
+			return nil, ctx.Err()
+		})
+		cctx, cancel := context.WithTimeout(ctx, time.Minute)
+		defer cancel()
+		_, err = ota.New(d2.client(t)).Update(cctx, ota.UpdateArgs{URL: "http://x/fw.zip"})
+		if !errors.Is(err, context.DeadlineExceeded) || errors.Is(err, ota.ErrUpdateFailed) {
+			t.Fatalf("err = %v", err)
+		}
+	})
+}
+
+func TestTypesJSON(t *testing.T) {
+	var bs ota.BootState
+	if err := json.Unmarshal([]byte(`{"active_slot":1,"is_committed":false,"revert_slot":0,"commit_timeout":300}`), &bs); err != nil ||
+		bs != (ota.BootState{ActiveSlot: 1, RevertSlot: 0, IsCommitted: false, CommitTimeout: 300}) {
+		t.Fatalf("%+v %v", bs, err)
+	}
+	o := ota.Outcome{Result: ota.UpdatedCommitted}
+	b, _ := json.Marshal(o)
+	if !strings.Contains(string(b), `"result":"updated_committed"`) || strings.Contains(string(b), "commit_deadline") {
+		t.Fatalf("outcome JSON %s", b)
+	}
+	if (ota.Firmware{}).Matches(ota.Firmware{Version: "1"}) || !(ota.Firmware{Version: "1"}).Matches(ota.Firmware{Version: "1", BuildID: "x"}) ||
+		(ota.Firmware{Version: "1", BuildID: "y"}).Matches(ota.Firmware{Version: "1", BuildID: "x"}) {
+		t.Fatal("Firmware.Matches")
+	}
+}

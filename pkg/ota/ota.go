@@ -1,0 +1,345 @@
+// Package ota is the typed API of the Mongoose OS OTA service (the OTA.*
+// RPC methods, plus Sys.GetInfo and Sys.Reboot) over an RPC client, and the
+// workflows built on it: pushing a bundle over any link (OTA.Begin/Write/End),
+// waiting for the device to reboot and telling what it booted, and committing
+// after a health check.
+//
+// Nothing here prints: progress and sentences go to callbacks (func(Event),
+// func(sent, total int64)) so the CLI decides how to show them.
+//
+// # Errors
+//
+// Errors returned by a device stay *rpc.Error (use errors.As). Errors that
+// mean "the update did not take" — the device refused or aborted it, or came
+// back on its old firmware — also wrap ErrUpdateFailed; check for it before
+// *rpc.Error when mapping exit codes. Link failures and timeouts are not
+// ErrUpdateFailed: they wrap the transport's error or context.DeadlineExceeded.
+package ota
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/otactl/otactl/pkg/rpc"
+)
+
+// Caller is what this package needs from an RPC client; *rpc.Client
+// implements it.
+type Caller interface {
+	Call(ctx context.Context, method string, params any) (json.RawMessage, error)
+}
+
+// Device is the OTA API of one device, over one RPC client. It is safe for
+// concurrent use if the Caller is.
+type Device struct {
+	c Caller
+}
+
+// New returns the OTA API over c (usually an *rpc.Client).
+func New(c Caller) *Device { return &Device{c: c} }
+
+// Caller returns the client the Device calls through.
+func (d *Device) Caller() Caller { return d.c }
+
+// Defaults applied when a duration option is zero.
+const (
+	// DefaultCommitTimeout is how long a new firmware waits for OTA.Commit
+	// before rolling back, when no commit timeout is given (as mos).
+	DefaultCommitTimeout = 300 * time.Second
+	// DefaultUpdateTimeout is the device's update watchdog: an update that
+	// makes no progress for this long is aborted (as mos).
+	DefaultUpdateTimeout = 600 * time.Second
+)
+
+// AutoCommit, given as a commit timeout, sends commit_timeout 0: the new
+// firmware commits itself as soon as it boots, so there is no rollback
+// safety net if it misbehaves after boot. Zero means DefaultCommitTimeout.
+const AutoCommit time.Duration = -1
+
+// commitSeconds converts a commit-timeout option to the wire value.
+func commitSeconds(d time.Duration) int64 {
+	switch {
+	case d < 0:
+		return 0
+	case d == 0:
+		return seconds(DefaultCommitTimeout)
+	}
+	return seconds(d)
+}
+
+// seconds rounds d up to whole seconds.
+func seconds(d time.Duration) int64 {
+	if d <= 0 {
+		return 0
+	}
+	return int64((d + time.Second - 1) / time.Second)
+}
+
+// BootState is the device's boot configuration (OTA.GetBootState).
+type BootState struct {
+	// ActiveSlot is the slot that boots next (and, after a reboot, runs).
+	ActiveSlot int `json:"active_slot"`
+	// RevertSlot is the slot the device falls back to if the active one is
+	// not committed in time.
+	RevertSlot int `json:"revert_slot"`
+	// IsCommitted is false while a new firmware is on trial.
+	IsCommitted bool `json:"is_committed"`
+	// CommitTimeout is the trial period in seconds (0: commit at boot).
+	CommitTimeout int `json:"commit_timeout"`
+}
+
+// BootStateChange is the argument of SetBootState: only the non-nil fields
+// are sent, and the device keeps the others.
+type BootStateChange struct {
+	ActiveSlot    *int  `json:"active_slot,omitempty"`
+	RevertSlot    *int  `json:"revert_slot,omitempty"`
+	IsCommitted   *bool `json:"is_committed,omitempty"`
+	CommitTimeout *int  `json:"commit_timeout,omitempty"`
+}
+
+// Empty reports whether no field is set.
+func (c BootStateChange) Empty() bool {
+	return c.ActiveSlot == nil && c.RevertSlot == nil && c.IsCommitted == nil && c.CommitTimeout == nil
+}
+
+// State is the updater state reported by OTA.Status.
+type State int
+
+// Updater states (OTA.Status "state").
+const (
+	StateIdle     State = 0 // no update running
+	StateProgress State = 1 // an update is running
+	StateError    State = 2 // the last update failed (a new one may start)
+	StateSuccess  State = 3 // an update finished; the device is about to reboot
+)
+
+// String names the state in words.
+func (s State) String() string {
+	switch s {
+	case StateIdle:
+		return "idle"
+	case StateProgress:
+		return "update in progress"
+	case StateError:
+		return "last update failed"
+	case StateSuccess:
+		return "update finished, reboot pending"
+	}
+	return fmt.Sprintf("state %d", int(s))
+}
+
+// Status is the result of OTA.Status. Devices always send State; the other
+// fields are sent by newer firmware and are zero otherwise.
+type Status struct {
+	State           State  `json:"state"`
+	Msg             string `json:"msg,omitempty"`
+	ProgressPercent int    `json:"progress_percent"`
+	IsCommitted     bool   `json:"is_committed"`
+	CommitTimeout   int    `json:"commit_timeout"`
+	Partition       int    `json:"partition"`
+	// Raw is the whole result as the device sent it.
+	Raw json.RawMessage `json:"-"`
+}
+
+// SysInfo is the part of Sys.GetInfo that OTA workflows use; Raw holds the
+// whole result (mac, wifi, ram_* ...).
+type SysInfo struct {
+	ID        string `json:"id"`
+	App       string `json:"app"`
+	FWVersion string `json:"fw_version"`
+	// FWID is the build id (the bundle manifest's build_id).
+	FWID string `json:"fw_id"`
+	Arch string `json:"arch"`
+	// Uptime is in seconds; zero when the device did not say.
+	Uptime float64 `json:"uptime"`
+	// Raw is the whole result as the device sent it.
+	Raw json.RawMessage `json:"-"`
+}
+
+// Firmware returns the identity of the running firmware.
+func (i SysInfo) Firmware() Firmware { return Firmware{Version: i.FWVersion, BuildID: i.FWID} }
+
+// Firmware identifies a firmware build: a bundle manifest's version and
+// build_id, or Sys.GetInfo's fw_version and fw_id.
+type Firmware struct {
+	Version string `json:"version,omitempty"`
+	BuildID string `json:"build_id,omitempty"`
+}
+
+// IsZero reports whether nothing is known.
+func (f Firmware) IsZero() bool { return f.Version == "" && f.BuildID == "" }
+
+// Matches reports whether running (from Sys.GetInfo) is the firmware f
+// describes: every field of f that is set must be equal. A zero f matches
+// nothing.
+func (f Firmware) Matches(running Firmware) bool {
+	if f.IsZero() {
+		return false
+	}
+	return (f.Version == "" || f.Version == running.Version) && (f.BuildID == "" || f.BuildID == running.BuildID)
+}
+
+// String is "1.2 (build 2024...)" or whichever part is known.
+func (f Firmware) String() string {
+	switch {
+	case f.Version != "" && f.BuildID != "":
+		return f.Version + " (build " + f.BuildID + ")"
+	case f.Version != "":
+		return f.Version
+	case f.BuildID != "":
+		return "build " + f.BuildID
+	}
+	return "unknown firmware"
+}
+
+// GetBootState calls OTA.GetBootState.
+func (d *Device) GetBootState(ctx context.Context) (BootState, error) {
+	var bs BootState
+	res, err := d.c.Call(ctx, "OTA.GetBootState", nil)
+	if err != nil {
+		return bs, err
+	}
+	if err := json.Unmarshal(res, &bs); err != nil {
+		return bs, fmt.Errorf("OTA.GetBootState: unexpected result %.200s: %w", res, err)
+	}
+	return bs, nil
+}
+
+// SetBootState calls OTA.SetBootState with the fields of c that are set. It
+// changes only what the next boot does; nothing is re-flashed.
+func (d *Device) SetBootState(ctx context.Context, c BootStateChange) error {
+	if c.Empty() {
+		return errors.New("OTA.SetBootState: nothing to set: give at least one of active slot, revert slot, committed, commit timeout")
+	}
+	_, err := d.c.Call(ctx, "OTA.SetBootState", c)
+	return err
+}
+
+// ErrAlreadyCommitted is wrapped (with the device's *rpc.Error) by Commit
+// and Revert when the device refuses because the running firmware is
+// already committed, and by CommitAfterHealthCheck when there is nothing to
+// commit.
+var ErrAlreadyCommitted = errors.New("the running firmware is already committed")
+
+// Commit calls OTA.Commit: the firmware on trial becomes permanent.
+func (d *Device) Commit(ctx context.Context) error {
+	_, err := d.c.Call(ctx, "OTA.Commit", nil)
+	if isCode(err, -1) {
+		return fmt.Errorf("%w (nothing to commit): %w", ErrAlreadyCommitted, err)
+	}
+	return err
+}
+
+// Revert calls OTA.Revert: a firmware on trial is abandoned and the device
+// reboots into its revert slot about 100 ms after replying.
+func (d *Device) Revert(ctx context.Context) error {
+	_, err := d.c.Call(ctx, "OTA.Revert", nil)
+	if isCode(err, -1) {
+		return fmt.Errorf("%w (only a firmware on trial can be reverted; use OTA.SetBootState to boot another slot): %w", ErrAlreadyCommitted, err)
+	}
+	return err
+}
+
+// CreateSnapshot calls OTA.CreateSnapshot: the running firmware and its
+// filesystem are copied to the inactive slot, whose number is returned.
+// With setAsRevert the running firmware becomes uncommitted with that slot
+// as its fallback; commitTimeout (seconds) is then set too unless negative.
+// The device refuses while the running firmware is uncommitted.
+func (d *Device) CreateSnapshot(ctx context.Context, setAsRevert bool, commitTimeout int) (int, error) {
+	args := struct {
+		SetAsRevert   bool `json:"set_as_revert"`
+		CommitTimeout *int `json:"commit_timeout,omitempty"`
+	}{SetAsRevert: setAsRevert}
+	if commitTimeout >= 0 {
+		args.CommitTimeout = &commitTimeout
+	}
+	var res struct {
+		Slot *int `json:"slot"`
+	}
+	raw, err := d.c.Call(ctx, "OTA.CreateSnapshot", args)
+	if err != nil {
+		return 0, err
+	}
+	if err := json.Unmarshal(raw, &res); err != nil || res.Slot == nil {
+		return 0, fmt.Errorf("OTA.CreateSnapshot: unexpected result %.200s (want {\"slot\": N})", raw)
+	}
+	return *res.Slot, nil
+}
+
+// Status calls OTA.Status.
+func (d *Device) Status(ctx context.Context) (Status, error) {
+	var st Status
+	raw, err := d.c.Call(ctx, "OTA.Status", nil)
+	if err != nil {
+		return st, err
+	}
+	if err := json.Unmarshal(raw, &st); err != nil {
+		return st, fmt.Errorf("OTA.Status: unexpected result %.200s: %w", raw, err)
+	}
+	st.Raw = raw
+	return st, nil
+}
+
+// GetInfo calls Sys.GetInfo.
+func (d *Device) GetInfo(ctx context.Context) (SysInfo, error) {
+	var info SysInfo
+	raw, err := d.c.Call(ctx, "Sys.GetInfo", nil)
+	if err != nil {
+		return info, err
+	}
+	// Decode leniently: a field of an unexpected type is left zero.
+	var m map[string]json.RawMessage
+	if err := json.Unmarshal(raw, &m); err != nil {
+		return info, fmt.Errorf("Sys.GetInfo: unexpected result %.200s: %w", raw, err)
+	}
+	str := func(k string) string {
+		var s string
+		_ = json.Unmarshal(m[k], &s)
+		return s
+	}
+	info.ID, info.App, info.Arch = str("id"), str("app"), str("arch")
+	info.FWVersion, info.FWID = str("fw_version"), str("fw_id")
+	if u, ok := m["uptime"]; ok {
+		_ = json.Unmarshal(u, &info.Uptime)
+	}
+	info.Raw = raw
+	return info, nil
+}
+
+// Reboot calls Sys.Reboot; the device restarts after delay.
+func (d *Device) Reboot(ctx context.Context, delay time.Duration) error {
+	args := struct {
+		DelayMS int64 `json:"delay_ms"`
+	}{DelayMS: delay.Milliseconds()}
+	_, err := d.c.Call(ctx, "Sys.Reboot", args)
+	return err
+}
+
+// isCode reports whether err is a device error with this code.
+func isCode(err error, code int) bool {
+	var re *rpc.Error
+	return errors.As(err, &re) && re.Code == code
+}
+
+// isDeviceError reports whether err is a reply from the device (as opposed
+// to a link failure or a timeout).
+func isDeviceError(err error) bool {
+	var re *rpc.Error
+	return errors.As(err, &re) || errors.Is(err, rpc.ErrAuth)
+}
+
+// lostLink reports whether err, from a call made under ctx, means the reply
+// did not come (link dropped or the call's own deadline passed) while ctx
+// itself is still alive.
+func lostLink(ctx context.Context, err error) bool {
+	return err != nil && !isDeviceError(err) && ctx.Err() == nil
+}
+
+func emit(fn func(Event), e Event) {
+	if fn != nil {
+		fn(e)
+	}
+}

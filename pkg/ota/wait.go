@@ -1,0 +1,363 @@
+package ota
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/otactl/otactl/pkg/rpc"
+)
+
+// Observation is what the device reported at one moment: taken before an
+// update (Device.Observe) it is the reference WaitOutcome compares with.
+type Observation struct {
+	Info SysInfo   `json:"info"`
+	Boot BootState `json:"boot_state"`
+	// At is when the replies arrived (host clock).
+	At time.Time `json:"at"`
+}
+
+// Observe reads Sys.GetInfo and OTA.GetBootState.
+func (d *Device) Observe(ctx context.Context) (Observation, error) {
+	info, err := d.GetInfo(ctx)
+	if err != nil {
+		return Observation{}, err
+	}
+	bs, err := d.GetBootState(ctx)
+	if err != nil {
+		return Observation{}, err
+	}
+	return Observation{Info: info, Boot: bs, At: time.Now()}, nil
+}
+
+// Result is the final outcome of an update.
+type Result string
+
+// Results. Only the Updated ones mean the update took.
+const (
+	// UpdatedUncommitted: the new firmware runs, on trial; it rolls back
+	// at Outcome.CommitDeadline unless committed.
+	UpdatedUncommitted Result = "updated_uncommitted"
+	// UpdatedCommitted: the new firmware runs and is committed (commit
+	// timeout 0: it committed itself at boot).
+	UpdatedCommitted Result = "updated_committed"
+	// RolledBack: the device rebooted and came back on its old firmware
+	// (the new one crashed or failed at boot, or was reverted).
+	RolledBack Result = "rolled_back"
+	// NotApplied: the device did not switch: the update failed before
+	// finalising, or the device never rebooted.
+	NotApplied Result = "not_applied"
+)
+
+// Took reports whether the new firmware runs.
+func (r Result) Took() bool { return r == UpdatedUncommitted || r == UpdatedCommitted }
+
+// Outcome is what WaitOutcome found.
+type Outcome struct {
+	Result Result `json:"result"`
+	// Before is the boot state before the update; After the one read once
+	// the outcome was clear.
+	Before BootState `json:"before"`
+	After  BootState `json:"after"`
+	// BeforeInfo and Info are Sys.GetInfo before and after.
+	BeforeInfo SysInfo `json:"before_info"`
+	Info       SysInfo `json:"info"`
+	// CommitDeadline estimates when an uncommitted firmware rolls back
+	// (the device's boot time plus its commit timeout); zero otherwise.
+	CommitDeadline time.Time `json:"commit_deadline,omitzero"`
+	// Reason is one sentence saying what happened and why we think so.
+	Reason string `json:"reason"`
+	// Attempts counts connection attempts; Elapsed the time waited.
+	Attempts int           `json:"attempts"`
+	Elapsed  time.Duration `json:"elapsed_ns"`
+}
+
+// Err is nil when the update took, else an error wrapping ErrUpdateFailed
+// that says what happened.
+func (o *Outcome) Err() error {
+	if o.Result.Took() {
+		return nil
+	}
+	return fmt.Errorf("%w: %s", ErrUpdateFailed, o.Reason)
+}
+
+// Dialer opens a new RPC client to the device. WaitOutcome calls it once per
+// connection attempt; ctx bounds the dial.
+type Dialer func(ctx context.Context) (*rpc.Client, error)
+
+// Backoff spaces connection attempts while the device is away: Initial,
+// doubling up to Max.
+type Backoff struct {
+	Initial time.Duration // default 250 ms
+	Max     time.Duration // default 5 s
+}
+
+// WaitOptions configure WaitOutcome.
+type WaitOptions struct {
+	// Dial connects to the device (required). Close any client of your own
+	// first if the link allows only one at a time (serial).
+	Dial Dialer
+	// Before is Device.Observe from before the update (required).
+	Before Observation
+	// Accepted is true when the device confirmed the update (Update or
+	// Push returned Accepted.Confirmed): from then on, seeing the old slot
+	// active means it rolled back. False when the reply was lost.
+	Accepted bool
+	// Expect identifies the new firmware (bundle manifest version and
+	// build_id), if known; it lets the new firmware be recognised even
+	// when it booted from the same slot number.
+	Expect Firmware
+	// RebootTimeout is how long the device may keep running its old
+	// instance, answering, before the outcome is NotApplied (default 2 m).
+	RebootTimeout time.Duration
+	// AttemptTimeout bounds one attempt: dial plus the calls (default 5 s).
+	// A link that stays open while the device reboots (serial) waits this
+	// long for an answer before the attempt counts as failed.
+	AttemptTimeout time.Duration
+	// PollInterval spaces attempts while the device answers but has not
+	// rebooted yet (default 500 ms).
+	PollInterval time.Duration
+	// Backoff spaces attempts while the device does not answer.
+	Backoff Backoff
+	// OnEvent, if set, gets EventWaiting, EventNotRebooted and EventBack.
+	OnEvent func(Event)
+}
+
+func (o *WaitOptions) defaults() {
+	if o.RebootTimeout <= 0 {
+		o.RebootTimeout = 2 * time.Minute
+	}
+	if o.AttemptTimeout <= 0 {
+		o.AttemptTimeout = 5 * time.Second
+	}
+	if o.PollInterval <= 0 {
+		o.PollInterval = 500 * time.Millisecond
+	}
+	if o.Backoff.Initial <= 0 {
+		o.Backoff.Initial = 250 * time.Millisecond
+	}
+	if o.Backoff.Max < o.Backoff.Initial {
+		o.Backoff.Max = max(5*time.Second, o.Backoff.Initial)
+	}
+}
+
+// uptimeSlack absorbs the rounding of whole-second uptimes and call latency
+// when comparing boot times.
+const uptimeSlack = 2 * time.Second
+
+// probe is one successful look at the device.
+type probe struct {
+	info     SysInfo
+	boot     BootState
+	status   Status
+	statusOK bool
+	at       time.Time
+}
+
+// WaitOutcome waits for the device to reboot after an update and come back,
+// then says what it booted. It reconnects with opts.Dial (backoff between
+// attempts, each bounded by AttemptTimeout, the whole bounded by ctx) and
+// reads Sys.GetInfo, OTA.GetBootState and OTA.Status until the outcome is
+// clear:
+//
+//   - UpdatedUncommitted / UpdatedCommitted: after a reboot (uptime reset,
+//     or the firmware identity changed) the active slot differs from before
+//     or Sys.GetInfo shows opts.Expect;
+//   - RolledBack: the old slot and firmware are active again after the
+//     device rebooted, or at all once it had accepted the update;
+//   - NotApplied: the device still runs its old instance and OTA.Status
+//     shows a failed update, or it has not rebooted after RebootTimeout.
+//
+// On success it returns the Outcome and a client connected to the device
+// (the caller closes it), e.g. for CommitAfterHealthCheck. For RolledBack
+// and NotApplied it returns the Outcome, the client and o.Err() (wrapping
+// ErrUpdateFailed). If ctx ends first it returns an error wrapping ctx's
+// error and the last connection error; wrong credentials end it at once
+// (rpc.ErrAuth).
+func WaitOutcome(ctx context.Context, opts WaitOptions) (*Outcome, *rpc.Client, error) {
+	if opts.Dial == nil {
+		return nil, nil, errors.New("WaitOutcome: no dialer")
+	}
+	if opts.Before.At.IsZero() {
+		return nil, nil, errors.New("WaitOutcome: no Before observation: call Device.Observe before the update")
+	}
+	opts.defaults()
+	start := time.Now()
+	var (
+		wentAway time.Time // first failed attempt
+		lastErr  error
+		delay    = opts.Backoff.Initial
+		attempts int
+	)
+	for {
+		attempts++
+		c, p, err := attempt(ctx, opts)
+		if err != nil {
+			if errors.Is(err, rpc.ErrAuth) || isCode(err, 401) {
+				return nil, nil, fmt.Errorf("reconnecting after the update: %w", err)
+			}
+			if ctx.Err() != nil {
+				if lastErr == nil {
+					lastErr = err
+				}
+				return nil, nil, timeoutErr(ctx, attempts, lastErr)
+			}
+			lastErr = err
+			if wentAway.IsZero() {
+				wentAway = time.Now()
+			}
+			emit(opts.OnEvent, Event{Kind: EventWaiting, Attempt: attempts, Err: err,
+				Msg: fmt.Sprintf("waiting for the device to come back (attempt %d): %v", attempts, err)})
+			if err := sleep(ctx, delay); err != nil {
+				return nil, nil, timeoutErr(ctx, attempts, lastErr)
+			}
+			delay = min(delay*2, opts.Backoff.Max)
+			continue
+		}
+		delay = opts.Backoff.Initial
+		o := decide(opts, p, wentAway, start)
+		if o != nil {
+			o.Attempts, o.Elapsed = attempts, time.Since(start)
+			emit(opts.OnEvent, Event{Kind: EventBack, Attempt: attempts, Info: &o.Info, Boot: &o.After,
+				Msg: "the device answers: " + o.Reason})
+			return o, c, o.Err()
+		}
+		c.Close()
+		emit(opts.OnEvent, Event{Kind: EventNotRebooted, Attempt: attempts, Info: &p.info, Boot: &p.boot,
+			Msg: "the device has not rebooted yet"})
+		if err := sleep(ctx, opts.PollInterval); err != nil {
+			return nil, nil, timeoutErr(ctx, attempts, lastErr)
+		}
+	}
+}
+
+// timeoutErr says that ctx ended before the outcome was clear.
+func timeoutErr(ctx context.Context, attempts int, lastErr error) error {
+	cause := ctx.Err()
+	if cause == nil {
+		cause = context.DeadlineExceeded
+	}
+	if lastErr != nil {
+		return fmt.Errorf("the device did not come back in time (%d attempts; last error: %v): %w", attempts, lastErr, cause)
+	}
+	return fmt.Errorf("no outcome in time (%d attempts; the device answered but had not rebooted): %w", attempts, cause)
+}
+
+// attempt dials and probes once; on success the client stays open.
+func attempt(ctx context.Context, opts WaitOptions) (*rpc.Client, probe, error) {
+	actx, cancel := context.WithTimeout(ctx, opts.AttemptTimeout)
+	defer cancel()
+	c, err := opts.Dial(actx)
+	if err != nil {
+		return nil, probe{}, err
+	}
+	d := New(c)
+	var p probe
+	if p.info, err = d.GetInfo(actx); err == nil {
+		p.boot, err = d.GetBootState(actx)
+	}
+	if err != nil {
+		c.Close()
+		return nil, probe{}, err
+	}
+	// OTA.Status is optional (old devices): without it, fewer clues.
+	if p.status, err = d.Status(actx); err == nil {
+		p.statusOK = true
+	}
+	p.at = time.Now()
+	return c, p, nil
+}
+
+// decide returns the outcome that p shows, or nil to keep waiting.
+func decide(opts WaitOptions, p probe, wentAway, start time.Time) *Outcome {
+	before := opts.Before
+	o := &Outcome{Before: before.Boot, After: p.boot, BeforeInfo: before.Info, Info: p.info}
+	oldFW, nowFW := before.Info.Firmware(), p.info.Firmware()
+	idChanged := (oldFW.Version != nowFW.Version && oldFW.Version != "" && nowFW.Version != "") ||
+		(oldFW.BuildID != nowFW.BuildID && oldFW.BuildID != "" && nowFW.BuildID != "")
+	expected := opts.Expect.Matches(nowFW)
+	newSlot := p.boot.ActiveSlot != before.Boot.ActiveSlot
+	busy := p.statusOK && (p.status.State == StateProgress || p.status.State == StateSuccess)
+
+	// Reboot evidence: the firmware changed, the device booted after the
+	// reference observation, or after it was last seen away.
+	rebooted := idChanged
+	if p.info.Uptime > 0 || before.Info.Uptime > 0 {
+		booted := p.at.Add(-secondsDur(p.info.Uptime))
+		if booted.After(before.At.Add(-secondsDur(before.Info.Uptime)).Add(uptimeSlack)) {
+			rebooted = true
+		}
+		if !wentAway.IsZero() && !booted.Before(wentAway.Add(-uptimeSlack)) {
+			rebooted = true
+		}
+	} else if !wentAway.IsZero() {
+		rebooted = true // no uptime to tell: having been away must do
+	}
+	if busy && !idChanged {
+		rebooted = false // an update is still running or waits for its reboot
+	}
+
+	switch {
+	case rebooted && (newSlot || (expected && idChanged) || (idChanged && opts.Expect.IsZero())):
+		o.Result = UpdatedUncommitted
+		if p.boot.IsCommitted {
+			o.Result = UpdatedCommitted
+		}
+		o.Reason = fmt.Sprintf("slot %d runs %s", p.boot.ActiveSlot, nowFW)
+		if o.Result == UpdatedCommitted {
+			o.Reason += ", committed"
+		} else {
+			o.Reason += fmt.Sprintf(", not yet committed; it falls back to slot %d", p.boot.RevertSlot)
+			if p.boot.CommitTimeout > 0 {
+				o.CommitDeadline = p.at.Add(-secondsDur(p.info.Uptime)).Add(time.Duration(p.boot.CommitTimeout) * time.Second)
+				o.Reason += fmt.Sprintf(" at about %s unless committed", o.CommitDeadline.Format(time.TimeOnly))
+			} else {
+				o.Reason += " when it reboots unless committed"
+			}
+		}
+		if !opts.Expect.IsZero() && !expected {
+			o.Reason += fmt.Sprintf(" (expected %s)", opts.Expect)
+		}
+		return o
+	case rebooted && idChanged:
+		// A different firmware than expected on the old slot: not ours.
+		o.Result = NotApplied
+		o.Reason = fmt.Sprintf("the device rebooted into %s in slot %d, not the expected %s", nowFW, p.boot.ActiveSlot, opts.Expect)
+		return o
+	case !newSlot && !busy && (rebooted || opts.Accepted):
+		o.Result = RolledBack
+		o.Reason = fmt.Sprintf("the device came back on its old firmware %s in slot %d: the new firmware did not start or did not stay up, so the device rolled back", nowFW, p.boot.ActiveSlot)
+		return o
+	case !newSlot && !opts.Accepted && p.statusOK && p.status.State == StateError:
+		o.Result = NotApplied
+		msg := p.status.Msg
+		if msg == "" {
+			msg = "no message"
+		}
+		o.Reason = fmt.Sprintf("the update failed on the device (%s); it still runs %s in slot %d", msg, nowFW, p.boot.ActiveSlot)
+		return o
+	case time.Since(start) > opts.RebootTimeout:
+		o.Result = NotApplied
+		o.Reason = fmt.Sprintf("the device did not reboot within %s; it still runs %s in slot %d", opts.RebootTimeout, nowFW, p.boot.ActiveSlot)
+		if newSlot {
+			o.Reason += fmt.Sprintf(" with slot %d set to boot next: reboot it to try the update", p.boot.ActiveSlot)
+		}
+		return o
+	}
+	return nil
+}
+
+func secondsDur(s float64) time.Duration { return time.Duration(s * float64(time.Second)) }
+
+// sleep waits d or until ctx ends.
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}

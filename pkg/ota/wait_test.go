@@ -1,0 +1,360 @@
+package ota_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/otactl/otactl/pkg/ota"
+	"github.com/otactl/otactl/pkg/rpc"
+)
+
+// pushed runs the usual start of an update against d: the device has been
+// up for an hour, Observe, then Push (accepted, device finalised).
+func pushed(t *testing.T, ctx context.Context, d *fakeDev, commitTimeout time.Duration) (ota.Observation, ota.PushResult) {
+	t.Helper()
+	time.Sleep(time.Hour)
+	c := d.client(t)
+	dev := ota.New(c)
+	before, err := dev.Observe(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := payload(2000)
+	res, err := dev.Push(ctx, bytes.NewReader(data), int64(len(data)), ota.PushOptions{CommitTimeout: commitTimeout})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	return before, res
+}
+
+func TestWaitOutcomeUpdated(t *testing.T) {
+	bubble(t, func(t *testing.T, ctx context.Context) {
+		d := newFakeDev(t)
+		before, res := pushed(t, ctx, d, 0)
+		// The device reboots: 4 dials fail, then it runs the new firmware.
+		d.rebootInto(4, d.newFW, ota.BootState{ActiveSlot: 1, RevertSlot: 0, IsCommitted: false, CommitTimeout: 300})
+		ev := &events{}
+		start := time.Now()
+		o, c, err := ota.WaitOutcome(ctx, ota.WaitOptions{Dial: d.dial(t), Before: before, Accepted: res.Confirmed, Expect: d.newFW, OnEvent: ev.fn})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		bootedAt := d.bootedAt
+		if o.Result != ota.UpdatedUncommitted || o.After.ActiveSlot != 1 || o.Before.ActiveSlot != 0 ||
+			o.Info.FWVersion != "1.1" || o.BeforeInfo.FWVersion != "1.0" || o.Attempts != 5 {
+			t.Fatalf("outcome %+v", o)
+		}
+		if !o.CommitDeadline.Equal(bootedAt.Add(300 * time.Second)) {
+			t.Fatalf("commit deadline %v, want boot %v + 300 s", o.CommitDeadline, bootedAt)
+		}
+		// Backoff 250 ms, 500 ms, 1 s, 2 s between the failed attempts.
+		if el := time.Since(start); el != 3750*time.Millisecond {
+			t.Fatalf("waited %v", el)
+		}
+		if ev.count(ota.EventWaiting) != 4 || ev.count(ota.EventBack) != 1 {
+			t.Fatalf("events %v", ev.kinds())
+		}
+		if o.Err() != nil {
+			t.Fatal(o.Err())
+		}
+		// The returned client works: commit after a health check.
+		checks := 0
+		d.srv.Handle("Health.Check", func(context.Context, *rpc.Request) (any, error) {
+			checks++
+			return map[string]bool{"ok": true}, nil
+		})
+		d.srv.Handle("OTA.Commit", func(context.Context, *rpc.Request) (any, error) {
+			d.mu.Lock()
+			defer d.mu.Unlock()
+			d.boot.IsCommitted = true
+			return nil, nil
+		})
+		bs, err := ota.New(c).CommitAfterHealthCheck(ctx, "Health.Check", ev.fn)
+		if err != nil || !bs.IsCommitted || bs.ActiveSlot != 1 || checks != 1 {
+			t.Fatalf("commit: %+v, %v", bs, err)
+		}
+		if ev.count(ota.EventHealthCheck) != 1 || ev.count(ota.EventCommitted) != 1 {
+			t.Fatalf("events %v", ev.kinds())
+		}
+	})
+}
+
+func TestWaitOutcomeCommittedAtBoot(t *testing.T) {
+	bubble(t, func(t *testing.T, ctx context.Context) {
+		d := newFakeDev(t)
+		before, res := pushed(t, ctx, d, ota.AutoCommit)
+		d.rebootInto(1, d.newFW, ota.BootState{ActiveSlot: 1, RevertSlot: 0, IsCommitted: true})
+		o, c, err := ota.WaitOutcome(ctx, ota.WaitOptions{Dial: d.dial(t), Before: before, Accepted: res.Confirmed})
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Close()
+		if o.Result != ota.UpdatedCommitted || !o.CommitDeadline.IsZero() {
+			t.Fatalf("outcome %+v", o)
+		}
+	})
+}
+
+// The new firmware crashes at boot: the device comes back on the old one.
+func TestWaitOutcomeRolledBack(t *testing.T) {
+	for _, accepted := range []bool{true, false} {
+		bubble(t, func(t *testing.T, ctx context.Context) {
+			d := newFakeDev(t)
+			before, _ := pushed(t, ctx, d, 0)
+			d.rebootInto(3, d.fw, ota.BootState{ActiveSlot: 0, RevertSlot: 0, IsCommitted: true, CommitTimeout: 300})
+			o, c, err := ota.WaitOutcome(ctx, ota.WaitOptions{Dial: d.dial(t), Before: before, Accepted: accepted, Expect: d.newFW})
+			if c == nil {
+				t.Fatal("no client with the outcome")
+			}
+			c.Close()
+			if !errors.Is(err, ota.ErrUpdateFailed) || o == nil || o.Result != ota.RolledBack || o.Info.FWVersion != "1.0" {
+				t.Fatalf("accepted=%v: outcome %+v, err %v", accepted, o, err)
+			}
+			contains(t, err, "old firmware", "slot 0")
+		})
+	}
+}
+
+// The device answers before it rebooted (update finished, reboot pending),
+// then reboots.
+func TestWaitOutcomePendingReboot(t *testing.T) {
+	bubble(t, func(t *testing.T, ctx context.Context) {
+		d := newFakeDev(t)
+		before, res := pushed(t, ctx, d, 0)
+		polls := 0
+		var dial ota.Dialer
+		inner := d.dial(t)
+		dial = func(ctx context.Context) (*rpc.Client, error) {
+			polls++
+			if polls == 3 {
+				d.mu.Lock()
+				d.rebootInto(2, d.newFW, ota.BootState{ActiveSlot: 1, RevertSlot: 0, CommitTimeout: 300})
+				d.mu.Unlock()
+			}
+			return inner(ctx)
+		}
+		ev := &events{}
+		o, c, err := ota.WaitOutcome(ctx, ota.WaitOptions{Dial: dial, Before: before, Accepted: res.Confirmed, OnEvent: ev.fn})
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Close()
+		if o.Result != ota.UpdatedUncommitted || ev.count(ota.EventNotRebooted) != 2 || ev.count(ota.EventWaiting) != 2 {
+			t.Fatalf("outcome %+v, events %v", o, ev.kinds())
+		}
+	})
+}
+
+// The update failed on the device (reply lost, so not accepted): the
+// device never goes away and OTA.Status says why.
+func TestWaitOutcomeNotApplied(t *testing.T) {
+	bubble(t, func(t *testing.T, ctx context.Context) {
+		d := newFakeDev(t)
+		time.Sleep(time.Hour)
+		before, err := ota.New(d.client(t)).Observe(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		d.mu.Lock()
+		d.status = ota.Status{State: ota.StateError, Msg: "Wrong platform"}
+		d.mu.Unlock()
+		o, c, err := ota.WaitOutcome(ctx, ota.WaitOptions{Dial: d.dial(t), Before: before})
+		c.Close()
+		if !errors.Is(err, ota.ErrUpdateFailed) || o.Result != ota.NotApplied {
+			t.Fatalf("outcome %+v, err %v", o, err)
+		}
+		contains(t, err, "Wrong platform")
+	})
+	// Idle, never reboots: NotApplied after RebootTimeout.
+	bubble(t, func(t *testing.T, ctx context.Context) {
+		d := newFakeDev(t)
+		time.Sleep(time.Hour)
+		before, _ := ota.New(d.client(t)).Observe(ctx)
+		start := time.Now()
+		o, c, err := ota.WaitOutcome(ctx, ota.WaitOptions{Dial: d.dial(t), Before: before, RebootTimeout: time.Minute})
+		c.Close()
+		if !errors.Is(err, ota.ErrUpdateFailed) || o.Result != ota.NotApplied || time.Since(start) < time.Minute {
+			t.Fatalf("outcome %+v, err %v after %v", o, err, time.Since(start))
+		}
+		contains(t, err, "did not reboot")
+	})
+}
+
+// Re-flashing the same version: recognised by the slot and the uptime.
+func TestWaitOutcomeSameVersion(t *testing.T) {
+	bubble(t, func(t *testing.T, ctx context.Context) {
+		d := newFakeDev(t)
+		before, res := pushed(t, ctx, d, 0)
+		d.rebootInto(0, d.fw, ota.BootState{ActiveSlot: 1, RevertSlot: 0, CommitTimeout: 300})
+		o, c, err := ota.WaitOutcome(ctx, ota.WaitOptions{Dial: d.dial(t), Before: before, Accepted: res.Confirmed})
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Close()
+		if o.Result != ota.UpdatedUncommitted {
+			t.Fatalf("outcome %+v", o)
+		}
+	})
+}
+
+func TestWaitOutcomeTimeoutAndAuth(t *testing.T) {
+	bubble(t, func(t *testing.T, ctx context.Context) {
+		d := newFakeDev(t)
+		before, _ := pushed(t, ctx, d, 0)
+		d.down = 1 << 30
+		ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		o, c, err := ota.WaitOutcome(ctx, ota.WaitOptions{Dial: d.dial(t), Before: before})
+		if o != nil || c != nil || !errors.Is(err, context.DeadlineExceeded) || errors.Is(err, ota.ErrUpdateFailed) {
+			t.Fatalf("outcome %+v, err %v", o, err)
+		}
+		contains(t, err, "connection refused")
+		// 250 ms doubling to 5 s: 0.25+0.5+1+2+4 = 7.75 s, then 5 s steps.
+		if n := d.dials; n != 5+5 {
+			t.Fatalf("%d dials in 30 s", n)
+		}
+	})
+	bubble(t, func(t *testing.T, ctx context.Context) {
+		d := newFakeDev(t)
+		d.dialErr = fmt.Errorf("Sys.GetInfo: %w: check --rpc-creds", rpc.ErrAuth)
+		o, c, err := ota.WaitOutcome(ctx, ota.WaitOptions{Dial: d.dial(t)})
+		if err == nil || o != nil || c != nil || d.dials != 0 {
+			t.Fatal("WaitOutcome without Before ran")
+		}
+		before := ota.Observation{At: time.Now()}
+		_, _, err = ota.WaitOutcome(ctx, ota.WaitOptions{Dial: d.dial(t), Before: before})
+		if !errors.Is(err, rpc.ErrAuth) || d.dials != 1 {
+			t.Fatalf("err %v after %d dials", err, d.dials)
+		}
+	})
+}
+
+func TestCommitAfterHealthCheck(t *testing.T) {
+	setup := func(t *testing.T, committed bool, health error) (*fakeDev, *ota.Device) {
+		d := newFakeDev(t)
+		d.boot = ota.BootState{ActiveSlot: 1, RevertSlot: 0, IsCommitted: committed, CommitTimeout: 300}
+		d.srv.Handle("App.Health", func(context.Context, *rpc.Request) (any, error) {
+			d.mu.Lock()
+			d.calls["App.Health"]++
+			d.mu.Unlock()
+			return nil, health
+		})
+		d.srv.Handle("OTA.Commit", func(context.Context, *rpc.Request) (any, error) {
+			d.mu.Lock()
+			defer d.mu.Unlock()
+			d.calls["OTA.Commit"]++
+			if d.boot.IsCommitted {
+				return nil, &rpc.Error{Code: -1}
+			}
+			d.boot.IsCommitted = true
+			return nil, nil
+		})
+		return d, ota.New(d.client(t))
+	}
+	bubble(t, func(t *testing.T, ctx context.Context) {
+		d, dev := setup(t, false, rpc.Errorf(-1, "sensor missing"))
+		_, err := dev.CommitAfterHealthCheck(ctx, "App.Health", nil)
+		var re *rpc.Error
+		if !errors.Is(err, ota.ErrHealthCheck) || !errors.Is(err, ota.ErrUpdateFailed) || !errors.As(err, &re) || d.count("OTA.Commit") != 0 {
+			t.Fatalf("err %v, commits %d", err, d.count("OTA.Commit"))
+		}
+		contains(t, err, "sensor missing", "not committing", "slot 0")
+	})
+	bubble(t, func(t *testing.T, ctx context.Context) {
+		d, dev := setup(t, true, nil)
+		_, err := dev.CommitAfterHealthCheck(ctx, "App.Health", nil)
+		if !errors.Is(err, ota.ErrAlreadyCommitted) || d.count("App.Health") != 0 || d.count("OTA.Commit") != 0 {
+			t.Fatalf("err %v", err)
+		}
+	})
+	bubble(t, func(t *testing.T, ctx context.Context) {
+		d, dev := setup(t, false, nil)
+		bs, err := dev.CommitAfterHealthCheck(ctx, "", nil) // no health check
+		if err != nil || !bs.IsCommitted || d.count("App.Health") != 0 {
+			t.Fatalf("%+v %v", bs, err)
+		}
+	})
+	bubble(t, func(t *testing.T, ctx context.Context) {
+		// Commit answers but the device does not show it committed.
+		d, dev := setup(t, false, nil)
+		d.srv.Handle("OTA.Commit", func(context.Context, *rpc.Request) (any, error) { return nil, nil })
+		_, err := dev.CommitAfterHealthCheck(ctx, "App.Health", nil)
+		contains(t, err, "committed=false")
+	})
+}
+
+// freshPush is pushed without the hour of uptime: whole-second uptimes of
+// a device that just booted cannot tell a reboot.
+func freshPush(t *testing.T, ctx context.Context, d *fakeDev) (ota.Observation, ota.PushResult) {
+	t.Helper()
+	c := d.client(t)
+	dev := ota.New(c)
+	before, err := dev.Observe(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := dev.Push(ctx, bytes.NewReader(payload(100)), 100, ota.PushOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	return before, res
+}
+
+// A fast rollback that neither the uptime nor a failed dial shows: once
+// the device accepted the update, the old slot active again means it rolled
+// back; without acceptance it only times out.
+func TestWaitOutcomeRollbackSeenThroughAcceptance(t *testing.T) {
+	for _, accepted := range []bool{true, false} {
+		bubble(t, func(t *testing.T, ctx context.Context) {
+			d := newFakeDev(t)
+			before, _ := freshPush(t, ctx, d)
+			d.rebootInto(0, d.fw, ota.BootState{ActiveSlot: 0, IsCommitted: true})
+			o, c, err := ota.WaitOutcome(ctx, ota.WaitOptions{Dial: d.dial(t), Before: before, Accepted: accepted, RebootTimeout: time.Minute})
+			c.Close()
+			want := ota.RolledBack
+			if !accepted {
+				want = ota.NotApplied
+			}
+			if o == nil || o.Result != want || !errors.Is(err, ota.ErrUpdateFailed) {
+				t.Fatalf("accepted=%v: outcome %+v, %v", accepted, o, err)
+			}
+		})
+	}
+}
+
+// A transient failure while the update waits for its reboot (OTA.Status
+// state 3) is not taken for the reboot.
+func TestWaitOutcomeTransientFailureBeforeReboot(t *testing.T) {
+	bubble(t, func(t *testing.T, ctx context.Context) {
+		d := newFakeDev(t)
+		before, res := freshPush(t, ctx, d)
+		d.down = 1 // a glitch, no reboot
+		inner := d.dial(t)
+		n := 0
+		dial := func(ctx context.Context) (*rpc.Client, error) {
+			n++
+			if n == 3 {
+				d.mu.Lock()
+				d.rebootInto(1, d.newFW, ota.BootState{ActiveSlot: 1, RevertSlot: 0, CommitTimeout: 300})
+				d.mu.Unlock()
+			}
+			return inner(ctx)
+		}
+		ev := &events{}
+		o, c, err := ota.WaitOutcome(ctx, ota.WaitOptions{Dial: dial, Before: before, Accepted: res.Confirmed, OnEvent: ev.fn})
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Close()
+		if o.Result != ota.UpdatedUncommitted || o.Info.FWVersion != "1.1" || ev.count(ota.EventNotRebooted) != 1 || o.Attempts != 4 {
+			t.Fatalf("outcome %+v, events %v", o, ev.kinds())
+		}
+	})
+}
