@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 
+	"github.com/otactl/otactl/pkg/ota"
 	"github.com/otactl/otactl/pkg/rpc"
 	"github.com/otactl/otactl/pkg/transport"
 )
@@ -63,6 +64,16 @@ func ExitCode(err error) int {
 	var ue *UsageError
 	if errors.As(err, &ue) || errors.Is(err, transport.ErrBadPort) {
 		return ExitUsage
+	}
+	// Refused or failed updates wrap the device's *rpc.Error too: the
+	// update outcome wins.
+	if errors.Is(err, ota.ErrUpdateFailed) {
+		return ExitUpdate
+	}
+	// Commit/revert on a committed firmware: the device's -1, or otactl's
+	// check of the same condition.
+	if errors.Is(err, ota.ErrAlreadyCommitted) {
+		return ExitRPCError
 	}
 	if errors.Is(err, rpc.ErrAuth) {
 		return ExitAuth

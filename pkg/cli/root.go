@@ -70,6 +70,9 @@ type Factory struct {
 	Getenv   func(string) string
 	Registry *transport.Registry
 	G        Globals
+	// timeoutSet is true when --timeout (or its environment variable) was
+	// given, rather than defaulted.
+	timeoutSet bool
 }
 
 // Main runs otactl with args (without the program name) and returns the
@@ -77,17 +80,30 @@ type Factory struct {
 func Main(args []string, ios *IOStreams, getenv func(string) string) int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	f := &Factory{IO: ios, Getenv: getenv, Registry: all.NewRegistry()}
+	stdout := &countingWriter{w: ios.Out}
+	cios := *ios
+	cios.Out = stdout
+	f := &Factory{IO: &cios, Getenv: getenv, Registry: all.NewRegistry()}
 	root := NewRootCmd(f)
 	root.SetArgs(args)
 	root.SetIn(ios.In)
-	root.SetOut(ios.Out)
+	root.SetOut(stdout)
 	root.SetErr(ios.ErrOut)
 	err := root.ExecuteContext(ctx)
 	if err == nil {
 		return ExitOK
 	}
 	err = classifyCobraError(err)
+	code := ExitCode(err)
+	if f.G.JSON && stdout.n == 0 {
+		// Scripts read one JSON document on stdout, whatever happened.
+		doc := map[string]any{"error": err.Error(), "exit_code": code}
+		var re *rpc.Error
+		if errors.As(err, &re) {
+			doc["rpc_error"] = map[string]any{"code": re.Code, "message": re.Message}
+		}
+		_ = writeJSON(stdout, doc)
+	}
 	var ee *ExitError
 	if !(errors.As(err, &ee) && ee.Silent) {
 		fmt.Fprintln(ios.ErrOut, f.palette().red("Error:"), err)
@@ -98,7 +114,20 @@ func Main(args []string, ios *IOStreams, getenv func(string) string) int {
 			}
 		}
 	}
-	return ExitCode(err)
+	return code
+}
+
+// countingWriter counts what was written, so Main knows whether a command
+// already printed its JSON document.
+type countingWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	return n, err
 }
 
 // classifyCobraError marks cobra's own argument errors (unknown command,
@@ -138,7 +167,14 @@ over serial, HTTP, WebSocket or MQTT, wire-compatible with 'mos call OTA.*'.`,
 		SilenceErrors: true,
 		SilenceUsage:  true,
 		PersistentPreRunE: func(cmd *cobra.Command, args []string) error {
-			return applyEnv(cmd.Root().PersistentFlags(), f.Getenv)
+			if err := applyEnv(cmd.Root().PersistentFlags(), f.Getenv); err != nil {
+				return err
+			}
+			f.timeoutSet = cmd.Root().PersistentFlags().Changed("timeout") || envSet(f.Getenv, "timeout")
+			if f.G.Timeout <= 0 {
+				return usageErrorf("--timeout must be positive")
+			}
+			return nil
 		},
 	}
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
@@ -161,7 +197,17 @@ over serial, HTTP, WebSocket or MQTT, wire-compatible with 'mos call OTA.*'.`,
 	root.AddCommand(NewCmdCall(f, nil))
 	root.AddCommand(NewCmdEmulator(f, nil))
 	root.AddCommand(NewCmdBundle(f))
+	root.AddCommand(NewCmdBootState(f), NewCmdStatus(f), NewCmdCommit(f), NewCmdRevert(f), NewCmdSnapshot(f))
+	root.AddCommand(NewCmdUpdate(f), NewCmdPush(f))
 	return root
+}
+
+func envSet(getenv func(string) string, flag string) bool {
+	if getenv == nil {
+		return false
+	}
+	key := strings.ToUpper(strings.ReplaceAll(flag, "-", "_"))
+	return getenv("OTACTL_"+key) != "" || getenv("MOS_"+key) != ""
 }
 
 // applyEnv fills global flags not given on the command line from
@@ -284,9 +330,15 @@ func (f *Factory) Connect(ctx context.Context) (*rpc.Client, error) {
 	return rpc.NewClient(conn, rpc.ClientOptions{Creds: opts.Creds, Logger: opts.Logger}), nil
 }
 
-// palette returns colour functions honouring --no-color, NO_COLOR and TTY.
-func (f *Factory) palette() palette {
-	on := f.IO.ErrTTY && !f.G.NoColor && (f.Getenv == nil || f.Getenv("NO_COLOR") == "")
+// palette returns colour functions for stderr, honouring --no-color,
+// NO_COLOR and whether stderr is a terminal.
+func (f *Factory) palette() palette { return f.paletteFor(f.IO.ErrTTY) }
+
+// outPalette is palette for stdout.
+func (f *Factory) outPalette() palette { return f.paletteFor(f.IO.OutTTY && !f.G.JSON) }
+
+func (f *Factory) paletteFor(tty bool) palette {
+	on := tty && !f.G.NoColor && (f.Getenv == nil || f.Getenv("NO_COLOR") == "")
 	mk := func(attrs ...color.Attribute) func(a ...any) string {
 		c := color.New(attrs...)
 		if on {

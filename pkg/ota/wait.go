@@ -294,6 +294,13 @@ func decide(opts WaitOptions, p probe, wentAway, start time.Time) *Outcome {
 	} else if !wentAway.IsZero() {
 		rebooted = true // no uptime to tell: having been away must do
 	}
+	// A device that booted within the uptime slack of the reference
+	// observation (it had just rebooted when the update started) leaves no
+	// uptime evidence, and a serial link may never look away. A new slot
+	// active with no update pending can only come from a boot.
+	if !rebooted && newSlot && p.statusOK && p.status.State == StateIdle {
+		rebooted = true
+	}
 	if busy && !idChanged {
 		rebooted = false // an update is still running or waits for its reboot
 	}

@@ -358,3 +358,35 @@ func TestWaitOutcomeTransientFailureBeforeReboot(t *testing.T) {
 		}
 	})
 }
+
+// The device had booted half a second before the update started (say, just
+// after an earlier rollback) and comes back on the same link without ever
+// looking away (serial): uptime cannot tell the reboot apart, but a new
+// slot active with no update pending can.
+func TestWaitOutcomeFreshlyBootedDevice(t *testing.T) {
+	bubble(t, func(t *testing.T, ctx context.Context) {
+		d := newFakeDev(t)
+		time.Sleep(500 * time.Millisecond)
+		c := d.client(t)
+		dev := ota.New(c)
+		before, err := dev.Observe(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		data := payload(2000)
+		res, err := dev.Push(ctx, bytes.NewReader(data), int64(len(data)), ota.PushOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Close()
+		d.rebootInto(0, d.fw, ota.BootState{ActiveSlot: 1, RevertSlot: 0, CommitTimeout: 300})
+		o, c2, err := ota.WaitOutcome(ctx, ota.WaitOptions{Dial: d.dial(t), Before: before, Accepted: res.Confirmed})
+		if err != nil {
+			t.Fatalf("%v (outcome %+v)", err, o)
+		}
+		c2.Close()
+		if o.Result != ota.UpdatedUncommitted || o.After.ActiveSlot != 1 {
+			t.Fatalf("outcome %+v", o)
+		}
+	})
+}

@@ -60,6 +60,15 @@ func ValidSrc(src string) error {
 	return nil
 }
 
+// ValidPartName reports ErrBadPartName unless name (a key of the
+// manifest's parts) is a flat file name, by the rules of ValidSrc.
+func ValidPartName(name string) error {
+	if ValidSrc(name) != nil {
+		return &Error{Msg: ErrBadPartName.Msg, Detail: fmt.Sprintf("%q is not a flat file name", name)}
+	}
+	return nil
+}
+
 type centralRec struct {
 	name   string
 	crc    uint32
@@ -92,6 +101,9 @@ func Create(w io.Writer, m *Manifest, parts []PartData, opts *CreateOptions) err
 		if pd.Name == "" || pd.Open == nil {
 			return fmt.Errorf("bundle part %q: name and Open are required", pd.Name)
 		}
+		if err := ValidPartName(pd.Name); err != nil {
+			return fmt.Errorf("bundle part: %w", err)
+		}
 		if _, dup := data[pd.Name]; dup {
 			return fmt.Errorf("bundle part %q given twice", pd.Name)
 		}
@@ -101,6 +113,9 @@ func Create(w io.Writer, m *Manifest, parts []PartData, opts *CreateOptions) err
 		}
 		if err := ValidSrc(p.Src); err != nil {
 			return fmt.Errorf("bundle part %q: %w", pd.Name, err)
+		}
+		if len(p.Src) > MaxDeviceNameLen {
+			return fmt.Errorf("bundle part %q: src %q is longer than the %d bytes a device takes: %w", pd.Name, p.Src, MaxDeviceNameLen, ErrFileName)
 		}
 		if p.Src == ManifestName {
 			return fmt.Errorf("bundle part %q: src %q is reserved", pd.Name, p.Src)

@@ -28,6 +28,11 @@ const (
 	MaxManifestSize = 1 << 20
 	// MaxNameLen bounds entry names.
 	MaxNameLen = 1024
+	// MaxDeviceNameLen is the longest entry name (after its leading
+	// directory, see Entry.BaseName) a device accepts: its updater keeps
+	// the name in a 50-byte buffer and refuses longer ones with "Too long
+	// file name".
+	MaxDeviceNameLen = 49
 )
 
 // Reader parses a bundle as a stream: manifest.json first, then each entry
@@ -57,13 +62,17 @@ type Entry struct {
 	CRC32 uint32
 	// Extra is the local header's extra field.
 	Extra []byte
+	// Descriptor is true when the entry's data is followed by a data
+	// descriptor (flag bit 3). A device skips the descriptor only after
+	// an entry it skips: after a part it writes it expects the next local
+	// header and fails with "Malformed archive (invalid file header)".
+	Descriptor bool
 
-	rd         *Reader
-	left       int64
-	crc        hash.Hash32
-	descriptor bool
-	finished   bool
-	err        error
+	rd       *Reader
+	left     int64
+	crc      hash.Hash32
+	finished bool
+	err      error
 }
 
 // BaseName returns the entry name without any leading directory, which is
@@ -111,6 +120,9 @@ func NewReader(r io.Reader) (*Reader, error) {
 	}
 	if err := m.Validate(); err != nil {
 		return nil, err
+	}
+	if e.Descriptor {
+		return nil, &Error{Msg: ErrBadHeader.Msg, Detail: "manifest.json is followed by a data descriptor, which a device cannot stream past: write the bundle without data descriptors (otactl bundle create does)"}
 	}
 	rd.manifest = m
 	rd.cur = nil
@@ -219,6 +231,9 @@ func (rd *Reader) readLocalHeader() (*Entry, error) {
 	if method != 0 {
 		return nil, &Error{Msg: ErrCompressed.Msg, Detail: fmt.Sprintf("entry %q uses compression method %d", buf[:nameLen], method)}
 	}
+	if n := len(baseName(string(buf[:nameLen]))); n > MaxDeviceNameLen {
+		return nil, &Error{Msg: ErrFileName.Msg, Detail: fmt.Sprintf("entry %q: a device takes names of at most %d bytes", buf[:nameLen], MaxDeviceNameLen)}
+	}
 	if csize != usize {
 		return nil, &Error{Msg: ErrMalformed.Msg, Detail: fmt.Sprintf("entry %q: compressed size %d != size %d", buf[:nameLen], csize, usize)}
 	}
@@ -234,10 +249,10 @@ func (rd *Reader) readLocalHeader() (*Entry, error) {
 		Size:       int64(csize),
 		CRC32:      crc,
 		Extra:      buf[nameLen:],
+		Descriptor: descriptor,
 		rd:         rd,
 		left:       int64(csize),
 		crc:        crc32.NewIEEE(),
-		descriptor: descriptor,
 	}
 	rd.cur = e
 	return e, nil
@@ -289,7 +304,7 @@ func (e *Entry) finish() error {
 	}
 	e.finished = true
 	want := e.CRC32
-	if e.descriptor {
+	if e.Descriptor {
 		var b [12]byte
 		if err := e.rd.read(b[:4]); err != nil {
 			return err

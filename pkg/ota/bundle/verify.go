@@ -53,6 +53,10 @@ func Inspect(r io.Reader) (*Report, error) {
 		if p == nil || p.Src == "" {
 			continue
 		}
+		if err := ValidPartName(name); err != nil {
+			rep.Problems = append(rep.Problems, err)
+			continue
+		}
 		if err := ValidSrc(p.Src); err != nil {
 			rep.Problems = append(rep.Problems, fmt.Errorf("part %q: %w", name, err))
 			continue
@@ -81,17 +85,26 @@ func Inspect(r io.Reader) (*Report, error) {
 			if err := CheckPart(part, m.Parts[part], n, info.SHA1, info.SHA256); err != nil {
 				rep.Problems = append(rep.Problems, err)
 			}
+			if e.Descriptor {
+				rep.Problems = append(rep.Problems, DescriptorError(e))
+			}
 		}
 		rep.Entries = append(rep.Entries, info)
 	}
 	for _, name := range m.PartNames() {
 		p := m.Parts[name]
-		if p != nil && p.Src != "" && !seen[name] && ValidSrc(p.Src) == nil {
+		if p != nil && p.Src != "" && !seen[name] && ValidSrc(p.Src) == nil && ValidPartName(name) == nil {
 			rep.Problems = append(rep.Problems, &Error{Msg: ErrMissingPart.Msg, Detail: fmt.Sprintf("part %q: no entry %q in the archive", name, p.Src)})
 		}
 	}
 	rep.Size = rd.Offset()
 	return rep, nil
+}
+
+// DescriptorError is the error a device reports for a part entry e that
+// is followed by a data descriptor (see Entry.Descriptor).
+func DescriptorError(e *Entry) error {
+	return &Error{Msg: ErrBadHeader.Msg, Detail: fmt.Sprintf("entry %q is followed by a data descriptor, which a device cannot stream past after a part it writes: write the bundle without data descriptors (otactl bundle create does)", e.Name)}
 }
 
 // CheckPart compares a part's data (its size and hex digests) with the

@@ -1,0 +1,143 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/otactl/otactl/pkg/ota"
+	"github.com/otactl/otactl/pkg/rpc"
+)
+
+// withDevice connects with the global --timeout bounding the whole
+// exchange, and runs fn.
+func (f *Factory) withDevice(ctx context.Context, fn func(ctx context.Context, c *rpc.Client, d *ota.Device) error) error {
+	ctx, cancel := context.WithTimeout(ctx, f.G.Timeout)
+	defer cancel()
+	c, err := f.Connect(ctx)
+	if err != nil {
+		return deviceErr(err, f.G.Timeout)
+	}
+	defer c.Close()
+	return deviceErr(fn(ctx, c, ota.New(c)), f.G.Timeout)
+}
+
+// dialer returns an ota.Dialer over the global flags, for workflows that
+// reconnect (after a reboot).
+func (f *Factory) dialer() ota.Dialer {
+	return func(ctx context.Context) (*rpc.Client, error) { return f.Connect(ctx) }
+}
+
+// out prints a line on stdout.
+func (f *Factory) out(format string, args ...any) {
+	fmt.Fprintf(f.IO.Out, format+"\n", args...)
+}
+
+// note prints a progress or diagnostic line on stderr (not in --json mode
+// unless verbose; scripts read stdout only).
+func (f *Factory) note(format string, args ...any) {
+	fmt.Fprintf(f.IO.ErrOut, format+"\n", args...)
+}
+
+// commitTimeoutValue is a --commit-timeout flag: seconds ("300") or a Go
+// duration ("5m"). Zero means "commit at once at boot" (no safety net).
+type commitTimeoutValue struct {
+	d   time.Duration
+	set bool
+}
+
+func (v *commitTimeoutValue) String() string {
+	if !v.set {
+		return "300"
+	}
+	return strconv.FormatInt(int64(v.d/time.Second), 10)
+}
+
+func (v *commitTimeoutValue) Set(s string) error {
+	d, err := parseSeconds(s)
+	if err != nil {
+		return err
+	}
+	v.d, v.set = d, true
+	return nil
+}
+
+func (v *commitTimeoutValue) Type() string { return "seconds" }
+
+// otaValue converts the flag for pkg/ota: unset → default (300 s), 0 →
+// AutoCommit.
+func (v *commitTimeoutValue) otaValue() time.Duration {
+	if !v.set {
+		return 0
+	}
+	if v.d == 0 {
+		return ota.AutoCommit
+	}
+	return v.d
+}
+
+// seconds returns the flag in whole seconds (default 300).
+func (v *commitTimeoutValue) seconds() int {
+	if !v.set {
+		return int(ota.DefaultCommitTimeout / time.Second)
+	}
+	return int(v.d / time.Second)
+}
+
+// parseSeconds reads "300" (seconds) or a Go duration ("5m", "90s").
+func parseSeconds(s string) (time.Duration, error) {
+	s = strings.TrimSpace(s)
+	if n, err := strconv.ParseInt(s, 10, 64); err == nil {
+		if n < 0 {
+			return 0, fmt.Errorf("must not be negative")
+		}
+		return time.Duration(n) * time.Second, nil
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		return 0, fmt.Errorf("want seconds (300) or a duration (5m)")
+	}
+	if d < 0 {
+		return 0, fmt.Errorf("must not be negative")
+	}
+	return d.Round(time.Second), nil
+}
+
+// humanDuration prints 4m52s, 12s, 1h2m.
+func humanDuration(d time.Duration) string {
+	if d < 0 {
+		d = 0
+	}
+	d = d.Round(time.Second)
+	if d >= time.Hour {
+		d = d.Round(time.Minute)
+	}
+	s := d.String() // 4m52s, 1h2m0s, 12s, 5m0s
+	if strings.HasSuffix(s, "m0s") {
+		s = strings.TrimSuffix(s, "0s")
+	}
+	if strings.HasSuffix(s, "h0m") {
+		s = strings.TrimSuffix(s, "0m")
+	}
+	return s
+}
+
+// rawJSON parses a result so it can be embedded in a JSON document.
+func rawJSON(b []byte) json.RawMessage {
+	if len(b) == 0 {
+		return json.RawMessage("null")
+	}
+	return json.RawMessage(b)
+}
+
+// preciseDuration prints short durations with sub-second precision (0.42s)
+// and longer ones like humanDuration.
+func preciseDuration(d time.Duration) string {
+	if d < 10*time.Second {
+		return fmt.Sprintf("%.2fs", d.Seconds())
+	}
+	return humanDuration(d)
+}
