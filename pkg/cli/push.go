@@ -131,4 +131,3 @@ func runPush(ctx context.Context, o *UpdateOptions) error {
 		preciseDuration(res.Elapsed), humanBytes(int64(tr.BytesPerS)))
 	return o.finish(ctx, before, res.Accepted, expect, tr)
 }
-
