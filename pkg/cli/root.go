@@ -199,6 +199,11 @@ over serial, HTTP, WebSocket or MQTT, wire-compatible with 'mos call OTA.*'.`,
 	root.AddCommand(NewCmdBundle(f))
 	root.AddCommand(NewCmdBootState(f), NewCmdStatus(f), NewCmdCommit(f), NewCmdRevert(f), NewCmdSnapshot(f))
 	root.AddCommand(NewCmdUpdate(f), NewCmdPush(f))
+	root.AddCommand(newCmdGenMan())
+	// The completion command captures its output writer when created.
+	root.SetOut(f.IO.Out)
+	root.SetErr(f.IO.ErrOut)
+	setupCompletion(root)
 	return root
 }
 
