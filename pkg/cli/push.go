@@ -64,6 +64,17 @@ func (f *Factory) envelope() ota.Envelope {
 	return env
 }
 
+// frameLimit is the largest frame JSON the device takes on this link. A
+// device's UART receive buffer (rpc.max_frame_size + 6) also holds the
+// 8-digit CRC and part of the closing delimiter, so serial frames keep a
+// margin below 4096.
+func (f *Factory) frameLimit() int {
+	if u, err := transport.ParsePort(f.G.Port); err == nil && u.Scheme == "serial" {
+		return frame.MaxSize - 16
+	}
+	return frame.MaxSize
+}
+
 func runPush(ctx context.Context, o *UpdateOptions) error {
 	f := o.F
 	rep, err := localBundle(o.File)
@@ -82,7 +93,8 @@ func runPush(ctx context.Context, o *UpdateOptions) error {
 		return err
 	}
 	env := f.envelope()
-	if max := ota.MaxChunkSize(frame.MaxSize, st.Size(), env); o.ChunkSize > max {
+	limit := f.frameLimit()
+	if max := ota.MaxChunkSize(limit, st.Size(), env); o.ChunkSize > max {
 		f.note("warning: --chunk-size %d makes frames larger than the device's 4096-byte limit (largest that fits: %d); a real device drops them", o.ChunkSize, max)
 	}
 	before, err := o.prepare(ctx, man)
@@ -101,7 +113,7 @@ func runPush(ctx context.Context, o *UpdateOptions) error {
 		}
 		defer c.Close()
 		res, err = ota.New(c).Push(ctx, fh, st.Size(), ota.PushOptions{
-			ChunkSize: o.ChunkSize, Envelope: &env,
+			ChunkSize: o.ChunkSize, Envelope: &env, FrameLimit: limit,
 			CommitTimeout: o.CommitTimeout.otaValue(), Timeout: o.UpdateTimeout,
 			Progress: bar.Bytes,
 			OnEvent: func(ev ota.Event) {

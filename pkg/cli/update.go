@@ -308,6 +308,10 @@ func (o *UpdateOptions) finish(ctx context.Context, before ota.Observation, acce
 			return deviceErr(err, f.G.Timeout)
 		}
 		res.Result, res.Committed, res.After = string(ota.UpdatedCommitted), true, &bs
+		res.Reason = fmt.Sprintf("slot %d runs %s, committed", bs.ActiveSlot, out.Info.Firmware())
+		if o.HealthMethod != "" {
+			res.Reason += " after " + o.HealthMethod + " answered"
+		}
 	}
 	if !res.Committed && !out.CommitDeadline.IsZero() {
 		d := out.CommitDeadline
