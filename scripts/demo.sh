@@ -23,8 +23,9 @@ say() { printf '\n%s# %s%s\n' "$bold" "$*" "$off"; }
 run() { printf '%s$ %s%s\n' "$dim" "$*" "$off"; "$@"; }
 
 say "1. Start an emulated Mongoose OS device (HTTP + WebSocket on a free port; its flash lives in a temp dir)"
-run "$OTACTL" emulator --state-dir flash --listen 127.0.0.1:0 --ready-file "ready.json" \
-	--reboot-delay 1s --quiet >"emulator.out" 2>&1 &
+emu_args=(emulator --state-dir flash --listen 127.0.0.1:0 --ready-file ready.json --reboot-delay 1s --quiet)
+printf '%s$ %s %s &%s\n' "$dim" "$OTACTL" "${emu_args[*]}" "$off"
+"$OTACTL" "${emu_args[@]}" >emulator.out 2>&1 &
 emu_pid=$!
 for _ in $(seq 1 100); do [[ -s "ready.json" ]] && break; sleep 0.1; done
 if [[ ! -s "ready.json" ]]; then

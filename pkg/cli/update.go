@@ -40,7 +40,7 @@ type UpdateOptions struct {
 
 func addOutcomeFlags(cmd *cobra.Command, o *UpdateOptions) {
 	fl := cmd.Flags()
-	fl.Var(&o.CommitTimeout, "commit-timeout", "seconds the new firmware waits for `otactl commit` before the device rolls back (0 = commit at boot, needs --force)")
+	fl.Var(&o.CommitTimeout, "commit-timeout", "seconds the new firmware waits for 'otactl commit' before the device rolls back (0 = commit at boot, needs --force)")
 	fl.DurationVar(&o.UpdateTimeout, "update-timeout", ota.DefaultUpdateTimeout, "device watchdog: abort the update if it makes no progress for this long")
 	fl.BoolVar(&o.Commit, "commit", false, "commit once the new firmware answers (after --health-method, if given)")
 	fl.BoolVar(&o.NoWait, "no-wait", false, "return when the device accepted the bundle, like mos, without waiting for the reboot")
@@ -206,8 +206,11 @@ func runUpdate(ctx context.Context, o *UpdateOptions) error {
 // updateRejected turns a refused or failed transfer into exit code 6 while
 // keeping the device's words.
 func updateRejected(err error, timeout time.Duration) error {
+	if errors.Is(err, ota.ErrUpdateFailed) { // already says the update did not take
+		return &ExitError{Code: ExitUpdate, Err: fmt.Errorf("%w; its boot state is unchanged", err)}
+	}
 	var re *rpc.Error
-	if errors.As(err, &re) || errors.Is(err, ota.ErrUpdateFailed) {
+	if errors.As(err, &re) {
 		return &ExitError{Code: ExitUpdate, Err: fmt.Errorf("the device did not take the update: %w; its boot state is unchanged", err)}
 	}
 	return deviceErr(err, timeout)
@@ -303,7 +306,9 @@ func (o *UpdateOptions) finish(ctx context.Context, before ota.Observation, acce
 				if f.G.JSON {
 					_ = writeJSON(f.IO.Out, res)
 				}
-				return &ExitError{Code: ExitUpdate, Err: fmt.Errorf("%w; not committed: the device rolls back to slot %d by itself when the commit timeout passes ('otactl revert' does it now)", err, out.Before.ActiveSlot)}
+				// err already says that nothing was committed and what
+				// happens next.
+				return &ExitError{Code: ExitUpdate, Err: err}
 			}
 			return deviceErr(err, f.G.Timeout)
 		}

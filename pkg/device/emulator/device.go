@@ -134,7 +134,8 @@ type State struct {
 	// PoweredOff is true after a power cut or Close.
 	PoweredOff bool
 	// Bricked is true when the booted firmware crashed while committed:
-	// the device stays off (a real one would boot-loop).
+	// the device stays off (a real one would boot-loop) and Done is
+	// closed; Start on such a flash returns an error.
 	Bricked bool
 	// Boots counts boots since this Device was created.
 	Boots int
@@ -246,7 +247,7 @@ func New(cfg Config) (*Device, error) {
 		off:   make(chan struct{}),
 	}
 	d.life, d.lifeStop = context.WithCancel(context.Background())
-	d.fl = &flash{dir: cfg.StateDir, slots: cfg.Slots, hook: cfg.Hooks.FlashWrite, onCut: d.cutPower}
+	d.fl = &flash{dir: cfg.StateDir, slots: cfg.Slots, onCut: d.cutPower}
 	client, err := d.buildHTTPClient()
 	if err != nil {
 		return nil, err
@@ -255,6 +256,10 @@ func New(cfg Config) (*Device, error) {
 	if err := d.initFlash(); err != nil {
 		return nil, err
 	}
+	// Hooks see the device's own writes (numbered from 1), not the
+	// factory image.
+	d.fl.hook = cfg.Hooks.FlashWrite
+	d.fl.seq.Store(0)
 	ls, err := d.configListeners()
 	if err != nil {
 		return nil, err
@@ -400,8 +405,8 @@ func (d *Device) Listeners() []ListenerInfo {
 	return out
 }
 
-// Done is closed when the device is powered off for good (power cut or
-// Close).
+// Done is closed when the device is off for good: power cut, Close, or
+// bricked (a committed firmware that crashes at boot; see State.Bricked).
 func (d *Device) Done() <-chan struct{} { return d.off }
 
 // FSDir returns the filesystem directory of the running slot.
@@ -634,9 +639,14 @@ func (d *Device) powerOn(ctx context.Context) error {
 		}
 	}
 	d.mu.Lock()
-	bricked := d.bricked
+	bricked, slot := d.bricked, d.running
 	d.mu.Unlock()
-	if bricked || d.poweredOff.Load() {
+	if bricked {
+		// Off for good, as a real one boot-looping would be.
+		d.offOnce.Do(func() { close(d.off) })
+		return fmt.Errorf("emulator: the firmware in slot %d crashes at boot and is committed: the device is bricked (remove the state dir, or edit its bootstate.json, to recover)", slot)
+	}
+	if d.poweredOff.Load() {
 		return nil
 	}
 	if err := d.startListeners(ctx); err != nil {
@@ -677,11 +687,18 @@ func (d *Device) boot() (again bool, err error) {
 		behavior = firmwareBehavior(m)
 	}
 	crashed := merr != nil || behavior == BehaviorCrashOnBoot
+	why := any(merr) // what the crash log says
+	if merr == nil {
+		why = BehaviorAttribute + " " + behavior
+		if raw, ok := m.Extra[BehaviorAttribute]; ok && behavior == BehaviorOK && string(raw) != `"`+BehaviorOK+`"` {
+			d.log.Warn("unknown "+BehaviorAttribute+": booting as \"ok\" (known: ok, crash_on_boot, no_rpc)", "value", string(raw))
+		}
+	}
 	d.running, d.manifest, d.behavior = p.ActiveSlot, m, behavior
 	if p.IsCommitted {
 		d.mem = p
 		if crashed {
-			d.log.Error("firmware crashed during init and is committed: the device is bricked", "slot", p.ActiveSlot, "err", merr)
+			d.log.Error("firmware crashed during init and is committed: the device is bricked", "slot", p.ActiveSlot, "cause", why)
 			d.bricked = true
 		} else {
 			d.log.Info("booted", "slot", p.ActiveSlot, "version", m.Version, "build_id", m.BuildID)
@@ -696,7 +713,7 @@ func (d *Device) boot() (again bool, err error) {
 	}
 	d.mem = BootState{ActiveSlot: p.ActiveSlot, IsCommitted: false, RevertSlot: p.RevertSlot, CommitTimeout: p.CommitTimeout}
 	if crashed {
-		d.log.Error("firmware failed to init on first boot: reverting", "slot", p.ActiveSlot, "err", merr)
+		d.log.Error("firmware failed to init on first boot: reverting", "slot", p.ActiveSlot, "cause", why)
 		d.mem = tomb
 		return true, nil
 	}

@@ -16,8 +16,9 @@
 // build_id "factory") in slot 0, committed. Every write to the boot state
 // goes to a temporary file that is fsynced, renamed over the old one, and
 // the directory fsynced, so a power cut at any instant leaves the old or
-// the new state. Every flash write passes Hooks.FlashWrite first; returning
-// ErrPowerCut from it (see PowerCutAt) cuts the power at that write.
+// the new state. Every flash write of the running device (not the factory
+// image) passes Hooks.FlashWrite first; returning ErrPowerCut from it (see
+// PowerCutAt) cuts the power at that write.
 //
 // The running firmware's identity (Sys.GetInfo app, fw_version, fw_id)
 // comes from the manifest of the slot it booted.
@@ -54,8 +55,9 @@
 // constant memory: manifest.json first, stored entries only, CRC-32 of each
 // entry, platform check (case-insensitive prefix), each part named by the
 // manifest written to the spare slot, read back and checked against size,
-// cs_sha1 and cs_sha256. A part src with a path separator or ".." is
-// refused. A watchdog (the timeout argument, default 600 s, on
+// cs_sha1 and cs_sha256. A part src or part name with a path separator or
+// ".." is refused, and so is a data descriptor after manifest.json or a
+// written part (a device's parser cannot skip it there). A watchdog (the timeout argument, default 600 s, on
 // Config.Clock) aborts an update that makes no progress. On success the
 // boot state becomes {active: new, revert: old, uncommitted}, the reply is
 // code 0 "Update applied, finalizing", and the device reboots; on failure

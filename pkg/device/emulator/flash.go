@@ -47,9 +47,10 @@ var ErrPowerCut = errors.New("power cut")
 
 // Hooks inject faults. Nil hooks do nothing.
 type Hooks struct {
-	// FlashWrite is called before every flash write. Returning ErrPowerCut
-	// cuts the power; any other error fails that write (and so the
-	// operation doing it).
+	// FlashWrite is called before every flash write of the device (not
+	// those of the factory image New puts in a new state dir). Returning
+	// ErrPowerCut cuts the power; any other error fails that write (and
+	// so the operation doing it).
 	FlashWrite func(w FlashWrite) error
 }
 
@@ -176,7 +177,7 @@ func (f *flash) writeAtomic(path string, data []byte, kind string) error {
 }
 
 func writeSync(path string, data []byte) error {
-	fh, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+	fh, err := createNew(path)
 	if err != nil {
 		return err
 	}
@@ -227,6 +228,18 @@ func (f *flash) eraseSlot(n int) error {
 	return nil
 }
 
+// syncSlot makes the names of the files written to slot n durable before
+// its manifest makes the slot bootable (the files' data is fsynced as each
+// is closed).
+func (f *flash) syncSlot(n int) error {
+	for _, d := range []string{filepath.Join(f.slotDir(n), "parts"), f.fsDir(n)} {
+		if err := syncDir(d); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return err
+		}
+	}
+	return nil
+}
+
 // loadManifest returns the manifest of the firmware in slot n.
 func (f *flash) loadManifest(n int) (*bundle.Manifest, error) {
 	b, err := os.ReadFile(f.manifestPath(n))
@@ -251,11 +264,20 @@ func (f *flash) create(path string) (*partWriter, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return nil, err
 	}
-	fh, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+	fh, err := createNew(path)
 	if err != nil {
 		return nil, err
 	}
 	return &partWriter{f: f, path: path, fh: fh}, nil
+}
+
+// createNew creates path as a new regular file, replacing whatever is
+// there: a leftover file or a symlink is removed, never followed.
+func createNew(path string) (*os.File, error) {
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, err
+	}
+	return os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
 }
 
 func (w *partWriter) Write(p []byte) (int, error) {
@@ -351,7 +373,7 @@ func (f *flash) mergeFS(from, to int) error {
 	}
 	for _, rel := range files {
 		dst := filepath.Join(f.fsDir(to), rel)
-		if _, err := os.Stat(dst); err == nil {
+		if _, err := os.Lstat(dst); err == nil {
 			continue
 		}
 		if err := f.copyFile(filepath.Join(f.fsDir(from), rel), dst, "fs"); err != nil {
@@ -388,6 +410,9 @@ func (f *flash) copySlot(from, to int) error {
 				return fmt.Errorf("verifying the copy of %s failed", rel)
 			}
 		}
+	}
+	if err := f.syncSlot(to); err != nil {
+		return err
 	}
 	return f.writeAtomic(f.manifestPath(to), man, "manifest")
 }

@@ -209,8 +209,8 @@ func (c *countingReader) Read(p []byte) (int, error) {
 	}
 	n, err := c.r.Read(p)
 	if n > 0 {
+		c.u.kick() // before counting: whoever sees the progress sees the watchdog re-armed
 		c.u.got.Add(int64(n))
-		c.u.kick()
 	}
 	if err != nil && err != io.EOF {
 		if cerr := c.u.ctx.Err(); cerr != nil {
@@ -239,6 +239,10 @@ func (d *Device) apply(u *update, src io.Reader) (int, error) {
 		p := m.Parts[name]
 		if p.Src == "" {
 			continue
+		}
+		// The part's name is a file name in the slot (flash.partPath).
+		if err := bundle.ValidPartName(name); err != nil {
+			return 0, err
 		}
 		if err := bundle.ValidSrc(p.Src); err != nil {
 			return 0, fmt.Errorf("part %q: %w", name, err)
@@ -287,12 +291,19 @@ func (d *Device) apply(u *update, src io.Reader) (int, error) {
 			d.log.Error(err.Error())
 			return 0, err
 		}
+		if e.Descriptor {
+			// A device expects the next local header here (after checking the part).
+			return 0, bundle.DescriptorError(e)
+		}
 		written[name] = true
 	}
 	for src, name := range bySrc {
 		if !written[name] {
 			return 0, &bundle.Error{Msg: bundle.ErrMissingPart.Msg, Detail: fmt.Sprintf("part %q: no entry %q in the archive", name, src)}
 		}
+	}
+	if err := d.fl.syncSlot(target); err != nil {
+		return 0, &statusError{msg: "Failed to write part", err: err}
 	}
 	if err := d.fl.writeAtomic(d.fl.manifestPath(target), br.RawManifest(), "manifest"); err != nil {
 		return 0, &statusError{msg: "Failed to write manifest", err: err}
@@ -372,8 +383,9 @@ func (d *Device) otaBegin(_ context.Context, req *rpc.Request) (any, error) {
 		defer stop()
 		target, err := d.apply(u, pr)
 		if err == nil {
-			// The rest (central directory) is not parsed; wait for End.
-			if _, derr := io.Copy(io.Discard, pr); derr != nil {
+			// The rest (central directory) is not parsed but counted, as
+			// a device does; wait for End.
+			if _, derr := io.Copy(io.Discard, &countingReader{u: u, r: pr}); derr != nil {
 				err = derr
 			}
 		}
@@ -420,17 +432,25 @@ func (d *Device) otaWrite(_ context.Context, req *rpc.Request) (any, error) {
 	if off != u.next {
 		return nil, rpc.Errorf(-1, "Wrong offset %d, expected %d", off, u.next)
 	}
-	if u.ctx.Err() != nil { // watchdog fired or rebooting
-		<-u.done
-		return nil, rpc.Errorf(-1, "%s", statusMessage(u.err))
+	if u.ctx.Err() != nil { // watchdog fired, rebooting, or finished
+		return nil, endedError(u)
 	}
 	n, err := u.pw.Write(raw)
 	u.next += int64(n)
 	if err != nil {
-		<-u.done
-		return nil, rpc.Errorf(-1, "%s", statusMessage(u.err))
+		return nil, endedError(u)
 	}
 	return nil, nil
+}
+
+// endedError is the reply to a Write that found u ending: its failure, or
+// "not started" when it ended well (OTA.End got there first).
+func endedError(u *update) error {
+	<-u.done
+	if u.err == nil {
+		return rpc.Errorf(-1, msgNotStarted)
+	}
+	return rpc.Errorf(-1, "%s", statusMessage(u.err))
 }
 
 func (d *Device) otaEnd(ctx context.Context, _ *rpc.Request) (any, error) {
