@@ -25,6 +25,7 @@ type EmulatorOptions struct {
 	Slots       int
 	Listen      string
 	SerialLink  string
+	SerialBaud  int
 	MQTTBroker  string
 	RebootDelay time.Duration
 	CAFile      string
@@ -79,6 +80,7 @@ prints one line per way to reach it. See docs/emulator.md.`,
 	fl.IntVar(&o.Slots, "slots", emulator.DefaultSlots, "number of firmware slots")
 	fl.StringVar(&o.Listen, "listen", "", "HTTP /rpc, /rpc/<Method> and WebSocket /rpc on this address (e.g. 127.0.0.1:8080; port 0 picks one)")
 	fl.StringVar(&o.SerialLink, "serial-link", "", "create a pty and a symlink at PATH to its device end")
+	fl.IntVar(&o.SerialBaud, "serial-baud", 0, "pace the serial link to this UART speed (e.g. 115200) to time transfers as over a cable; 0 = no limit")
 	fl.StringVar(&o.MQTTBroker, "mqtt-broker", "", "connect to mqtt://host:port as the device, or 'embedded[:ADDR]' to run a broker in-process")
 	fl.DurationVar(&o.RebootDelay, "reboot-delay", time.Second, "how long a reboot keeps the device off every transport")
 	fl.StringVar(&o.CAFile, "download-ca-file", "", "CA certificates (PEM) trusted for HTTPS bundle downloads (default: system roots)")
@@ -108,6 +110,7 @@ func runEmulator(ctx context.Context, o *EmulatorOptions) error {
 		RebootDelay: o.RebootDelay,
 		Listen:      o.Listen,
 		SerialLink:  o.SerialLink,
+		SerialBaud:  o.SerialBaud,
 		MQTTBroker:  o.MQTTBroker,
 		CAFile:      o.CAFile,
 		Logger:      logger,

@@ -74,6 +74,10 @@ type Config struct {
 	// SerialLink, when set, creates a pty and a symlink at this path to
 	// its device end, served with the serial framing.
 	SerialLink string
+	// SerialBaud, when > 0, paces the serial link to that UART speed (8N1:
+	// baud/10 bytes a second each way), to measure transfers as over a
+	// real cable. Zero: as fast as the pty goes.
+	SerialBaud int
 	// MQTTBroker is "mqtt://[user:pass@]host:port" to connect to, or
 	// "embedded" / "embedded:ADDR" to start an in-process broker. Empty:
 	// no MQTT.

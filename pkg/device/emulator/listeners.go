@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -31,7 +32,9 @@ func (d *Device) configListeners() ([]Listener, error) {
 		out = append(out, NewHTTPListener(d.cfg.Listen, d.log))
 	}
 	if d.cfg.SerialLink != "" {
-		out = append(out, NewSerialListener(d.cfg.SerialLink, d.log))
+		l := NewSerialListener(d.cfg.SerialLink, d.log)
+		l.Baud = d.cfg.SerialBaud
+		out = append(out, l)
 	}
 	if d.cfg.MQTTBroker != "" {
 		l, err := NewMQTTListener(d.cfg.MQTTBroker, d.cfg.ID, d.log)
@@ -131,6 +134,10 @@ func (l *HTTPListener) Info() []ListenerInfo {
 // new pty and points the symlink at it; Stop closes it, so a client sees
 // the port go away during a reboot and reopens it by the link path.
 type SerialListener struct {
+	// Baud, when > 0, paces the link to that UART speed (8N1), so that
+	// transfers take as long as over a real cable. Zero: as fast as the pty.
+	Baud int
+
 	link string
 	log  *slog.Logger
 
@@ -156,7 +163,11 @@ func (l *SerialListener) Start(_ context.Context, h transport.Handler) error {
 		return err
 	}
 	l.slave = slave
-	l.srv = serial.Serve(context.Background(), master, h, transport.Options{Logger: l.log})
+	var link io.ReadWriteCloser = master
+	if l.Baud > 0 {
+		link = newThrottled(master, l.Baud)
+	}
+	l.srv = serial.Serve(context.Background(), link, h, transport.Options{Logger: l.log})
 	return nil
 }
 
