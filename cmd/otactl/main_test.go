@@ -4,11 +4,17 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -186,10 +192,23 @@ func TestScripts(t *testing.T) {
 		Dir: "testdata/script",
 		Setup: func(env *testscript.Env) error {
 			env.Setenv("NO_COLOR", "1")
+			// A -race binary sleeps 1s at exit by default (to let reports
+			// flush): every otactl the scripts run would cost a second.
+			gorace := "atexit_sleep_ms=0"
+			if v := os.Getenv("GORACE"); v != "" {
+				gorace = v + " " + gorace
+			}
+			env.Setenv("GORACE", gorace)
 			return nil
 		},
 		Cmds: map[string]func(ts *testscript.TestScript, neg bool, args []string){
 			"waitready": cmdWaitReady,
+			"exitcode":  cmdExitCode,
+			"jsonget":   cmdJSONGet,
+			"serve":     cmdServe,
+			"waitfor":   cmdWaitFor,
+			"mkfile":    cmdMkfile,
+			"corrupt":   cmdCorrupt,
 		},
 	})
 }
@@ -221,4 +240,262 @@ func cmdWaitReady(ts *testscript.TestScript, neg bool, args []string) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// cmdExitCode runs a program like exec and checks its exact exit code
+// (exec only tells zero from non-zero); stdout and stderr are kept for the
+// next stdout/stderr commands:
+//
+//	exitcode N PROG [ARGS...]
+func cmdExitCode(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) < 2 {
+		ts.Fatalf("usage: exitcode N PROG [ARGS...]")
+	}
+	want, err := strconv.Atoi(args[0])
+	if err != nil {
+		ts.Fatalf("exitcode: %q is not a number", args[0])
+	}
+	got := 0
+	if err := ts.Exec(args[1], args[2:]...); err != nil {
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) {
+			ts.Fatalf("exitcode: running %s: %v", args[1], err)
+		}
+		got = ee.ExitCode()
+	}
+	if got != want {
+		ts.Fatalf("%s exited with %d, want %d", args[1], got, want)
+	}
+}
+
+// cmdJSONGet decodes a JSON document (a file, or "stdout"/"stderr" of the
+// last command) and checks the value at a dotted path (array elements by
+// index: entries.0.name). WANT is compared with a string value as is and
+// with any other value as compact JSON (true, 3, null, {"a":1}); ~RE
+// matches a regexp against that form, >N and <N compare numbers. Without
+// WANT it checks that the path exists; with !, that it does not. ! with
+// WANT wants the value to differ (a missing path still fails).
+//
+//	jsonget FILE PATH [WANT]
+func cmdJSONGet(ts *testscript.TestScript, neg bool, args []string) {
+	if len(args) < 2 || len(args) > 3 {
+		ts.Fatalf("usage: jsonget FILE PATH [WANT]")
+	}
+	doc := ts.ReadFile(args[0])
+	v, err := jsonPath(doc, args[1])
+	if err != nil {
+		if neg && len(args) == 2 {
+			return
+		}
+		ts.Fatalf("jsonget %s: %v\n%s", args[0], err, doc)
+	}
+	if len(args) == 2 {
+		if neg {
+			ts.Fatalf("jsonget %s: %s exists: %s", args[0], args[1], jsonText(v))
+		}
+		return
+	}
+	ok, err := jsonMatch(v, args[2])
+	if err != nil {
+		ts.Fatalf("jsonget: %v", err)
+	}
+	if ok == neg {
+		not := ""
+		if neg {
+			not = "not "
+		}
+		ts.Fatalf("jsonget %s: %s is %s, want %s%s", args[0], args[1], jsonText(v), not, args[2])
+	}
+}
+
+// jsonPath decodes doc and walks the dotted path ("." alone is the whole
+// document).
+func jsonPath(doc, path string) (any, error) {
+	var v any
+	dec := json.NewDecoder(strings.NewReader(doc))
+	dec.UseNumber()
+	if err := dec.Decode(&v); err != nil {
+		return nil, fmt.Errorf("not a JSON document: %w", err)
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return nil, fmt.Errorf("more than one JSON document")
+	}
+	if path == "." {
+		return v, nil
+	}
+	for _, key := range strings.Split(path, ".") {
+		switch x := v.(type) {
+		case map[string]any:
+			e, ok := x[key]
+			if !ok {
+				return nil, fmt.Errorf("no field %q in %s (path %s)", key, jsonText(x), path)
+			}
+			v = e
+		case []any:
+			i, err := strconv.Atoi(key)
+			if err != nil || i < 0 || i >= len(x) {
+				return nil, fmt.Errorf("no element %q in an array of %d (path %s)", key, len(x), path)
+			}
+			v = x[i]
+		default:
+			return nil, fmt.Errorf("%s is not an object or array (path %s)", jsonText(v), path)
+		}
+	}
+	return v, nil
+}
+
+// jsonText is a string value itself, or any other value as compact JSON.
+func jsonText(v any) string {
+	if s, ok := v.(string); ok {
+		return s
+	}
+	b, _ := json.Marshal(v)
+	return string(b)
+}
+
+func jsonMatch(v any, want string) (bool, error) {
+	got := jsonText(v)
+	switch {
+	case strings.HasPrefix(want, "~"):
+		re, err := regexp.Compile(want[1:])
+		if err != nil {
+			return false, err
+		}
+		return re.MatchString(got), nil
+	case strings.HasPrefix(want, ">") || strings.HasPrefix(want, "<"):
+		n, ok := v.(json.Number)
+		if !ok {
+			return false, nil
+		}
+		x, err1 := n.Float64()
+		w, err2 := strconv.ParseFloat(want[1:], 64)
+		if err1 != nil || err2 != nil {
+			return false, fmt.Errorf("cannot compare %s with %s", got, want)
+		}
+		if want[0] == '>' {
+			return x > w, nil
+		}
+		return x < w, nil
+	}
+	return got == want, nil
+}
+
+// cmdServe serves DIR over HTTP on 127.0.0.1 until the script ends and
+// sets SERVE_URL to its base URL (no trailing slash):
+//
+//	serve DIR
+func cmdServe(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 1 {
+		ts.Fatalf("usage: serve DIR")
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	ts.Check(err)
+	srv := &http.Server{Handler: http.FileServer(http.Dir(ts.MkAbs(args[0]))), ReadHeaderTimeout: 10 * time.Second}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = srv.Serve(ln)
+	}()
+	ts.Defer(func() {
+		_ = srv.Close()
+		<-done
+	})
+	ts.Setenv("SERVE_URL", "http://"+ln.Addr().String())
+}
+
+// cmdWaitFor runs a program every 100ms until its stdout is a JSON
+// document in which every PATH=VALUE holds (compared like jsonget), or
+// fails after TIMEOUT. The exit status does not matter (an --json error
+// document can be waited for: exit_code=5); runs that print no such
+// document (the device rebooting) are retried. stdout and stderr of the
+// last run are kept:
+//
+//	waitfor TIMEOUT PATH=VALUE[,PATH=VALUE...] PROG [ARGS...]
+func cmdWaitFor(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) < 3 {
+		ts.Fatalf("usage: waitfor TIMEOUT PATH=VALUE[,PATH=VALUE...] PROG [ARGS...]")
+	}
+	timeout, err := time.ParseDuration(args[0])
+	ts.Check(err)
+	var conds [][2]string
+	for _, c := range strings.Split(args[1], ",") {
+		k, v, ok := strings.Cut(c, "=")
+		if !ok {
+			ts.Fatalf("waitfor: condition %q is not PATH=VALUE", c)
+		}
+		conds = append(conds, [2]string{k, v})
+	}
+	deadline := time.Now().Add(timeout)
+	var last string
+	for {
+		start := time.Now()
+		err := ts.Exec(args[2], args[3:]...)
+		out := ts.ReadFile("stdout")
+		last = fmt.Sprintf("exit error %v, stdout:\n%s\nstderr:\n%s", err, out, ts.ReadFile("stderr"))
+		if jsonHolds(out, conds) {
+			ts.Logf("waitfor: holds after %v", time.Since(start).Round(time.Millisecond))
+			return
+		}
+		if time.Now().After(deadline) {
+			ts.Fatalf("waitfor: %s did not hold within %v; last run: %s", args[1], timeout, last)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func jsonHolds(doc string, conds [][2]string) bool {
+	for _, c := range conds {
+		v, err := jsonPath(doc, c[0])
+		if err != nil {
+			return false
+		}
+		if ok, err := jsonMatch(v, c[1]); err != nil || !ok {
+			return false
+		}
+	}
+	return true
+}
+
+// cmdMkfile writes SIZE deterministic, incompressible-looking bytes to
+// FILE (firmware images bigger than a txtar section wants to hold):
+//
+//	mkfile FILE SIZE
+func cmdMkfile(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 2 {
+		ts.Fatalf("usage: mkfile FILE SIZE")
+	}
+	n, err := strconv.Atoi(args[1])
+	ts.Check(err)
+	b := make([]byte, n)
+	x := uint32(2463534242)
+	for i := range b {
+		x ^= x << 13
+		x ^= x >> 17
+		x ^= x << 5
+		b[i] = byte(x)
+	}
+	ts.Check(os.WriteFile(ts.MkAbs(args[0]), b, 0o644))
+}
+
+// cmdCorrupt flips the bits of one byte of FILE at OFFSET (negative:
+// from the end):
+//
+//	corrupt FILE OFFSET
+func cmdCorrupt(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 2 {
+		ts.Fatalf("usage: corrupt FILE OFFSET")
+	}
+	off, err := strconv.Atoi(args[1])
+	ts.Check(err)
+	path := ts.MkAbs(args[0])
+	b, err := os.ReadFile(path)
+	ts.Check(err)
+	if off < 0 {
+		off += len(b)
+	}
+	if off < 0 || off >= len(b) {
+		ts.Fatalf("corrupt: offset %s outside %s (%d bytes)", args[1], args[0], len(b))
+	}
+	b[off] ^= 0xff
+	ts.Check(os.WriteFile(path, b, 0o644))
 }

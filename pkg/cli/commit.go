@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -100,6 +101,11 @@ A committed firmware cannot be reverted (exit 3).`,
 	return cmd
 }
 
+// revertRebootTimeout bounds how long a device that accepted OTA.Revert may
+// keep answering from the firmware it reverts (it reboots ~100 ms after
+// replying).
+const revertRebootTimeout = 15 * time.Second
+
 func runRevert(ctx context.Context, f *Factory, noWait bool) error {
 	var before ota.Observation
 	err := f.withDevice(ctx, func(ctx context.Context, c *rpc.Client, d *ota.Device) error {
@@ -122,12 +128,23 @@ func runRevert(ctx context.Context, f *Factory, noWait bool) error {
 	f.progressNote("reverting: waiting for the device to reboot into slot %d…", before.Boot.RevertSlot)
 	wctx, cancel := context.WithTimeout(ctx, f.rebootTimeout())
 	defer cancel()
-	out, c, err := ota.WaitOutcome(wctx, ota.WaitOptions{Dial: f.dialer(), Before: before, Accepted: true})
+	// The device points its boot state at the revert slot as it replies and
+	// reboots only a moment later, so the new active slot does not show a
+	// reboot: compare with that state, and wait for the firmware to change
+	// or the device to restart (its uptime, or a moment off the air).
+	ref := before
+	ref.Boot = ota.BootState{ActiveSlot: before.Boot.RevertSlot, RevertSlot: before.Boot.RevertSlot, IsCommitted: true}
+	out, c, err := ota.WaitOutcome(wctx, ota.WaitOptions{Dial: f.dialer(), Before: ref, RebootTimeout: revertRebootTimeout})
 	if c != nil {
 		c.Close()
 	}
 	if out == nil {
 		return deviceErr(err, f.rebootTimeout())
+	}
+	if out.Result == ota.NotApplied {
+		// Same firmware in both slots, booted moments ago, back faster
+		// than a poll: nothing tells the reboot apart.
+		f.progressNote("could not see the device reboot within %s; this is what it reports now:", revertRebootTimeout)
 	}
 	if f.G.JSON {
 		return writeJSON(f.IO.Out, map[string]any{"reverted": out.After.ActiveSlot == before.Boot.RevertSlot,

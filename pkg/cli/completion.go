@@ -3,6 +3,7 @@ package cli
 import (
 	"fmt"
 	"os"
+	"strings"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/cobra/doc"
@@ -26,8 +27,19 @@ func setupCompletion(root *cobra.Command) {
   otactl completion zsh > "${fpath[1]}/_otactl"
   # fish
   otactl completion fish > ~/.config/fish/completions/otactl.fish`
+			var shells []string
 			for _, sub := range c.Commands() {
 				sub.Example = fmt.Sprintf("  otactl completion %s", sub.Name())
+				shells = append(shells, sub.Name())
+			}
+			// Without this cobra prints the help and exits 0 for an
+			// unknown shell, and a script redirecting it gets help text.
+			c.Args = cobra.ArbitraryArgs
+			c.RunE = func(cmd *cobra.Command, args []string) error {
+				if len(args) == 0 {
+					return usageErrorf("completion needs a shell: %s", strings.Join(shells, ", "))
+				}
+				return usageErrorf("completion: unknown shell %q (known: %s)", args[0], strings.Join(shells, ", "))
 			}
 		}
 	}

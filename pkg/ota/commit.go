@@ -29,8 +29,9 @@ func (d *Device) CommitAfterHealthCheck(ctx context.Context, healthMethod string
 	if healthMethod != "" {
 		emit(onEvent, Event{Kind: EventHealthCheck, Boot: &bs, Msg: "health check: calling " + healthMethod})
 		if _, err := d.c.Call(ctx, healthMethod, nil); err != nil {
-			return bs, fmt.Errorf("%w: %w: %s: %w; not committing: slot %d falls back to slot %d when its commit timeout expires (or run `otactl revert`)",
-				ErrUpdateFailed, ErrHealthCheck, healthMethod, err, bs.ActiveSlot, bs.RevertSlot)
+			// err names the method already (rpc errors start with it).
+			return bs, fmt.Errorf("%w: %w: %w; not committing: slot %d falls back to slot %d when its commit timeout expires (or run `otactl revert`)",
+				ErrUpdateFailed, ErrHealthCheck, err, bs.ActiveSlot, bs.RevertSlot)
 		}
 	}
 	if err := d.Commit(ctx); err != nil {
