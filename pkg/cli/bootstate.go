@@ -36,16 +36,9 @@ object as it sent it.`,
 
 func runBootState(ctx context.Context, f *Factory) error {
 	return f.withDevice(ctx, func(ctx context.Context, c *rpc.Client, d *ota.Device) error {
-		raw, err := c.Call(ctx, "OTA.GetBootState", nil)
-		if err != nil {
+		bs, done, err := f.readBootState(ctx, c)
+		if done || err != nil {
 			return err
-		}
-		if f.G.JSON {
-			return writeJSON(f.IO.Out, rawJSON(raw))
-		}
-		var bs ota.BootState
-		if err := json.Unmarshal(raw, &bs); err != nil {
-			return fmt.Errorf("OTA.GetBootState: unexpected result %s", raw)
 		}
 		// Sys.GetInfo gives the running version and the uptime, which
 		// tells how long an uncommitted firmware has left.
@@ -76,12 +69,30 @@ func (f *Factory) describeBootState(w io.Writer, bs ota.BootState, info *ota.Sys
 		fmt.Fprintf(w, "slot %d is running%s, %s; the device falls back to slot %d%s unless you run `otactl commit` (any reboot before that also falls back).\n",
 			bs.ActiveSlot, version, p.yellow("not yet committed"), bs.RevertSlot, left)
 	}
+	writeBootStateTable(w, bs)
+}
+
+func writeBootStateTable(w io.Writer, bs ota.BootState) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintf(tw, "active slot\t%d\n", bs.ActiveSlot)
-	fmt.Fprintf(tw, "revert slot\t%d\n", bs.RevertSlot)
-	fmt.Fprintf(tw, "committed\t%s\n", yesNo(bs.IsCommitted))
-	fmt.Fprintf(tw, "commit timeout\t%ds\n", bs.CommitTimeout)
+	fmt.Fprintf(tw, "active slot\t%d\nrevert slot\t%d\ncommitted\t%s\ncommit timeout\t%ds\n",
+		bs.ActiveSlot, bs.RevertSlot, yesNo(bs.IsCommitted), bs.CommitTimeout)
 	tw.Flush()
+}
+
+// readBootState calls OTA.GetBootState. With --json it prints the device's
+// object as is and reports done.
+func (f *Factory) readBootState(ctx context.Context, c *rpc.Client) (bs ota.BootState, done bool, err error) {
+	raw, err := c.Call(ctx, "OTA.GetBootState", nil)
+	if err != nil {
+		return bs, false, err
+	}
+	if f.G.JSON {
+		return bs, true, writeJSON(f.IO.Out, rawJSON(raw))
+	}
+	if err := json.Unmarshal(raw, &bs); err != nil {
+		return bs, false, fmt.Errorf("OTA.GetBootState: unexpected result %.200s", raw)
+	}
+	return bs, false, nil
 }
 
 func yesNo(b bool) string {
@@ -146,19 +157,12 @@ func runBootStateSet(ctx context.Context, f *Factory, ch ota.BootStateChange) er
 		if err := d.SetBootState(ctx, ch); err != nil {
 			return err
 		}
-		raw, err := c.Call(ctx, "OTA.GetBootState", nil)
-		if err != nil {
+		bs, done, err := f.readBootState(ctx, c)
+		if done || err != nil {
 			return err
 		}
-		if f.G.JSON {
-			return writeJSON(f.IO.Out, rawJSON(raw))
-		}
-		var bs ota.BootState
-		_ = json.Unmarshal(raw, &bs)
 		f.out("boot state changed; it takes effect at the next boot. Now:")
-		tw := tabwriter.NewWriter(f.IO.Out, 0, 4, 2, ' ', 0)
-		fmt.Fprintf(tw, "active slot\t%d\nrevert slot\t%d\ncommitted\t%s\ncommit timeout\t%ds\n",
-			bs.ActiveSlot, bs.RevertSlot, yesNo(bs.IsCommitted), bs.CommitTimeout)
-		return tw.Flush()
+		writeBootStateTable(f.IO.Out, bs)
+		return nil
 	})
 }

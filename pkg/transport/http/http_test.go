@@ -33,7 +33,8 @@ const secret = "s3cr3t-pa55"
 
 func leakCheck(t *testing.T) {
 	t.Helper()
-	t.Cleanup(func() { goleak.VerifyNone(t, goleak.IgnoreCurrent()) })
+	ignore := goleak.IgnoreCurrent() // goroutines from before this test
+	t.Cleanup(func() { goleak.VerifyNone(t, ignore) })
 }
 
 func testCtx(t *testing.T) context.Context {

@@ -36,7 +36,8 @@ const secret = "t0ken-s3cret"
 
 func leakCheck(t *testing.T) {
 	t.Helper()
-	t.Cleanup(func() { goleak.VerifyNone(t, goleak.IgnoreCurrent()) })
+	ignore := goleak.IgnoreCurrent() // goroutines from before this test
+	t.Cleanup(func() { goleak.VerifyNone(t, ignore) })
 }
 
 func testCtx(t *testing.T) context.Context {
