@@ -7,7 +7,6 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/otactl/otactl/pkg/rpc"
 	httptransport "github.com/otactl/otactl/pkg/transport/http"
@@ -134,7 +133,7 @@ func TestDefaultTimeoutIs20s(t *testing.T) {
 	f := &Factory{IO: &IOStreams{Out: &bytes.Buffer{}, ErrOut: &bytes.Buffer{}}}
 	root := NewRootCmd(f)
 	fl := root.PersistentFlags().Lookup("timeout")
-	if fl == nil || fl.DefValue != (20*time.Second).String() {
+	if fl == nil || fl.DefValue != "20s" {
 		t.Fatalf("--timeout default %v", fl)
 	}
 }

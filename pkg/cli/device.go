@@ -61,7 +61,8 @@ func (v *commitTimeoutValue) Set(s string) error {
 	if err != nil {
 		return err
 	}
-	v.d, v.set = d, true
+	// The device counts whole seconds; round a fraction up, never to 0.
+	v.d, v.set = (d+time.Second-1).Truncate(time.Second), true
 	return nil
 }
 
@@ -103,7 +104,7 @@ func parseSeconds(s string) (time.Duration, error) {
 	if d < 0 {
 		return 0, fmt.Errorf("must not be negative")
 	}
-	return d.Round(time.Second), nil
+	return d, nil
 }
 
 // humanDuration prints 4m52s, 12s, 1h2m.
@@ -141,3 +142,25 @@ func preciseDuration(d time.Duration) string {
 	}
 	return humanDuration(d)
 }
+
+// secondsFlag is a duration flag that also takes plain seconds: "600",
+// "90s" and "10m" all work.
+type secondsFlag struct{ d *time.Duration }
+
+func (s secondsFlag) String() string {
+	if s.d == nil {
+		return ""
+	}
+	return humanDuration(*s.d)
+}
+
+func (s secondsFlag) Set(v string) error {
+	d, err := parseSeconds(v)
+	if err != nil {
+		return err
+	}
+	*s.d = d
+	return nil
+}
+
+func (s secondsFlag) Type() string { return "duration" }

@@ -41,7 +41,8 @@ type UpdateOptions struct {
 func addOutcomeFlags(cmd *cobra.Command, o *UpdateOptions) {
 	fl := cmd.Flags()
 	fl.Var(&o.CommitTimeout, "commit-timeout", "seconds the new firmware waits for 'otactl commit' before the device rolls back (0 = commit at boot, needs --force)")
-	fl.DurationVar(&o.UpdateTimeout, "update-timeout", ota.DefaultUpdateTimeout, "device watchdog: abort the update if it makes no progress for this long")
+	o.UpdateTimeout = ota.DefaultUpdateTimeout
+	fl.Var(secondsFlag{&o.UpdateTimeout}, "update-timeout", "device watchdog: abort the update if it makes no progress for this long (seconds, or 10m)")
 	fl.BoolVar(&o.Commit, "commit", false, "commit once the new firmware answers (after --health-method, if given)")
 	fl.BoolVar(&o.NoWait, "no-wait", false, "return when the device accepted the bundle, like mos, without waiting for the reboot")
 	fl.StringVar(&o.HealthMethod, "health-method", "", "with --commit: RPC method the new firmware must answer without error before it is committed")
