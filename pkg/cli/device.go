@@ -62,7 +62,7 @@ func (v *commitTimeoutValue) Set(s string) error {
 		return err
 	}
 	// The device counts whole seconds; round a fraction up, never to 0.
-	v.d, v.set = (d+time.Second-1).Truncate(time.Second), true
+	v.d, v.set = (d + time.Second - 1).Truncate(time.Second), true
 	return nil
 }
 
