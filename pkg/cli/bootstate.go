@@ -3,6 +3,7 @@ package cli
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"text/tabwriter"
@@ -155,6 +156,10 @@ revert sets these for you.`,
 func runBootStateSet(ctx context.Context, f *Factory, ch ota.BootStateChange) error {
 	return f.withDevice(ctx, func(ctx context.Context, c *rpc.Client, d *ota.Device) error {
 		if err := d.SetBootState(ctx, ch); err != nil {
+			var re *rpc.Error
+			if errors.As(err, &re) && re.Code == -3 {
+				return fmt.Errorf("%w (the device has no such slot; nothing changed: see 'otactl bootstate')", err)
+			}
 			return err
 		}
 		bs, done, err := f.readBootState(ctx, c)

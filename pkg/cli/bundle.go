@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -149,10 +150,11 @@ func runBundleCreate(_ context.Context, o *BundleCreateOptions) error {
 	}
 	if o.F.G.JSON {
 		return writeJSON(o.F.IO.Out, map[string]any{"file": o.Output, "size": st.Size(), "platform": m.Platform,
-			"version": m.Version, "build_id": m.BuildID, "parts": len(parts)})
+			"version": m.Version, "build_id": m.BuildID, "parts": len(m.Parts)})
 	}
+	// Every part counts, fill parts (no data in the zip) included.
 	fmt.Fprintf(o.F.IO.Out, "wrote %s: %s %s for %s, build %s, %d part(s), %s\n",
-		o.Output, m.Name, m.Version, m.Platform, m.BuildID, len(parts), humanBytes(st.Size()))
+		o.Output, m.Name, m.Version, m.Platform, m.BuildID, len(m.Parts), humanBytes(st.Size()))
 	return nil
 }
 
@@ -299,6 +301,9 @@ func runBundleInspect(f *Factory, path string, verify bool) error {
 			fmt.Fprintf(out, " (%s)", m.BuildTimestamp)
 		}
 		fmt.Fprintln(out)
+		if m.Description != "" {
+			fmt.Fprintf(out, "description: %s\n", m.Description)
+		}
 		if len(rep.Signatures) > 0 {
 			fmt.Fprintln(out, "signed: yes (signatures are not checked by this command)")
 		}
@@ -334,6 +339,12 @@ func runBundleInspect(f *Factory, path string, verify bool) error {
 				}
 			} else if p.Src != "" {
 				check = "MISSING"
+			} else if p.Fill != nil {
+				// No data in the zip: the device fills the region.
+				check = fmt.Sprintf("fill 0x%02x", *p.Fill)
+				if p.Size != nil {
+					size = strconv.FormatInt(*p.Size, 10)
+				}
 			}
 			src := p.Src
 			if src == "" {
@@ -367,12 +378,17 @@ func nonNil(s []string) []string {
 	return s
 }
 
+// writeJSON writes v as one indented JSON document, with <, > and & as
+// they are (messages quote URLs and placeholders like <device_id>).
 func writeJSON(w interface{ Write([]byte) (int, error) }, v any) error {
-	b, err := json.MarshalIndent(v, "", "  ")
-	if err != nil {
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	enc.SetIndent("", "  ")
+	if err := enc.Encode(v); err != nil {
 		return err
 	}
-	_, err = w.Write(append(b, '\n'))
+	_, err := w.Write(buf.Bytes())
 	return err
 }
 

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -39,13 +40,25 @@ func NewCmdStatus(f *Factory) *cobra.Command {
 				default:
 					f.out("update state %d: %s", int(st.State), st.Msg)
 				}
-				if st.Msg != "" && st.State != ota.StateError {
+				// The device's message, unless it only names the state
+				// ("idle", "progress").
+				if st.Msg != "" && st.State != ota.StateError && !stateWord(st.Msg) {
 					f.out("device says: %s", st.Msg)
 				}
 				return nil
 			})
 		},
 	}
+}
+
+// stateWord reports whether an OTA.Status message only names the state.
+func stateWord(msg string) bool {
+	for _, w := range []string{"idle", "progress", "success", "error"} {
+		if strings.EqualFold(strings.TrimSpace(msg), w) {
+			return true
+		}
+	}
+	return false
 }
 
 // NewCmdCommit builds `otactl commit`.

@@ -102,6 +102,14 @@ func runEmulator(ctx context.Context, o *EmulatorOptions) error {
 	if !o.Quiet {
 		logger = slog.New(newDeviceLogHandler(ios.ErrOut, o.ID))
 	}
+	serialLink := o.SerialLink
+	if serialLink != "" {
+		// The ready file and the "listening:" line give this path as the
+		// --port to use: make it work from any directory.
+		if abs, err := filepath.Abs(serialLink); err == nil {
+			serialLink = abs
+		}
+	}
 	cfg := emulator.Config{
 		StateDir:    o.StateDir,
 		ID:          o.ID,
@@ -109,7 +117,7 @@ func runEmulator(ctx context.Context, o *EmulatorOptions) error {
 		Slots:       o.Slots,
 		RebootDelay: o.RebootDelay,
 		Listen:      o.Listen,
-		SerialLink:  o.SerialLink,
+		SerialLink:  serialLink,
 		SerialBaud:  o.SerialBaud,
 		MQTTBroker:  o.MQTTBroker,
 		CAFile:      o.CAFile,

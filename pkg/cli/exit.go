@@ -52,10 +52,41 @@ type ExitError struct {
 func (e *ExitError) Error() string { return e.Err.Error() }
 func (e *ExitError) Unwrap() error { return e.Err }
 
+// InterruptedError marks a command stopped by Ctrl-C, SIGTERM or SIGHUP
+// (exit code 1). Msg, when set, says in what state the device was left;
+// Err is what the interrupted step returned.
+type InterruptedError struct {
+	Msg string
+	Err error
+}
+
+func (e *InterruptedError) Error() string {
+	if e.Msg != "" {
+		return "interrupted: " + e.Msg
+	}
+	return "interrupted: " + e.Err.Error()
+}
+
+func (e *InterruptedError) Unwrap() error { return e.Err }
+
+// interrupted marks err as the result of an interruption, keeping a more
+// precise *InterruptedError if err already is one.
+func interrupted(err error) error {
+	var ie *InterruptedError
+	if errors.As(err, &ie) {
+		return err
+	}
+	return &InterruptedError{Err: err}
+}
+
 // ExitCode maps an error to the documented exit code.
 func ExitCode(err error) int {
 	if err == nil {
 		return ExitOK
+	}
+	var ie *InterruptedError
+	if errors.As(err, &ie) {
+		return ExitFailure
 	}
 	var ee *ExitError
 	if errors.As(err, &ee) {

@@ -16,6 +16,10 @@ type progressBar struct {
 	enabled bool
 	now     func() time.Time
 	label   string
+	// width returns the terminal's width in columns (0: unknown). A line
+	// as wide as the terminal wraps, and "\r" then redraws only its last
+	// row, leaving the others on the screen: lines are cut to width-1.
+	width func() int
 
 	mu       sync.Mutex
 	start    time.Time
@@ -56,7 +60,7 @@ func (p *progressBar) Bytes(sent, total int64) {
 			eta = "ETA " + humanDuration(time.Duration(float64(total-sent)/bps*float64(time.Second)))
 		}
 	}
-	p.draw(fmt.Sprintf("%s %s %3.0f%% %s/%s %s %s", p.label, bar(pct, 24), pct*100,
+	p.draw(bar(pct, 24), fmt.Sprintf("%3.0f%% %s/%s %s %s", pct*100,
 		humanBytes(sent), humanBytes(total), speed, eta))
 }
 
@@ -67,11 +71,23 @@ func (p *progressBar) Percent(pct int) {
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.draw(fmt.Sprintf("%s %s %3d%%", p.label, bar(float64(pct)/100, 24), pct))
+	p.draw(bar(float64(pct)/100, 24), fmt.Sprintf("%3d%%", pct))
 }
 
-func (p *progressBar) draw(line string) {
-	fmt.Fprintf(p.w, "\r\033[K%s", strings.TrimRight(line, " "))
+// draw writes the label, the bar graphic and the numbers. On a terminal
+// too narrow for all of it, the graphic goes first, then the end of the
+// numbers.
+func (p *progressBar) draw(graphic, numbers string) {
+	line := strings.TrimRight(p.label+" "+graphic+" "+numbers, " ")
+	if p.width != nil {
+		if w := p.width(); w > 1 && len([]rune(line)) > w-1 {
+			line = strings.TrimRight(p.label+" "+numbers, " ")
+			if r := []rune(line); len(r) > w-1 {
+				line = strings.TrimRight(string(r[:w-1]), " ")
+			}
+		}
+	}
+	fmt.Fprintf(p.w, "\r\033[K%s", line)
 	p.drawn = true
 }
 
@@ -97,4 +113,13 @@ func bar(frac float64, width int) string {
 	}
 	n := int(frac * float64(width))
 	return "[" + strings.Repeat("=", n) + strings.Repeat(" ", width-n) + "]"
+}
+
+// newProgressBar returns a bar on stderr, drawn only on a terminal, and
+// neither with --json nor with --verbose (whose log lines would run into
+// it).
+func (f *Factory) newProgressBar(label string) *progressBar {
+	p := newProgressBar(f.IO.ErrOut, f.IO.ErrTTY && !f.G.JSON && !f.G.Verbose, label)
+	p.width = f.IO.ErrWidth
+	return p
 }

@@ -2,6 +2,8 @@ package cli
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"os"
 	"strings"
 
@@ -102,7 +104,7 @@ func runPush(ctx context.Context, o *UpdateOptions) error {
 		return err
 	}
 
-	bar := newProgressBar(f.IO.ErrOut, f.IO.ErrTTY && !f.G.JSON, "pushing")
+	bar := f.newProgressBar("pushing")
 	var res ota.PushResult
 	err = func() error {
 		// Each step has its own timeout inside Push; this bounds the whole
@@ -132,6 +134,9 @@ func runPush(ctx context.Context, o *UpdateOptions) error {
 	}()
 	bar.Done()
 	if err != nil {
+		if ctx.Err() != nil {
+			return &InterruptedError{Err: err, Msg: interruptedPush(err, res)}
+		}
 		return updateRejected(err, f.G.Timeout)
 	}
 	tr := &transferInfo{Bytes: res.Size, ChunkSize: res.ChunkSize, Chunks: res.Chunks, Retries: res.Retries,
@@ -142,4 +147,18 @@ func runPush(ctx context.Context, o *UpdateOptions) error {
 	f.progressNote("sent %s in %d chunks of %d bytes in %s (%s/s)", humanBytes(res.Size), res.Chunks, res.ChunkSize,
 		preciseDuration(res.Elapsed), humanBytes(int64(tr.BytesPerS)))
 	return o.finish(ctx, before, res.Accepted, expect, tr)
+}
+
+// interruptedPush says in what state an interrupted push left the device.
+func interruptedPush(err error, res ota.PushResult) string {
+	var pe *ota.PushError
+	switch {
+	case errors.As(err, &pe) && pe.Aborted:
+		return fmt.Sprintf("the transfer stopped at offset %d and was aborted (OTA.End); the boot state is unchanged, and a new push starts over", pe.Offset)
+	case errors.As(err, &pe):
+		return fmt.Sprintf("the transfer stopped at offset %d; the device did not confirm the abort, so its update watchdog ends the update (see 'otactl status'); the boot state is unchanged", pe.Offset)
+	case res.Chunks == 0:
+		return "no data had been sent yet; the update was called off and the boot state is unchanged (see 'otactl status')"
+	}
+	return "all data was sent and the device was checking it (OTA.End): if the bundle is good, it reboots into it uncommitted, and falls back unless you run 'otactl commit': check with 'otactl bootstate'"
 }

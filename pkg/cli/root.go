@@ -13,10 +13,12 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
 
+	"github.com/creack/pty"
 	"github.com/fatih/color"
 	"github.com/mattn/go-isatty"
 	"github.com/spf13/cobra"
@@ -37,6 +39,9 @@ type IOStreams struct {
 	ErrOut io.Writer
 	// OutTTY and ErrTTY say whether Out and ErrOut are terminals.
 	OutTTY, ErrTTY bool
+	// ErrWidth, if set, returns the width in columns of the terminal
+	// ErrOut is attached to, or 0 if unknown. Progress bars fit in it.
+	ErrWidth func() int
 }
 
 // SystemIO returns the process's streams.
@@ -45,6 +50,14 @@ func SystemIO() *IOStreams {
 		In: os.Stdin, Out: os.Stdout, ErrOut: os.Stderr,
 		OutTTY: isatty.IsTerminal(os.Stdout.Fd()) || isatty.IsCygwinTerminal(os.Stdout.Fd()),
 		ErrTTY: isatty.IsTerminal(os.Stderr.Fd()) || isatty.IsCygwinTerminal(os.Stderr.Fd()),
+		ErrWidth: func() int {
+			// Asked at each draw, so that a resized window is followed.
+			_, cols, err := pty.Getsize(os.Stderr)
+			if err != nil {
+				return 0
+			}
+			return cols
+		},
 	}
 }
 
@@ -78,8 +91,22 @@ type Factory struct {
 // Main runs otactl with args (without the program name) and returns the
 // process exit code.
 func Main(args []string, ios *IOStreams, getenv func(string) string) int {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	// SIGHUP too: a closed terminal or SSH session must still abort a push
+	// cleanly (OTA.End) instead of leaving the device busy until its
+	// watchdog fires.
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
 	defer stop()
+	go func() {
+		// After the first signal, restore the default handling: a second
+		// Ctrl-C ends otactl at once, even in the middle of a cleanup.
+		<-ctx.Done()
+		stop()
+	}()
+	return mainContext(ctx, args, ios, getenv)
+}
+
+// mainContext is Main with the context that signals cancel.
+func mainContext(ctx context.Context, args []string, ios *IOStreams, getenv func(string) string) int {
 	stdout := &countingWriter{w: ios.Out}
 	cios := *ios
 	cios.Out = stdout
@@ -94,8 +121,11 @@ func Main(args []string, ios *IOStreams, getenv func(string) string) int {
 		return ExitOK
 	}
 	err = classifyCobraError(err)
+	if ctx.Err() != nil && errors.Is(err, context.Canceled) {
+		err = interrupted(err)
+	}
 	code := ExitCode(err)
-	if f.G.JSON && stdout.n == 0 {
+	if (f.G.JSON || wantsJSON(args, getenv)) && stdout.n == 0 {
 		// Scripts read one JSON document on stdout, whatever happened.
 		doc := map[string]any{"error": err.Error(), "exit_code": code}
 		var re *rpc.Error
@@ -106,6 +136,10 @@ func Main(args []string, ios *IOStreams, getenv func(string) string) int {
 	}
 	var ee *ExitError
 	if !(errors.As(err, &ee) && ee.Silent) {
+		var ie *InterruptedError
+		if errors.As(err, &ie) && ios.ErrTTY {
+			fmt.Fprint(ios.ErrOut, "\r\033[K") // the terminal's "^C" echo
+		}
 		fmt.Fprintln(ios.ErrOut, f.palette().red("Error:"), err)
 		var ue *UsageError
 		if errors.As(err, &ue) && !strings.Contains(err.Error(), "--help") {
@@ -115,6 +149,36 @@ func Main(args []string, ios *IOStreams, getenv func(string) string) int {
 		}
 	}
 	return code
+}
+
+// wantsJSON reports whether --json was asked for on the command line or in
+// the environment, for errors that stop otactl before its flags are parsed
+// (an unknown flag or command before --json).
+func wantsJSON(args []string, getenv func(string) string) bool {
+	set, on := false, false
+	for _, a := range args {
+		if a == "--" {
+			break
+		}
+		if a == "--json" {
+			set, on = true, true
+		} else if v, ok := strings.CutPrefix(a, "--json="); ok {
+			b, err := strconv.ParseBool(v)
+			set, on = true, err == nil && b
+		}
+	}
+	if set {
+		return on
+	}
+	if getenv != nil {
+		for _, k := range []string{"OTACTL_JSON", "MOS_JSON"} {
+			if v := getenv(k); v != "" {
+				b, err := strconv.ParseBool(v)
+				return err == nil && b
+			}
+		}
+	}
+	return false
 }
 
 // countingWriter counts what was written, so Main knows whether a command

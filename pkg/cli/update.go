@@ -175,7 +175,7 @@ func runUpdate(ctx context.Context, o *UpdateOptions) error {
 		f.progressNote("serving %s at %s", o.File, srv.URL)
 	}
 
-	bar := newProgressBar(f.IO.ErrOut, f.IO.ErrTTY && !f.G.JSON, "downloading")
+	bar := f.newProgressBar("downloading")
 	var accepted ota.Accepted
 	err = func() error {
 		// The device answers OTA.Update only when the download is done: give
@@ -199,14 +199,29 @@ func runUpdate(ctx context.Context, o *UpdateOptions) error {
 	}()
 	bar.Done()
 	if err != nil {
+		if ctx.Err() != nil {
+			return &InterruptedError{Err: err, Msg: o.interruptedDownload()}
+		}
 		return updateRejected(err, f.G.Timeout)
 	}
 	return o.finish(ctx, before, accepted, expect, nil)
 }
 
+// interruptedDownload says what becomes of an OTA.Update that otactl
+// stopped waiting for: the device cannot be told to stop it.
+func (o *UpdateOptions) interruptedDownload() string {
+	if o.File != "" {
+		return "otactl stopped serving the bundle, so the device's download fails and its boot state stays unchanged, unless it had already received the whole bundle: check with 'otactl status' and 'otactl bootstate'"
+	}
+	return "the device goes on with the update by itself (OTA.Update cannot be called off); if the bundle is good, it reboots into it uncommitted, and falls back unless you run 'otactl commit': check with 'otactl status' and 'otactl bootstate'"
+}
+
 // updateRejected turns a refused or failed transfer into exit code 6 while
 // keeping the device's words.
 func updateRejected(err error, timeout time.Duration) error {
+	if errors.Is(err, ota.ErrBusy) { // already says what to do, and that the boot state stays
+		return &ExitError{Code: ExitUpdate, Err: err}
+	}
 	if errors.Is(err, ota.ErrUpdateFailed) { // already says the update did not take
 		return &ExitError{Code: ExitUpdate, Err: fmt.Errorf("%w; its boot state is unchanged", err)}
 	}
@@ -271,6 +286,13 @@ func (o *UpdateOptions) finish(ctx context.Context, before ota.Observation, acce
 		defer c.Close()
 	}
 	if out == nil {
+		if ctx.Err() != nil {
+			msg := fmt.Sprintf("the device had accepted the update and was rebooting into it; nothing was committed: check what booted with 'otactl bootstate', and run 'otactl commit' to keep the new firmware (uncommitted, it falls back to slot %d)", before.Boot.ActiveSlot)
+			if o.CommitTimeout.otaValue() == ota.AutoCommit {
+				msg = "the device had accepted the update and was rebooting into it; with --commit-timeout 0 the new firmware commits itself at boot: check what booted with 'otactl bootstate'"
+			}
+			return &InterruptedError{Err: err, Msg: msg}
+		}
 		return deviceErr(fmt.Errorf("the device did not come back after the update: %w", err), f.rebootTimeout())
 	}
 	res.Result = string(out.Result)
@@ -288,8 +310,8 @@ func (o *UpdateOptions) finish(ctx context.Context, before ota.Observation, acce
 				return err
 			}
 		} else {
-			f.out("%s the device came back on slot %d running %s %s: %s",
-				p.red("ROLLED BACK:"), out.After.ActiveSlot, out.Info.App, out.Info.FWVersion, out.Reason)
+			// Reason says which firmware runs, on which slot, and why.
+			f.out("%s %s", p.red(failedLabel(out.Result)), out.Reason)
 		}
 		return &ExitError{Code: ExitUpdate, Err: out.Err(), Silent: !f.G.JSON}
 	}
@@ -310,6 +332,9 @@ func (o *UpdateOptions) finish(ctx context.Context, before ota.Observation, acce
 				// err already says that nothing was committed and what
 				// happens next.
 				return &ExitError{Code: ExitUpdate, Err: err}
+			}
+			if ctx.Err() != nil {
+				return &InterruptedError{Err: err, Msg: "the new firmware runs, but otactl may not have committed it: check with 'otactl bootstate', and run 'otactl commit' if it is not committed"}
 			}
 			return deviceErr(err, f.G.Timeout)
 		}
@@ -340,6 +365,16 @@ func (o *UpdateOptions) finish(ctx context.Context, before ota.Observation, acce
 	f.out("%s slot %d runs %s, %s. The device falls back to slot %d (%s)%s unless you run `otactl commit`.",
 		p.green("updated:"), out.After.ActiveSlot, name, p.yellow("not yet committed"), out.After.RevertSlot, before.Info.FWVersion, left)
 	return nil
+}
+
+// failedLabel heads the line of an update that did not take: only a
+// device that came back on its old firmware rolled back; one that never
+// switched (the update failed, or it did not reboot) did not apply it.
+func failedLabel(r ota.Result) string {
+	if r == ota.RolledBack {
+		return "ROLLED BACK:"
+	}
+	return "NOT APPLIED:"
 }
 
 // progressNote prints a step on stderr in human mode; in --json mode only
