@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"sort"
@@ -267,9 +269,9 @@ type bundleEntryJSON struct {
 }
 
 func runBundleInspect(f *Factory, path string, verify bool) error {
-	fh, err := os.Open(path)
+	fh, err := openBundle(path)
 	if err != nil {
-		return fmt.Errorf("opening bundle: %w", err)
+		return err
 	}
 	defer fh.Close()
 	rep, err := bundle.Inspect(fh)
@@ -400,4 +402,17 @@ func humanBytes(n int64) string {
 		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
 	}
 	return fmt.Sprintf("%d bytes", n)
+}
+
+// openBundle opens a bundle named on the command line: a path that does not
+// exist is a usage error (exit 2), any other failure to read it exit 1.
+func openBundle(path string) (*os.File, error) {
+	fh, err := os.Open(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, usageErrorf("bundle %s does not exist", path)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("cannot read bundle: %w", err)
+	}
+	return fh, nil
 }

@@ -109,7 +109,11 @@ func runPush(ctx context.Context, o *UpdateOptions) error {
 	err = func() error {
 		// Each step has its own timeout inside Push; this bounds the whole
 		// transfer only by the device's watchdog per step.
-		c, err := f.Connect(ctx)
+		// The dial (serial handshake, MQTT connect) is bounded by --timeout;
+		// the transfer by the per-step timeouts inside Push.
+		dctx, dcancel := context.WithTimeout(ctx, f.G.Timeout)
+		c, err := f.Connect(dctx)
+		dcancel()
 		if err != nil {
 			return err
 		}

@@ -10,7 +10,6 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"os"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -107,9 +106,9 @@ device, any free port). --no-wait returns when the device accepted the bundle.`,
 // localBundle checks a bundle file before sending it and returns what the
 // new firmware will be.
 func localBundle(path string) (*bundle.Report, error) {
-	fh, err := os.Open(path)
+	fh, err := openBundle(path)
 	if err != nil {
-		return nil, usageErrorf("bundle: %v", err)
+		return nil, err
 	}
 	defer fh.Close()
 	rep, err := bundle.Inspect(fh)
