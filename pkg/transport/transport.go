@@ -9,6 +9,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"log/slog"
 
 	"github.com/otactl/otactl/pkg/rpc/frame"
@@ -89,9 +90,19 @@ func (o Options) MaxFrame() int {
 	return DefaultMaxFrameSize
 }
 
-// DebugFrame logs a frame at debug level with its direction, if a logger is set.
+// DebugFrameMax is how much of a frame DebugFrame shows; the rest (the
+// base64 of a push chunk, say) is summarised by its length.
+const DebugFrameMax = 300
+
+// DebugFrame logs a frame at debug level with its direction, if a logger is
+// set. Frames longer than DebugFrameMax are cut, saying how long they were.
 func (o Options) DebugFrame(dir string, data []byte) {
-	if o.Logger != nil {
-		o.Logger.Debug("frame", "dir", dir, "data", string(data))
+	if o.Logger == nil {
+		return
 	}
+	s := string(data)
+	if len(s) > DebugFrameMax {
+		s = fmt.Sprintf("%s… (%d bytes)", s[:DebugFrameMax], len(data))
+	}
+	o.Logger.Debug("frame", "dir", dir, "data", s)
 }

@@ -1,0 +1,23 @@
+package transport
+
+import (
+	"bytes"
+	"log/slog"
+	"strings"
+	"testing"
+)
+
+func TestDebugFrameCutsLongFrames(t *testing.T) {
+	var buf bytes.Buffer
+	o := Options{Logger: slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug}))}
+	o.DebugFrame("send", []byte(`{"id":1}`))
+	o.DebugFrame("send", []byte(strings.Repeat("A", 4000)))
+	out := buf.String()
+	if !strings.Contains(out, `{\"id\":1}`) {
+		t.Fatalf("short frame not logged whole: %s", out)
+	}
+	if strings.Contains(out, strings.Repeat("A", DebugFrameMax+1)) || !strings.Contains(out, "(4000 bytes)") {
+		t.Fatalf("long frame not cut: %.500s", out)
+	}
+	Options{}.DebugFrame("send", []byte("x")) // no logger: no panic
+}
