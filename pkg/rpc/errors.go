@@ -3,6 +3,8 @@ package rpc
 import (
 	"errors"
 	"fmt"
+
+	"github.com/otactl/otactl/pkg/transport"
 )
 
 // Error is an error reply from the device: an RPC "error" object with a
@@ -45,8 +47,9 @@ func (e *LinkError) Error() string { return e.Method + ": " + e.Err.Error() }
 func (e *LinkError) Unwrap() error { return e.Err }
 
 // ErrAuth is wrapped by errors that mean the device refused the credentials
-// (or wanted some and none were given).
-var ErrAuth = errors.New("authentication failed")
+// (or wanted some and none were given). It is transport.ErrAuth, so that a
+// refusal at the transport level (HTTP 401, MQTT connect) matches too.
+var ErrAuth = transport.ErrAuth
 
 // IsNotFound reports whether err is the device's "no such method" reply.
 func IsNotFound(err error) bool {

@@ -76,6 +76,11 @@ type Options struct {
 	MaxFrameSize int
 }
 
+// ErrAuth is wrapped by every error that means the device (or the MQTT
+// broker) refused the credentials or wanted some: an HTTP 401, a refused
+// WebSocket handshake, a refused MQTT connect, a failed in-frame digest.
+var ErrAuth = errors.New("authentication failed")
+
 // ErrClosed is returned by Send and Recv after Close.
 var ErrClosed = errors.New("connection closed")
 

@@ -33,7 +33,7 @@ const DefaultPath = "/rpc"
 // ErrAuthRequired is wrapped by the error Send returns when the device
 // answers HTTP 401: it wants HTTP digest authentication, which this transport
 // does not do yet.
-var ErrAuthRequired = errors.New("device requires HTTP authentication")
+var ErrAuthRequired = fmt.Errorf("device requires HTTP authentication: %w", transport.ErrAuth)
 
 // Conn is an HTTP client connection to a device. HTTP is connectionless: each
 // Send is one POST whose reply frame is queued for Recv. It implements

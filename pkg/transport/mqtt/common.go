@@ -250,10 +250,10 @@ func explainConnectError(b *broker, err error) error {
 	// use "not authorised").
 	case errors.Is(err, packets.ErrorRefusedBadUsernameOrPassword), errors.Is(err, packets.ErrorRefusedNotAuthorised):
 		if b.user == "" && !b.hasPwd {
-			return fmt.Errorf("MQTT broker %s refused an anonymous client: it wants a user name and password: put them in the URL (%s://user:pass@%s/…) or use --rpc-creds: %w",
-				where, b.u.Scheme, b.u.Host, err)
+			return fmt.Errorf("MQTT broker %s refused an anonymous client: it wants a user name and password: put them in the URL (%s://user:pass@%s/…) or use --rpc-creds: %w: %w",
+				where, b.u.Scheme, b.u.Host, transport.ErrAuth, err)
 		}
-		return fmt.Errorf("MQTT broker %s refused user %q: wrong user name or password (or the user may not connect): check the credentials: %w", where, b.user, err)
+		return fmt.Errorf("MQTT broker %s refused user %q: wrong user name or password (or the user may not connect): check the credentials: %w: %w", where, b.user, transport.ErrAuth, err)
 	case errors.Is(err, packets.ErrorRefusedIDRejected):
 		return fmt.Errorf("MQTT broker %s rejected the client id: pick another client id: %w", where, err)
 	case errors.Is(err, packets.ErrorRefusedServerUnavailable):

@@ -137,6 +137,9 @@ func dialError(ctx context.Context, display string, resp *http.Response, err err
 		case http.StatusServiceUnavailable:
 			hint = "WebSocket RPC is disabled on the device: set rpc.ws.enable=true or use http://"
 		}
+		if resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden {
+			return fmt.Errorf("WebSocket handshake with %s failed: HTTP %s: %s: %w", display, resp.Status, hint, transport.ErrAuth)
+		}
 		return fmt.Errorf("WebSocket handshake with %s failed: HTTP %s: %s", display, resp.Status, hint)
 	}
 	var unknownCA x509.UnknownAuthorityError
