@@ -139,7 +139,7 @@ func runRevert(ctx context.Context, f *Factory, noWait bool) error {
 		return nil
 	}
 	f.progressNote("reverting: waiting for the device to reboot into slot %d…", before.Boot.RevertSlot)
-	wctx, cancel := context.WithTimeout(ctx, f.rebootTimeout())
+	wctx, cancel := context.WithTimeout(ctx, f.rebootTimeout()+verdictMargin)
 	defer cancel()
 	// The device points its boot state at the revert slot as it replies and
 	// reboots only a moment later, so the new active slot does not show a
@@ -147,7 +147,7 @@ func runRevert(ctx context.Context, f *Factory, noWait bool) error {
 	// or the device to restart (its uptime, or a moment off the air).
 	ref := before
 	ref.Boot = ota.BootState{ActiveSlot: before.Boot.RevertSlot, RevertSlot: before.Boot.RevertSlot, IsCommitted: true}
-	out, c, err := ota.WaitOutcome(wctx, ota.WaitOptions{Dial: f.dialer(), Before: ref, RebootTimeout: revertRebootTimeout})
+	out, c, err := ota.WaitOutcome(wctx, ota.WaitOptions{Dial: f.dialer(), Before: ref, RebootTimeout: min(revertRebootTimeout, f.rebootTimeout())})
 	if c != nil {
 		c.Close()
 	}
@@ -157,7 +157,7 @@ func runRevert(ctx context.Context, f *Factory, noWait bool) error {
 	if out.Result == ota.NotApplied {
 		// Same firmware in both slots, booted moments ago, back faster
 		// than a poll: nothing tells the reboot apart.
-		f.progressNote("could not see the device reboot within %s; this is what it reports now:", revertRebootTimeout)
+		f.progressNote("could not see the device reboot within %s; this is what it reports now:", min(revertRebootTimeout, f.rebootTimeout()))
 	}
 	if f.G.JSON {
 		return writeJSON(f.IO.Out, map[string]any{"reverted": out.After.ActiveSlot == before.Boot.RevertSlot,

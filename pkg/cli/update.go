@@ -201,7 +201,7 @@ func runUpdate(ctx context.Context, o *UpdateOptions) error {
 		if ctx.Err() != nil {
 			return &InterruptedError{Err: err, Msg: o.interruptedDownload()}
 		}
-		return updateRejected(err, f.G.Timeout)
+		return updateRejected(err, o.UpdateTimeout+f.G.Timeout)
 	}
 	return o.finish(ctx, before, accepted, expect, nil)
 }
@@ -270,7 +270,7 @@ func (o *UpdateOptions) finish(ctx context.Context, before ota.Observation, acce
 		return nil
 	}
 	f.progressNote("bundle accepted; waiting for the device to reboot and answer…")
-	wctx, cancel := context.WithTimeout(ctx, f.rebootTimeout())
+	wctx, cancel := context.WithTimeout(ctx, f.rebootTimeout()+verdictMargin)
 	defer cancel()
 	out, c, err := ota.WaitOutcome(wctx, ota.WaitOptions{
 		Dial: f.dialer(), Before: before, Accepted: accepted.Confirmed, Expect: expect,
@@ -322,6 +322,29 @@ func (o *UpdateOptions) finish(ctx context.Context, before ota.Observation, acce
 		cctx, ccancel := context.WithTimeout(ctx, f.G.Timeout)
 		bs, err := ota.New(c).CommitAfterHealthCheck(cctx, o.HealthMethod, nil)
 		ccancel()
+		if errors.Is(err, ota.ErrAlreadyCommitted) && bs.ActiveSlot == out.After.ActiveSlot && bs.IsCommitted {
+			err = nil // it committed itself meanwhile: the same slot, committed
+		}
+		if errors.Is(err, ota.ErrAlreadyCommitted) {
+			// Between the outcome and the commit, the device fell back:
+			// the commit timeout expired first (or someone reverted).
+			// (bs is still the uncommitted state when the device could not
+			// be read again after refusing OTA.Commit.)
+			res.Result, res.Committed = string(ota.RolledBack), true
+			if bs.IsCommitted {
+				res.After = &bs
+			}
+			res.Version, res.BuildID, res.Info = before.Info.FWVersion, before.Info.FWID, nil
+			res.Reason = fmt.Sprintf("slot %d ran %s uncommitted, but its commit timeout expired before otactl could commit it: the device falls back to slot %d", out.After.ActiveSlot, out.Info.Firmware(), out.After.RevertSlot)
+			if f.G.JSON {
+				if err := writeJSON(f.IO.Out, res); err != nil {
+					return err
+				}
+			} else {
+				f.out("%s %s", p.red(failedLabel(ota.RolledBack)), res.Reason)
+			}
+			return &ExitError{Code: ExitUpdate, Err: fmt.Errorf("%w: %s", ota.ErrUpdateFailed, res.Reason), Silent: !f.G.JSON}
+		}
 		if err != nil {
 			if errors.Is(err, ota.ErrHealthCheck) {
 				res.Result, res.Reason = "health_check_failed", err.Error()
@@ -375,6 +398,12 @@ func failedLabel(r ota.Result) string {
 	}
 	return "NOT APPLIED:"
 }
+
+// verdictMargin extends the wait for an outcome past the reboot timeout, so
+// that a device that answers all along on its old firmware is seen once
+// more when that timeout passes and reported as NOT APPLIED (exit 6), not
+// as unreachable (exit 5).
+const verdictMargin = 5 * time.Second
 
 // progressNote prints a step on stderr in human mode; in --json mode only
 // with --verbose.

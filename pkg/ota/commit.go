@@ -2,6 +2,7 @@ package ota
 
 import (
 	"context"
+	"errors"
 	"fmt"
 )
 
@@ -17,7 +18,8 @@ import (
 //  3. OTA.Commit;
 //  4. OTA.GetBootState must now show the same slot, committed.
 //
-// It returns the boot state read last.
+// It returns the boot state read last (also when OTA.Commit was refused as
+// already committed: then the state read after that refusal).
 func (d *Device) CommitAfterHealthCheck(ctx context.Context, healthMethod string, onEvent func(Event)) (BootState, error) {
 	bs, err := d.GetBootState(ctx)
 	if err != nil {
@@ -35,7 +37,15 @@ func (d *Device) CommitAfterHealthCheck(ctx context.Context, healthMethod string
 		}
 	}
 	if err := d.Commit(ctx); err != nil {
-		return bs, fmt.Errorf("committing slot %d: %w", bs.ActiveSlot, err)
+		slot := bs.ActiveSlot
+		if errors.Is(err, ErrAlreadyCommitted) {
+			// It fell back (commit timeout) or committed itself since the
+			// first read: return what it shows now.
+			if now, berr := d.GetBootState(ctx); berr == nil {
+				bs = now
+			}
+		}
+		return bs, fmt.Errorf("committing slot %d: %w", slot, err)
 	}
 	after, err := d.GetBootState(ctx)
 	if err != nil {

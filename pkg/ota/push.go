@@ -180,8 +180,12 @@ type PushResult struct {
 //
 // It starts only if OTA.Status is idle or shows a failed update (state 0 or
 // 2); otherwise it returns an error wrapping ErrBusy and ErrUpdateFailed.
-// Each chunk is tried up to opts.Tries times at the same offset; a device
-// error (*rpc.Error) is not retried, since the device has then aborted.
+// Each chunk is tried up to opts.Tries times at the same offset (a try
+// that failed at once is retried after a pause of 1 s, then 2 s, ..., so
+// that the tries outlast a brief loss of the link); a device error
+// (*rpc.Error) is not retried, since the device has then aborted, except
+// that "Wrong offset X, expected Y" on a retry, with Y the end of the
+// chunk, means an earlier try landed and only its reply was lost.
 //
 // Abort: when a chunk fails for good, or ctx is cancelled, Push sends
 // OTA.End (under its own short deadline, even if ctx is done) so the device
@@ -309,6 +313,10 @@ func (d *Device) Push(ctx context.Context, r io.ReaderAt, size int64, opts PushO
 	return res, fmt.Errorf("%w: the device rejected the bundle when finalising (OTA.End): %w; its boot state is unchanged", ErrUpdateFailed, err)
 }
 
+// retryPause is the shortest time between the starts of the first two
+// tries of a chunk; it doubles for each further try.
+const retryPause = time.Second
+
 // write sends one chunk, with retries at the same offset.
 func (d *Device) write(ctx context.Context, opts PushOptions, res *PushResult, off int64, data []byte) error {
 	params := writeParams{Offset: off, Data: base64.StdEncoding.EncodeToString(data)}
@@ -317,14 +325,25 @@ func (d *Device) write(ctx context.Context, opts PushOptions, res *PushResult, o
 		timeout = opts.FirstWriteTimeout
 	}
 	var err error
+	var took time.Duration
 	for attempt := 1; attempt <= opts.Tries; attempt++ {
 		if attempt > 1 {
+			// A write that failed at once (connection refused, link
+			// briefly gone) is retried after a pause (1 s, 2 s, ...), so
+			// that the tries span more than a glitch.
+			if pause := retryPause << (attempt - 2); took < pause {
+				if serr := sleep(ctx, pause-took); serr != nil {
+					return fmt.Errorf("%w (%v)", serr, err)
+				}
+			}
 			res.Retries++
 			emit(opts.OnEvent, Event{Kind: EventRetry, Sent: off, Total: res.Size, Attempt: attempt, Err: err,
 				Msg: fmt.Sprintf("write at offset %d failed (%v); retrying, attempt %d of %d", off, err, attempt, opts.Tries)})
 		}
 		wctx, cancel := context.WithTimeout(ctx, timeout)
+		t0 := time.Now()
 		_, err = d.c.Call(wctx, "OTA.Write", params)
+		took = time.Since(t0)
 		cancel()
 		if err != nil && attempt > 1 && alreadyWritten(err, off+int64(len(data))) {
 			return nil // an earlier attempt landed; only its reply was lost

@@ -78,6 +78,10 @@ func (d *Device) Update(ctx context.Context, args UpdateArgs) (Accepted, error) 
 	case lostLink(ctx, err):
 		emit(args.OnEvent, Event{Kind: EventNoReply, Err: err, Msg: "no reply to OTA.Update; the device is probably rebooting"})
 		return Accepted{}, nil
+	case !isDeviceError(err):
+		// ctx ended first: the device was not heard to refuse anything and
+		// carries on by itself.
+		return Accepted{}, fmt.Errorf("no reply to OTA.Update in time; the device may still be downloading or installing the bundle (check with OTA.Status and OTA.GetBootState): %w", err)
 	}
 	return Accepted{}, d.rejected(ctx, "the device did not install the update from "+args.URL, err)
 }

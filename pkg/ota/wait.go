@@ -14,7 +14,8 @@ import (
 type Observation struct {
 	Info SysInfo   `json:"info"`
 	Boot BootState `json:"boot_state"`
-	// At is when the replies arrived (host clock).
+	// At is when the reply to Sys.GetInfo arrived (host clock): the moment
+	// Info.Uptime refers to.
 	At time.Time `json:"at"`
 }
 
@@ -24,11 +25,12 @@ func (d *Device) Observe(ctx context.Context) (Observation, error) {
 	if err != nil {
 		return Observation{}, err
 	}
+	at := time.Now()
 	bs, err := d.GetBootState(ctx)
 	if err != nil {
 		return Observation{}, err
 	}
-	return Observation{Info: info, Boot: bs, At: time.Now()}, nil
+	return Observation{Info: info, Boot: bs, At: at}, nil
 }
 
 // Result is the final outcome of an update.
@@ -110,10 +112,14 @@ type WaitOptions struct {
 	Expect Firmware
 	// RebootTimeout is how long the device may keep running its old
 	// instance, answering, before the outcome is NotApplied (default 2 m).
+	// It counts from the start, or from the last time OTA.Status showed an
+	// update in progress (a device still downloading has not failed). Give
+	// ctx a little more than this, or the verdict never comes: ctx ends
+	// the wait with an error first.
 	RebootTimeout time.Duration
-	// AttemptTimeout bounds one attempt: dial plus the calls (default 5 s).
-	// A link that stays open while the device reboots (serial) waits this
-	// long for an answer before the attempt counts as failed.
+	// AttemptTimeout bounds the dial and each call of one attempt (default
+	// 5 s). A link that stays open while the device reboots (serial) waits
+	// this long for an answer before the attempt counts as failed.
 	AttemptTimeout time.Duration
 	// PollInterval spaces attempts while the device answers but has not
 	// rebooted yet (default 500 ms).
@@ -146,14 +152,31 @@ func (o *WaitOptions) defaults() {
 // when comparing boot times.
 const uptimeSlack = 2 * time.Second
 
-// probe is one successful look at the device.
+// probe is one successful look at the device, all of it answered by one
+// boot of the device.
 type probe struct {
 	info     SysInfo
 	boot     BootState
 	status   Status
 	statusOK bool
-	at       time.Time
+	at       time.Time // when info arrived
 }
+
+// describe says what the device reported, for a timeout error.
+func (p probe) describe() string {
+	s := fmt.Sprintf("it runs %s in slot %d", p.info.Firmware(), p.boot.ActiveSlot)
+	if p.statusOK {
+		s += "; OTA.Status: " + p.status.State.String()
+		if p.status.State == StateProgress {
+			s += fmt.Sprintf(", %d%%", p.status.ProgressPercent)
+		}
+	}
+	return s
+}
+
+// errRebootedDuringProbe fails an attempt whose calls were answered by two
+// different boots of the device.
+var errRebootedDuringProbe = errors.New("the device rebooted while it was being read")
 
 // WaitOutcome waits for the device to reboot after an update and come back,
 // then says what it booted. It reconnects with opts.Dial (backoff between
@@ -168,6 +191,11 @@ type probe struct {
 //     device rebooted, or at all once it had accepted the update;
 //   - NotApplied: the device still runs its old instance and OTA.Status
 //     shows a failed update, or it has not rebooted after RebootTimeout.
+//
+// A device that runs another firmware but boots its old slot next,
+// committed, is about to fall back (its commit timer expired): that is
+// waited out, and reported as RolledBack once it is back on its old
+// firmware.
 //
 // On success it returns the Outcome and a client connected to the device
 // (the caller closes it), e.g. for CommitAfterHealthCheck. For RolledBack
@@ -189,6 +217,11 @@ func WaitOutcome(ctx context.Context, opts WaitOptions) (*Outcome, *rpc.Client, 
 		lastErr  error
 		delay    = opts.Backoff.Initial
 		attempts int
+		// quietSince is when the RebootTimeout clock started: the start,
+		// or the last time OTA.Status showed an update in progress (a
+		// device still downloading is not "not rebooting").
+		quietSince = start
+		lastSeen   string // what the last undecided probe showed
 	)
 	for {
 		attempts++
@@ -198,10 +231,10 @@ func WaitOutcome(ctx context.Context, opts WaitOptions) (*Outcome, *rpc.Client, 
 				return nil, nil, fmt.Errorf("reconnecting after the update: %w", err)
 			}
 			if ctx.Err() != nil {
-				if lastErr == nil {
+				if lastErr == nil && lastSeen == "" {
 					lastErr = err
 				}
-				return nil, nil, timeoutErr(ctx, attempts, lastErr)
+				return nil, nil, timeoutErr(ctx, attempts, lastErr, lastSeen)
 			}
 			lastErr = err
 			if wentAway.IsZero() {
@@ -210,13 +243,16 @@ func WaitOutcome(ctx context.Context, opts WaitOptions) (*Outcome, *rpc.Client, 
 			emit(opts.OnEvent, Event{Kind: EventWaiting, Attempt: attempts, Err: err,
 				Msg: fmt.Sprintf("waiting for the device to come back (attempt %d): %v", attempts, err)})
 			if err := sleep(ctx, delay); err != nil {
-				return nil, nil, timeoutErr(ctx, attempts, lastErr)
+				return nil, nil, timeoutErr(ctx, attempts, lastErr, lastSeen)
 			}
 			delay = min(delay*2, opts.Backoff.Max)
 			continue
 		}
 		delay = opts.Backoff.Initial
-		o := decide(opts, p, wentAway, start)
+		if p.statusOK && p.status.State == StateProgress {
+			quietSince = p.at
+		}
+		o := decide(opts, p, wentAway, quietSince)
 		if o != nil {
 			o.Attempts, o.Elapsed = attempts, time.Since(start)
 			emit(opts.OnEvent, Event{Kind: EventBack, Attempt: attempts, Info: &o.Info, Boot: &o.After,
@@ -224,16 +260,19 @@ func WaitOutcome(ctx context.Context, opts WaitOptions) (*Outcome, *rpc.Client, 
 			return o, c, o.Err()
 		}
 		c.Close()
+		lastErr, lastSeen = nil, p.describe()
 		emit(opts.OnEvent, Event{Kind: EventNotRebooted, Attempt: attempts, Info: &p.info, Boot: &p.boot,
-			Msg: "the device has not rebooted yet"})
+			Msg: "the device has not rebooted yet: " + lastSeen})
 		if err := sleep(ctx, opts.PollInterval); err != nil {
-			return nil, nil, timeoutErr(ctx, attempts, lastErr)
+			return nil, nil, timeoutErr(ctx, attempts, lastErr, lastSeen)
 		}
 	}
 }
 
-// timeoutErr says that ctx ended before the outcome was clear.
-func timeoutErr(ctx context.Context, attempts int, lastErr error) error {
+// timeoutErr says that ctx ended before the outcome was clear. lastErr is
+// the last failed attempt's error when the device was away last, else
+// lastSeen says what it reported.
+func timeoutErr(ctx context.Context, attempts int, lastErr error, lastSeen string) error {
 	cause := ctx.Err()
 	if cause == nil {
 		cause = context.DeadlineExceeded
@@ -241,36 +280,74 @@ func timeoutErr(ctx context.Context, attempts int, lastErr error) error {
 	if lastErr != nil {
 		return fmt.Errorf("the device did not come back in time (%d attempts; last error: %v): %w", attempts, lastErr, cause)
 	}
-	return fmt.Errorf("no outcome in time (%d attempts; the device answered but had not rebooted): %w", attempts, cause)
+	if lastSeen == "" {
+		lastSeen = "no answer yet"
+	}
+	return fmt.Errorf("no outcome in time (%d attempts; the device answered but had not rebooted: %s): %w", attempts, lastSeen, cause)
 }
 
-// attempt dials and probes once; on success the client stays open.
+// attempt dials and probes once; on success the client stays open. The
+// probe reads Sys.GetInfo first and last: if the two answers come from
+// different boots (a reboot faster than a call), the attempt fails, so that
+// no outcome mixes the old instance's firmware with the new one's state.
 func attempt(ctx context.Context, opts WaitOptions) (*rpc.Client, probe, error) {
-	actx, cancel := context.WithTimeout(ctx, opts.AttemptTimeout)
-	defer cancel()
-	c, err := opts.Dial(actx)
+	step := func() (context.Context, context.CancelFunc) { return context.WithTimeout(ctx, opts.AttemptTimeout) }
+	sctx, cancel := step()
+	c, err := opts.Dial(sctx)
+	cancel()
 	if err != nil {
 		return nil, probe{}, err
 	}
 	d := New(c)
 	var p probe
-	if p.info, err = d.GetInfo(actx); err == nil {
-		p.boot, err = d.GetBootState(actx)
+	var first SysInfo
+	var firstAt time.Time
+	call := func(f func(ctx context.Context) error) error {
+		sctx, cancel := step()
+		defer cancel()
+		return f(sctx)
+	}
+	err = call(func(ctx context.Context) (err error) { first, err = d.GetInfo(ctx); return err })
+	if err == nil {
+		firstAt = time.Now()
+		err = call(func(ctx context.Context) (err error) { p.boot, err = d.GetBootState(ctx); return err })
+	}
+	if err == nil {
+		// OTA.Status is optional (old devices): without it, fewer clues.
+		if call(func(ctx context.Context) (err error) { p.status, err = d.Status(ctx); return err }) == nil {
+			p.statusOK = true
+		}
+		err = call(func(ctx context.Context) (err error) { p.info, err = d.GetInfo(ctx); return err })
 	}
 	if err != nil {
 		c.Close()
 		return nil, probe{}, err
 	}
-	// OTA.Status is optional (old devices): without it, fewer clues.
-	if p.status, err = d.Status(actx); err == nil {
-		p.statusOK = true
-	}
 	p.at = time.Now()
+	if !sameBoot(first, firstAt, p.info, p.at) {
+		c.Close()
+		return nil, probe{}, errRebootedDuringProbe
+	}
 	return c, p, nil
 }
 
+// sameBoot reports whether two Sys.GetInfo answers, received at a and b,
+// come from the same boot: same firmware, and the same boot time (arrival
+// minus uptime) within uptimeSlack when the device reports its uptime.
+func sameBoot(a SysInfo, aAt time.Time, b SysInfo, bAt time.Time) bool {
+	if a.Firmware() != b.Firmware() {
+		return false
+	}
+	if a.Uptime <= 0 && b.Uptime <= 0 {
+		return true // no uptime to tell
+	}
+	diff := aAt.Add(-secondsDur(a.Uptime)).Sub(bAt.Add(-secondsDur(b.Uptime)))
+	return diff.Abs() <= uptimeSlack
+}
+
 // decide returns the outcome that p shows, or nil to keep waiting.
-func decide(opts WaitOptions, p probe, wentAway, start time.Time) *Outcome {
+// quietSince starts the RebootTimeout clock.
+func decide(opts WaitOptions, p probe, wentAway, quietSince time.Time) *Outcome {
 	before := opts.Before
 	o := &Outcome{Before: before.Boot, After: p.boot, BeforeInfo: before.Info, Info: p.info}
 	oldFW, nowFW := before.Info.Firmware(), p.info.Firmware()
@@ -304,8 +381,22 @@ func decide(opts WaitOptions, p probe, wentAway, start time.Time) *Outcome {
 	if busy && !idChanged {
 		rebooted = false // an update is still running or waits for its reboot
 	}
+	// Another firmware than before runs, yet the device boots the old slot
+	// next, committed, as it falls back (revert_slot = active_slot): after
+	// an update it accepted, or with the new firmware running, that is the
+	// commit timer that has just expired (or a revert), and the device is
+	// about to reboot into its old firmware. Not an update that took: wait
+	// for the reboot.
+	rollingBack := idChanged && !newSlot && p.boot.IsCommitted && p.boot.RevertSlot == p.boot.ActiveSlot &&
+		(opts.Accepted || expected)
 
 	switch {
+	case rollingBack && time.Since(quietSince) <= opts.RebootTimeout:
+		return nil
+	case rollingBack:
+		o.Result = RolledBack
+		o.Reason = fmt.Sprintf("the device runs %s but boots slot %d next, committed (its commit timeout expired, or it was reverted), and did not reboot within %s", nowFW, p.boot.ActiveSlot, opts.RebootTimeout)
+		return o
 	case rebooted && (newSlot || (expected && idChanged) || (idChanged && opts.Expect.IsZero())):
 		o.Result = UpdatedUncommitted
 		if p.boot.IsCommitted {
@@ -344,7 +435,7 @@ func decide(opts WaitOptions, p probe, wentAway, start time.Time) *Outcome {
 		}
 		o.Reason = fmt.Sprintf("the update failed on the device (%s); it still runs %s in slot %d", msg, nowFW, p.boot.ActiveSlot)
 		return o
-	case time.Since(start) > opts.RebootTimeout:
+	case time.Since(quietSince) > opts.RebootTimeout:
 		o.Result = NotApplied
 		o.Reason = fmt.Sprintf("the device did not reboot within %s; it still runs %s in slot %d", opts.RebootTimeout, nowFW, p.boot.ActiveSlot)
 		if newSlot {

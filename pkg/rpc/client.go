@@ -117,6 +117,8 @@ func (c *Client) Call(ctx context.Context, method string, params any) (json.RawM
 				return nil, fmt.Errorf("%s: encoding arguments: %w", method, err)
 			}
 			raw = b
+		} else if len(raw) > 0 && !json.Valid(raw) {
+			return nil, fmt.Errorf("%s: arguments are not valid JSON: %.100s", method, raw)
 		}
 		if len(raw) > 0 && string(raw) != "null" {
 			req.Params = raw

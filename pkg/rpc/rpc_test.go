@@ -127,10 +127,17 @@ func TestDeadlineAndCancel(t *testing.T) {
 }
 
 func TestCloseFailsPendingCalls(t *testing.T) {
-	c := newPair(t, testServer(), rpc.ClientOptions{})
+	s := testServer()
+	entered := make(chan struct{})
+	s.Handle("Block", func(ctx context.Context, r *rpc.Request) (any, error) {
+		close(entered)
+		<-ctx.Done()
+		return nil, ctx.Err()
+	})
+	c := newPair(t, s, rpc.ClientOptions{})
 	done := make(chan error, 1)
 	go func() { _, err := c.Call(context.Background(), "Block", nil); done <- err }()
-	time.Sleep(10 * time.Millisecond)
+	<-entered // the call is pending
 	c.Close()
 	select {
 	case err := <-done:
@@ -234,15 +241,23 @@ func TestLenientArguments(t *testing.T) {
 		{`{"t":"300"}`, 300, true, false},
 		{`{"t":"0x12c"}`, 300, true, false},
 		{`{"t":"0X12C"}`, 300, true, false},
-		{`{"t":" 300 "}`, 300, true, false},
+		{`{"t":"0454"}`, 300, true, false}, // strtol base 0: octal
+		{`{"t":" 300"}`, 300, true, false}, // leading space skipped
+		{`{"t":"+300"}`, 300, true, false},
 		{`{"t":-5}`, -5, true, false},
 		{`{"t":"-5"}`, -5, true, false},
-		{`{"t":3e2}`, 300, true, false},
-		{`{"t":300.0}`, 300, true, false},
+		{`{"t":0}`, 0, true, false},
+		{`{"t":"99999999999"}`, 2147483647, true, false}, // 32-bit long saturates
+		{`{"t":"300 "}`, 0, true, true},                  // trailing text not consumed
+		{`{"t":3e2}`, 0, true, true},
+		{`{"t":300.0}`, 0, true, true},
+		{`{"t":"09"}`, 0, true, true}, // 9 is not octal
+		{`{"t":"0x"}`, 0, true, true},
 		{`{"t":1.5}`, 0, true, true},
 		{`{"t":"abc"}`, 0, true, true},
 		{`{"t":""}`, 0, true, true},
 		{`{"t":true}`, 0, true, true},
+		{`{"t":"00000000000000000000000000000300"}`, 0, true, true}, // 32 chars: too long for the scanner
 		{`{"t":null}`, 0, false, false},
 		{`{}`, 0, false, false},
 		{`[1]`, 0, false, false},
@@ -309,5 +324,19 @@ func TestDigestResponseVector(t *testing.T) {
 	}
 	if rpc.DigestResponse("SHA-256", "u", "r", "p", 5, 7) == rpc.DigestResponse("SHA-256", "u", "r", "p", 5, 8) {
 		t.Fatal("cnonce ignored")
+	}
+}
+
+// Arguments that are not JSON are the caller's mistake, found before anything
+// is sent: not a link failure.
+func TestCallRejectsInvalidRawArguments(t *testing.T) {
+	c := newPair(t, testServer(), rpc.ClientOptions{})
+	_, err := c.Call(ctx(t), "Echo", json.RawMessage(`{"a":`))
+	var le *rpc.LinkError
+	if err == nil || errors.As(err, &le) {
+		t.Fatalf("Call with invalid JSON arguments = %v, want an argument error that is not a *LinkError", err)
+	}
+	if !strings.Contains(err.Error(), "not valid JSON") {
+		t.Fatalf("error does not say what is wrong: %v", err)
 	}
 }

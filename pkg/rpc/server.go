@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"math"
 	"sort"
-	"strconv"
 	"strings"
 	"sync"
 
@@ -183,10 +182,13 @@ func (r *Request) Bool(name string) bool {
 	return ok && string(v) == "true"
 }
 
-// Int returns an integer argument read leniently, as the device does: a
-// JSON number, or a string holding a decimal or 0x-prefixed hex integer
-// ("300", "0x12c"). ok is false when the argument is absent; err is set when
-// it is present but not an integer.
+// Int returns an integer argument read the way the device's JSON scanner
+// reads "%d": the token (a JSON number, or the text of a JSON string) goes
+// through C's strtol with base 0 and counts only if strtol consumes all of
+// it. So 300, "300", "0x12c" and "0454" (octal) all mean 300, while 3e2,
+// 300.0, "300 " or "abc" are not integers. ok is false when the argument is
+// absent or null; err is set when it is present but not an integer, which a
+// device treats as not given.
 func (r *Request) Int(name string) (v int64, ok bool, err error) {
 	raw, ok := r.field(name)
 	if !ok {
@@ -199,42 +201,84 @@ func (r *Request) Int(name string) (v int64, ok bool, err error) {
 	return v, true, nil
 }
 
-// LenientInt parses a JSON number or numeric string as an integer.
+// maxIntToken is the size of the device scanner's buffer for a number
+// token: longer tokens are not converted.
+const maxIntToken = 31
+
+// LenientInt parses a JSON number or string token as the device's scanner
+// does (strtol, base 0, whole token, 32-bit long).
 func LenientInt(raw json.RawMessage) (int64, error) {
-	s := strings.TrimSpace(string(raw))
-	if strings.HasPrefix(s, `"`) {
-		if err := json.Unmarshal(raw, &s); err != nil {
+	tok := string(bytes.TrimSpace(raw))
+	if strings.HasPrefix(tok, `"`) {
+		if err := json.Unmarshal(raw, &tok); err != nil {
 			return 0, fmt.Errorf("not an integer: %.40s", raw)
 		}
-		s = strings.TrimSpace(s)
-		neg := false
-		t := s
-		if strings.HasPrefix(t, "-") {
-			neg, t = true, t[1:]
-		} else if strings.HasPrefix(t, "+") {
-			t = t[1:]
-		}
-		var v int64
-		var err error
-		if strings.HasPrefix(t, "0x") || strings.HasPrefix(t, "0X") {
-			v, err = strconv.ParseInt(t[2:], 16, 64)
-		} else {
-			v, err = strconv.ParseInt(t, 10, 64)
-		}
-		if err != nil || t == "" {
-			return 0, fmt.Errorf("not an integer: %q", s)
-		}
-		if neg {
-			v = -v
-		}
-		return v, nil
 	}
-	if v, err := strconv.ParseInt(s, 10, 64); err == nil {
-		return v, nil
+	if len(tok) > maxIntToken {
+		return 0, fmt.Errorf("not an integer: %.40s… (too long)", tok)
 	}
-	f, err := strconv.ParseFloat(s, 64)
-	if err != nil || f != math.Trunc(f) || math.Abs(f) > 1<<53 {
-		return 0, fmt.Errorf("not an integer: %.40s", raw)
+	v, rest, ok := strtol(tok)
+	if !ok || rest != "" {
+		return 0, fmt.Errorf("not an integer: %q", tok)
 	}
-	return int64(f), nil
+	return v, nil
+}
+
+// strtol mimics C strtol(s, &end, 0) for a 32-bit long: leading white
+// space, an optional sign, then 0x/0X hex, 0 octal or decimal digits; the
+// value saturates. It returns the unparsed rest and whether any digit was
+// read.
+func strtol(s string) (int64, string, bool) {
+	i := 0
+	for i < len(s) && (s[i] == ' ' || (s[i] >= '\t' && s[i] <= '\r')) {
+		i++
+	}
+	neg := false
+	if i < len(s) && (s[i] == '+' || s[i] == '-') {
+		neg = s[i] == '-'
+		i++
+	}
+	base := int64(10)
+	if i+1 < len(s) && s[i] == '0' && (s[i+1] == 'x' || s[i+1] == 'X') && i+2 < len(s) && isDigit(s[i+2], 16) {
+		base, i = 16, i+2
+	} else if i < len(s) && s[i] == '0' {
+		base = 8
+	}
+	start := i
+	var v int64
+	for i < len(s) && isDigit(s[i], base) {
+		v = v*base + digitVal(s[i])
+		if v > math.MaxInt32+1 {
+			v = math.MaxInt32 + 1 // saturate; sign applied below
+		}
+		i++
+	}
+	if i == start {
+		return 0, s, false
+	}
+	if neg {
+		v = -v
+	}
+	v = max(min(v, math.MaxInt32), math.MinInt32)
+	return v, s[i:], true
+}
+
+func isDigit(c byte, base int64) bool {
+	switch {
+	case c >= '0' && c <= '9':
+		return int64(c-'0') < base
+	case base == 16 && c >= 'a' && c <= 'f', base == 16 && c >= 'A' && c <= 'F':
+		return true
+	}
+	return false
+}
+
+func digitVal(c byte) int64 {
+	switch {
+	case c >= '0' && c <= '9':
+		return int64(c - '0')
+	case c >= 'a' && c <= 'f':
+		return int64(c-'a') + 10
+	}
+	return int64(c-'A') + 10
 }

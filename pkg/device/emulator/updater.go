@@ -208,7 +208,7 @@ func (c *countingReader) Read(p []byte) (int, error) {
 		return 0, context.Cause(c.u.ctx)
 	}
 	n, err := c.r.Read(p)
-	if n > 0 {
+	if n > 0 && !c.u.push { // a push counts in OTA.Write, before it replies
 		c.u.kick() // before counting: whoever sees the progress sees the watchdog re-armed
 		c.u.got.Add(int64(n))
 	}
@@ -437,6 +437,13 @@ func (d *Device) otaWrite(_ context.Context, req *rpc.Request) (any, error) {
 	}
 	n, err := u.pw.Write(raw)
 	u.next += int64(n)
+	if n > 0 {
+		// A device processes the chunk before it replies: by then
+		// OTA.Status shows it (the pipe's reader may not have counted it
+		// yet).
+		u.kick()
+		u.got.Add(int64(n))
+	}
 	if err != nil {
 		return nil, endedError(u)
 	}

@@ -76,7 +76,10 @@ func TestArgsLegacyName(t *testing.T) {
 	}
 }
 
-// The request frame mos sends for `mos call Sys.GetInfo '{"x":1}'`, byte for byte.
+// The request frame for `mos call Sys.GetInfo '{"x":1}'`: the fields and values
+// mos sends. mos writes "src" before "id" (its Frame struct order); a device
+// looks fields up by name, so only the CRC, computed over the bytes as sent,
+// depends on the order.
 func TestMarshalGolden(t *testing.T) {
 	f := &Frame{ID: 1711787588495, Src: "mos", Method: "Sys.GetInfo", Params: json.RawMessage(`{"x":1}`)}
 	b, err := Marshal(f)

@@ -231,6 +231,9 @@ func connect(ctx context.Context, cl paho.Client, d *ctxDialer, b *broker) error
 		<-tok.Done()
 	}
 	if err := tok.Error(); err != nil {
+		// The connection is closed; do not keep it tied to a ctx that may
+		// live on (the device side reconnects under one ctx).
+		d.release()
 		if ctx.Err() != nil {
 			return fmt.Errorf("connect to MQTT broker %s: %w", transport.Redact(b.u), ctx.Err())
 		}

@@ -713,3 +713,27 @@ func TestSendRecvCtx(t *testing.T) {
 		t.Errorf("Send = %v", err)
 	}
 }
+
+// A connect that the broker refuses must detach the connection from ctx: the
+// device side retries with one long-lived ctx, and every attempt would
+// otherwise leave a callback holding its closed connection until Close.
+func TestRefusedConnectReleasesCtx(t *testing.T) {
+	noLeaks(t)
+	bu := mqtttest.StartAuthBroker(t, "fleet", "right")
+	b, err := parseBroker(mustURL(t, strings.Replace(bu, "mqtt://", "mqtt://fleet:wrong@", 1)), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := ctxT(t)
+	d := newDialer(ctx, b, nil)
+	cl := paho.NewClient(clientOptions(b, randomID("refused-"), d))
+	if err := connect(ctx, cl, d, b); !errors.Is(err, transport.ErrAuth) {
+		t.Fatalf("connect = %v, want a refusal", err)
+	}
+	d.mu.Lock()
+	held := d.stop != nil
+	d.mu.Unlock()
+	if held {
+		t.Fatal("a refused connection is still tied to ctx")
+	}
+}

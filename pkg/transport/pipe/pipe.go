@@ -63,8 +63,8 @@ func (c *Conn) Send(ctx context.Context, f *frame.Frame) error {
 			return
 		}
 		r, err := frame.Parse(b)
-		if err != nil {
-			return
+		if err != nil || c.ctx.Err() != nil {
+			return // a closed pipe delivers nothing more
 		}
 		select {
 		case c.recv <- r:
@@ -76,6 +76,9 @@ func (c *Conn) Send(ctx context.Context, f *frame.Frame) error {
 
 // Recv returns the next reply.
 func (c *Conn) Recv(ctx context.Context) (*frame.Frame, error) {
+	if c.ctx.Err() != nil {
+		return nil, transport.ErrClosed
+	}
 	select {
 	case f := <-c.recv:
 		return f, nil

@@ -133,17 +133,25 @@ func (s *Server) onFrame(data []byte) {
 }
 
 // write writes b whole under the write lock, after XON if obeyFlow, unless
-// the server is closing.
+// the server is closing. The lock is not held while waiting for XON: the
+// reader answers handshakes through write, and must stay free to read the
+// XON.
 func (s *Server) write(b []byte, obeyFlow bool) {
-	s.writeMu.Lock()
-	defer s.writeMu.Unlock()
-	if obeyFlow {
-		select {
-		case <-s.gate.ready():
-		case <-s.ctx.Done():
-			return
+	for {
+		if obeyFlow {
+			select {
+			case <-s.gate.ready():
+			case <-s.ctx.Done():
+				return
+			}
 		}
+		s.writeMu.Lock()
+		if !obeyFlow || !s.gate.paused() {
+			break
+		}
+		s.writeMu.Unlock() // XOFF came again meanwhile
 	}
+	defer s.writeMu.Unlock()
 	if s.ctx.Err() != nil {
 		return
 	}

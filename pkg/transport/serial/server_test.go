@@ -3,6 +3,7 @@ package serial
 import (
 	"context"
 	"encoding/json"
+	"log/slog"
 	"strings"
 	"testing"
 	"time"
@@ -163,6 +164,50 @@ func TestServerIgnoresBadInput(t *testing.T) {
 	host.writeAsync(EncodeFrame([]byte(`{"id":3,"method":"Test.Echo","params":"ok"}`)))
 	got := host.nextFrame(t)
 	if !strings.Contains(string(got), `"id":3`) || !strings.Contains(string(got), `"result":"ok"`) {
+		t.Fatalf("reply %s", got)
+	}
+}
+
+// sendSignal is a slog handler that signals each frame logged as sent.
+type sendSignal chan struct{}
+
+func (s sendSignal) Enabled(context.Context, slog.Level) bool { return true }
+func (s sendSignal) WithAttrs([]slog.Attr) slog.Handler       { return s }
+func (s sendSignal) WithGroup(string) slog.Handler            { return s }
+func (s sendSignal) Handle(_ context.Context, r slog.Record) error {
+	r.Attrs(func(a slog.Attr) bool {
+		if a.Key == "dir" && a.Value.String() == "send" {
+			select {
+			case s <- struct{}{}:
+			default:
+			}
+		}
+		return true
+	})
+	return nil
+}
+
+// A reply held back by XOFF must not keep the reader from answering a
+// handshake, nor from seeing the XON that releases the reply.
+func TestServerHandshakeWhileReplyWaitsForXON(t *testing.T) {
+	host, end := newPeer(t, false)
+	sent := make(sendSignal, 10)
+	h := transport.HandlerFunc(func(_ context.Context, req *frame.Frame) *frame.Frame {
+		return &frame.Frame{ID: req.ID, Result: []byte("1")}
+	})
+	srv := Serve(context.Background(), end, h, transport.Options{Logger: slog.New(sent)})
+	defer srv.Close()
+	host.writeAsync(append([]byte{XOFF}, EncodeFrame([]byte(`{"id":4,"method":"X"}`))...))
+	<-sent // the reply is being written, and waits for XON
+	// The handshake is read whole before the XON is written.
+	<-host.writeAsync([]byte(Handshake))
+	host.writeAsync([]byte{XON})
+	select {
+	case <-host.hs:
+	case <-time.After(testTimeout):
+		t.Fatal("no handshake reply while a reply waited for XON")
+	}
+	if got := host.nextFrame(t); string(got) != `{"id":4,"result":1}` {
 		t.Fatalf("reply %s", got)
 	}
 }
