@@ -19,19 +19,21 @@ import (
 // Fields the protocol defines but this tool never sends (v, nr, deadline,
 // timeout, trace) are accepted on input and ignored, as are unknown fields.
 type Frame struct {
-	ID     int64           `json:"id,omitempty"`
+	// Fields are in the order mos writes them, so that the encoded bytes
+	// match a capture of mos.
 	Src    string          `json:"src,omitempty"`
 	Dst    string          `json:"dst,omitempty"`
-	Tag    string          `json:"tag,omitempty"`
 	Key    string          `json:"key,omitempty"`
+	Tag    string          `json:"tag,omitempty"`
+	ID     int64           `json:"id,omitempty"`
 	Method string          `json:"method,omitempty"`
 	Params json.RawMessage `json:"params,omitempty"`
-	// Args is the legacy name of Params; devices accept either. Use
-	// ParamsOrArgs to read whichever is present.
-	Args   json.RawMessage `json:"args,omitempty"`
 	Result json.RawMessage `json:"result,omitempty"`
 	Error  *Error          `json:"error,omitempty"`
 	Auth   *Auth           `json:"auth,omitempty"`
+	// Args is the legacy name of Params; devices accept either. Use
+	// ParamsOrArgs to read whichever is present.
+	Args json.RawMessage `json:"args,omitempty"`
 }
 
 // Error is the error object of a response frame. Code 0 means success.
@@ -199,15 +201,17 @@ func parseError(r json.RawMessage) (*Error, error) {
 	return e, nil
 }
 
-// Marshal encodes f as compact, ASCII-only JSON (every rune >= 0x80 is
+// Marshal encodes f as compact, ASCII-only JSON, fields in mos's order (every rune >= 0x80 is
 // escaped as \uXXXX), because a real device's UART channel discards its
 // receive buffer on any byte >= 0x80.
 func Marshal(f *Frame) ([]byte, error) {
-	b, err := json.Marshal(f)
-	if err != nil {
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false) // as mos: '<', '>' and '&' stay as they are
+	if err := enc.Encode(f); err != nil {
 		return nil, err
 	}
-	return ASCII(b), nil
+	return ASCII(bytes.TrimSuffix(buf.Bytes(), []byte("\n"))), nil
 }
 
 // ASCII rewrites JSON text so that it contains only ASCII bytes: every

@@ -86,13 +86,13 @@ func TestMarshalGolden(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	const want = `{"id":1711787588495,"src":"mos","method":"Sys.GetInfo","params":{"x":1}}`
+	const want = `{"src":"mos","id":1711787588495,"method":"Sys.GetInfo","params":{"x":1}}`
 	if string(b) != want {
 		t.Fatalf("got  %s\nwant %s", b, want)
 	}
 	// A reply with a null result keeps "result":null.
 	b, _ = Marshal(&Frame{ID: 2, Src: "dev", Dst: "mos", Result: json.RawMessage("null")})
-	if string(b) != `{"id":2,"src":"dev","dst":"mos","result":null}` {
+	if string(b) != `{"src":"dev","dst":"mos","id":2,"result":null}` {
 		t.Fatalf("got %s", b)
 	}
 }

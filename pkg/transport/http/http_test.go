@@ -201,7 +201,7 @@ func TestClientRequestFormat(t *testing.T) {
 		t.Fatalf("%d requests, want 1", len(reqs))
 	}
 	r := reqs[0]
-	want := `{"id":1099511627776,"src":"mos","method":"Sys.GetInfo","params":{"x":"\u00fc"}}` + "\n"
+	want := `{"src":"mos","id":1099511627776,"method":"Sys.GetInfo","params":{"x":"\u00fc"}}` + "\n"
 	if r.method != "POST" || r.path != "/rpc" || r.contentType != "application/json" || string(r.body) != want {
 		t.Errorf("request = %s %s (%s) %q\nwant POST /rpc (application/json) %q", r.method, r.path, r.contentType, r.body, want)
 	}
@@ -497,7 +497,7 @@ func TestFramePathDeviceAnswers(t *testing.T) {
 
 	// Whole frame in, whole frame out; ASCII only.
 	status, body, _ := post(t, srv, "POST", "/rpc", `{"id":7,"src":"x","method":"Test.Echo","params":{"s":"Grüße"}}`)
-	want := `{"id":7,"src":"testdev","dst":"x","result":{"s":"Gr\u00fc\u00dfe"}}` + "\r\n"
+	want := `{"src":"testdev","dst":"x","id":7,"result":{"s":"Gr\u00fc\u00dfe"}}` + "\r\n"
 	if status != 200 || body != want {
 		t.Errorf("POST /rpc: %d %q, want 200 %q", status, body, want)
 	}

@@ -252,12 +252,12 @@ func TestGoldenWire(t *testing.T) {
 	want := []message{
 		{
 			topic:   "esp32_ABCDEF/rpc",
-			payload: `{"id":1711787588495,"src":"esp32_ABCDEF/rpc-resp/otactl-golden","dst":"esp32_ABCDEF","method":"Test.Echo","params":{"x":1,"s":"Gr\u00fc\u00dfe"}}`,
+			payload: `{"src":"esp32_ABCDEF/rpc-resp/otactl-golden","dst":"esp32_ABCDEF","id":1711787588495,"method":"Test.Echo","params":{"x":1,"s":"Gr\u00fc\u00dfe"}}`,
 			qos:     1,
 		},
 		{
 			topic:   "esp32_ABCDEF/rpc-resp/otactl-golden/rpc",
-			payload: `{"id":1711787588495,"src":"testdev","dst":"esp32_ABCDEF/rpc-resp/otactl-golden","result":{"x":1,"s":"Gr\u00fc\u00dfe"}}`,
+			payload: `{"src":"testdev","dst":"esp32_ABCDEF/rpc-resp/otactl-golden","id":1711787588495,"result":{"x":1,"s":"Gr\u00fc\u00dfe"}}`,
 			qos:     1,
 		},
 	}

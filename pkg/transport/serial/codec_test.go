@@ -1,11 +1,14 @@
 package serial
 
 import (
+	"encoding/json"
 	"fmt"
 	"hash/crc32"
 	"reflect"
 	"strings"
 	"testing"
+
+	"github.com/otactl/otactl/pkg/rpc/frame"
 )
 
 func TestEncodeFrameGolden(t *testing.T) {
@@ -14,6 +17,11 @@ func TestEncodeFrameGolden(t *testing.T) {
 	want := "\n\"\"\"" + in + "e866a350\"\"\"\n"
 	if got := string(EncodeFrame([]byte(in))); got != want {
 		t.Fatalf("EncodeFrame:\n got %q\nwant %q", got, want)
+	}
+	// The same request built as a frame encodes to exactly these bytes.
+	b, err := frame.Marshal(&frame.Frame{Src: "mos", ID: 1711787588495, Method: "Sys.GetInfo", Params: json.RawMessage(`{"x":1}`)})
+	if err != nil || string(EncodeFrame(b)) != want {
+		t.Fatalf("EncodeFrame(frame.Marshal(...)) = %q (%v), want %q", EncodeFrame(b), err, want)
 	}
 	// Trailing white space is not part of the frame nor of its CRC.
 	if got := string(EncodeFrame([]byte(in + " \r\n"))); got != want {

@@ -171,7 +171,7 @@ func TestSendWireFormat(t *testing.T) {
 		t.Fatal(err)
 	}
 	got := dev.nextFrame(t)
-	want := `{"id":1711787588495,"src":"mos","method":"Sys.GetInfo","params":{"x":"\u00fc"}}`
+	want := `{"src":"mos","id":1711787588495,"method":"Sys.GetInfo","params":{"x":"\u00fc"}}`
 	if string(got) != want {
 		t.Fatalf("device got %s, want %s", got, want)
 	}

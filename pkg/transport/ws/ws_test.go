@@ -283,8 +283,8 @@ func TestGoldenWire(t *testing.T) {
 		{ID: 1099511627776, Src: "otactl", Method: "OTA.Update", Params: json.RawMessage(`{"url":"http://h/fw.zip","name":"Grüße"}`)},
 	}
 	golden := []string{
-		`{"id":1711787588495,"src":"mos","method":"Sys.GetInfo","params":{"x":1}}` + "\n",
-		`{"id":1099511627776,"src":"otactl","method":"OTA.Update","params":{"url":"http://h/fw.zip","name":"Gr\u00fc\u00dfe"}}` + "\n",
+		`{"src":"mos","id":1711787588495,"method":"Sys.GetInfo","params":{"x":1}}` + "\n",
+		`{"src":"otactl","id":1099511627776,"method":"OTA.Update","params":{"url":"http://h/fw.zip","name":"Gr\u00fc\u00dfe"}}` + "\n",
 	}
 	for _, f := range frames {
 		if err := c.Send(testCtx(t), f); err != nil {
@@ -578,7 +578,7 @@ func TestHandlerAcceptsAnyOriginAndPicksSubprotocol(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if typ != websocket.TextMessage || string(data) != `{"id":5,"src":"testdev","result":1}` {
+	if typ != websocket.TextMessage || string(data) != `{"src":"testdev","id":5,"result":1}` {
 		t.Errorf("reply %d %q", typ, data)
 	}
 }
