@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"os"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -164,17 +165,23 @@ func runUpdate(ctx context.Context, o *UpdateOptions) error {
 	if err != nil {
 		return err
 	}
+	bar := f.newProgressBar("downloading")
+	served := false // --file: the bar follows the bytes the device fetched
 	if o.File != "" {
-		srv, err := serveOnce(o.File, o.ServeAddr, f.G.Port)
+		srv, err := serveOnce(o.File, o.ServeAddr, f.G.Port, func(sent, total int64) {
+			// The last byte is shown once the device said it is done: it
+			// still checks what it downloaded.
+			bar.Bytes(min(sent, total-1), total)
+		})
 		if err != nil {
 			return err
 		}
 		defer srv.Close()
 		updateURL = srv.URL
+		served = true
 		f.progressNote("serving %s at %s", o.File, srv.URL)
 	}
 
-	bar := f.newProgressBar("downloading")
 	var accepted ota.Accepted
 	err = func() error {
 		// The device answers OTA.Update only when the download is done: give
@@ -189,7 +196,7 @@ func runUpdate(ctx context.Context, o *UpdateOptions) error {
 		accepted, err = ota.New(c).Update(uctx, ota.UpdateArgs{
 			URL: updateURL, CommitTimeout: o.CommitTimeout.otaValue(), Timeout: o.UpdateTimeout,
 			OnEvent: func(ev ota.Event) {
-				if ev.Kind == ota.EventDownload {
+				if ev.Kind == ota.EventDownload && !served {
 					bar.Percent(ev.Percent)
 				}
 			},
@@ -435,8 +442,9 @@ type oneShotServer struct {
 func (s *oneShotServer) Close() error { return s.srv.Close() }
 
 // serveOnce serves file on addr (HOST[:PORT]; empty: this machine's
-// address on the route to the device named by port).
-func serveOnce(file, addr, port string) (*oneShotServer, error) {
+// address on the route to the device named by port). progress, if set,
+// gets the bytes sent of each download as they go out.
+func serveOnce(file, addr, port string, progress func(sent, total int64)) (*oneShotServer, error) {
 	host, p := addr, "0"
 	if addr != "" {
 		if h, pp, err := net.SplitHostPort(addr); err == nil {
@@ -461,6 +469,11 @@ func serveOnce(file, addr, port string) (*oneShotServer, error) {
 	mux.HandleFunc(path, func(w http.ResponseWriter, r *http.Request) {
 		s.downloads.Add(1)
 		w.Header().Set("Content-Type", "application/zip")
+		if progress != nil {
+			if st, err := os.Stat(file); err == nil {
+				w = &countingResponse{ResponseWriter: w, total: st.Size(), progress: progress}
+			}
+		}
 		http.ServeFile(w, r, file)
 	})
 	s.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
@@ -488,4 +501,18 @@ func routeAddr(port string) (string, error) {
 	}
 	defer c.Close()
 	return c.LocalAddr().(*net.UDPAddr).IP.String(), nil
+}
+
+// countingResponse reports the body bytes written to the device.
+type countingResponse struct {
+	http.ResponseWriter
+	sent, total int64
+	progress    func(sent, total int64)
+}
+
+func (c *countingResponse) Write(p []byte) (int, error) {
+	n, err := c.ResponseWriter.Write(p)
+	c.sent += int64(n)
+	c.progress(c.sent, c.total)
+	return n, err
 }
