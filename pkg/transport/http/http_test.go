@@ -12,14 +12,11 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
-	"net/url"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
-
-	"go.uber.org/goleak"
 
 	"github.com/otactl/otactl/pkg/rpc/frame"
 	"github.com/otactl/otactl/pkg/transport"
@@ -30,27 +27,6 @@ import (
 var _ transport.DialFunc = Dial
 
 const secret = "s3cr3t-pa55"
-
-func leakCheck(t *testing.T) {
-	t.Helper()
-	ignore := goleak.IgnoreCurrent() // goroutines from before this test
-	t.Cleanup(func() { goleak.VerifyNone(t, ignore) })
-}
-
-func testCtx(t *testing.T) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), transporttest.Timeout)
-	t.Cleanup(cancel)
-	return ctx
-}
-
-func mustParse(t *testing.T, s string) *url.URL {
-	t.Helper()
-	u, err := url.Parse(s)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return u
-}
 
 // trust returns a TLS config that trusts the test server's certificate.
 func trust(srv *httptest.Server) *tls.Config {
@@ -68,7 +44,7 @@ func startDevice(tlsOn bool) transporttest.StartFunc {
 			srv = httptest.NewServer(NewHandler(h, HandlerOptions{}))
 		}
 		t.Cleanup(srv.Close)
-		u := mustParse(t, srv.URL+"/rpc")
+		u := transporttest.MustParseURL(t, srv.URL+"/rpc")
 		return &transporttest.Device{
 			Dial: func(ctx context.Context, opts transport.Options) (transport.Conn, error) {
 				if tlsOn {
@@ -86,7 +62,7 @@ func TestConformanceHTTPS(t *testing.T) { transporttest.Run(t, startDevice(true)
 
 func echo(t *testing.T, c transport.Conn, v any) *frame.Frame {
 	t.Helper()
-	ctx := testCtx(t)
+	ctx := transporttest.Ctx(t)
 	b, _ := json.Marshal(v)
 	req := &frame.Frame{ID: time.Now().UnixNano(), Src: "otactl", Method: transporttest.MethodEcho, Params: b}
 	if err := c.Send(ctx, req); err != nil {
@@ -103,7 +79,7 @@ func echo(t *testing.T, c transport.Conn, v any) *frame.Frame {
 }
 
 func TestUntrustedCertificateRefused(t *testing.T) {
-	leakCheck(t)
+	transporttest.LeakCheck(t)
 	var calls atomic.Int32
 	srv := quietTLSServer(NewHandler(transport.HandlerFunc(func(ctx context.Context, req *frame.Frame) *frame.Frame {
 		calls.Add(1)
@@ -111,12 +87,12 @@ func TestUntrustedCertificateRefused(t *testing.T) {
 	}), HandlerOptions{}))
 	defer srv.Close()
 	// System roots (opts.TLS nil) do not trust the test certificate.
-	c, err := Dial(testCtx(t), mustParse(t, srv.URL+"/rpc"), transport.Options{})
+	c, err := Dial(transporttest.Ctx(t), transporttest.MustParseURL(t, srv.URL+"/rpc"), transport.Options{})
 	if err != nil {
 		t.Fatalf("dial: %v", err)
 	}
 	defer c.Close()
-	err = c.Send(testCtx(t), &frame.Frame{ID: 1, Method: "X"})
+	err = c.Send(transporttest.Ctx(t), &frame.Frame{ID: 1, Method: "X"})
 	if err == nil {
 		t.Fatal("Send to a server with an untrusted certificate succeeded")
 	}
@@ -173,23 +149,23 @@ func (rs *rawServer) requests() []recorded {
 }
 
 func TestClientRequestFormat(t *testing.T) {
-	leakCheck(t)
+	transporttest.LeakCheck(t)
 	rs := newRawServer(t, func(w http.ResponseWriter, r *http.Request) {
 		io.WriteString(w, `{"id":1099511627776,"src":"dev","result":{"ok":true}}`+"\r\n")
 	})
 	// No path in the URL: the client posts to /rpc. User info must not
 	// turn into a Basic auth header.
-	u := mustParse(t, strings.Replace(rs.URL, "http://", "http://admin:"+secret+"@", 1))
-	c, err := Dial(testCtx(t), u, transport.Options{})
+	u := transporttest.MustParseURL(t, strings.Replace(rs.URL, "http://", "http://admin:"+secret+"@", 1))
+	c, err := Dial(transporttest.Ctx(t), u, transport.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close()
 	req := &frame.Frame{ID: 1099511627776, Src: "mos", Method: "Sys.GetInfo", Params: json.RawMessage(`{"x":"ü"}`)}
-	if err := c.Send(testCtx(t), req); err != nil {
+	if err := c.Send(transporttest.Ctx(t), req); err != nil {
 		t.Fatalf("send: %v", err)
 	}
-	got, err := c.Recv(testCtx(t))
+	got, err := c.Recv(transporttest.Ctx(t))
 	if err != nil {
 		t.Fatalf("recv: %v", err)
 	}
@@ -211,14 +187,14 @@ func TestClientRequestFormat(t *testing.T) {
 }
 
 func TestClientPathAsGiven(t *testing.T) {
-	leakCheck(t)
+	transporttest.LeakCheck(t)
 	rs := newRawServer(t, func(w http.ResponseWriter, r *http.Request) {})
-	c, err := Dial(testCtx(t), mustParse(t, rs.URL+"/custom/rpc"), transport.Options{})
+	c, err := Dial(transporttest.Ctx(t), transporttest.MustParseURL(t, rs.URL+"/custom/rpc"), transport.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	if err := c.Send(testCtx(t), &frame.Frame{Method: "X"}); err != nil {
+	if err := c.Send(transporttest.Ctx(t), &frame.Frame{Method: "X"}); err != nil {
 		t.Fatal(err)
 	}
 	if p := rs.requests()[0].path; p != "/custom/rpc" {
@@ -227,7 +203,7 @@ func TestClientPathAsGiven(t *testing.T) {
 }
 
 func TestClientNon200(t *testing.T) {
-	leakCheck(t)
+	transporttest.LeakCheck(t)
 	cases := []struct {
 		status   int
 		wantText []string
@@ -246,13 +222,13 @@ func TestClientNon200(t *testing.T) {
 				}
 				http.Error(w, "nope", tc.status)
 			})
-			u := mustParse(t, strings.Replace(rs.URL, "http://", "http://admin:"+secret+"@", 1)+"/rpc")
-			c, err := Dial(testCtx(t), u, transport.Options{})
+			u := transporttest.MustParseURL(t, strings.Replace(rs.URL, "http://", "http://admin:"+secret+"@", 1)+"/rpc")
+			c, err := Dial(transporttest.Ctx(t), u, transport.Options{})
 			if err != nil {
 				t.Fatal(err)
 			}
 			defer c.Close()
-			err = c.Send(testCtx(t), &frame.Frame{ID: 5, Method: "Sys.GetInfo"})
+			err = c.Send(transporttest.Ctx(t), &frame.Frame{ID: 5, Method: "Sys.GetInfo"})
 			if err == nil {
 				t.Fatal("Send succeeded on a non-200 answer")
 			}
@@ -278,7 +254,7 @@ func TestClientNon200(t *testing.T) {
 }
 
 func TestErrorsNeverContainPassword(t *testing.T) {
-	leakCheck(t)
+	transporttest.LeakCheck(t)
 	// A port with nothing listening.
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -301,11 +277,11 @@ func TestErrorsNeverContainPassword(t *testing.T) {
 		strings.Replace(bad.URL, "http://", "http://admin:"+secret+"@", 1) + "/rpc",
 	}
 	for _, s := range urls {
-		c, err := Dial(testCtx(t), mustParse(t, s), transport.Options{})
+		c, err := Dial(transporttest.Ctx(t), transporttest.MustParseURL(t, s), transport.Options{})
 		if err != nil {
 			t.Fatalf("dial: %v", err)
 		}
-		err = c.Send(testCtx(t), &frame.Frame{ID: 1, Method: "X"})
+		err = c.Send(transporttest.Ctx(t), &frame.Frame{ID: 1, Method: "X"})
 		c.Close()
 		if err == nil {
 			t.Fatalf("Send via %s succeeded", transport.RedactString(s))
@@ -320,7 +296,7 @@ func TestErrorsNeverContainPassword(t *testing.T) {
 		"http://admin:" + secret + "@/rpc",
 		"http://admin:" + secret + "@host:99999/rpc",
 	} {
-		_, err := Dial(testCtx(t), mustParse(t, s), transport.Options{})
+		_, err := Dial(transporttest.Ctx(t), transporttest.MustParseURL(t, s), transport.Options{})
 		if err == nil {
 			t.Fatalf("Dial accepted %s", transport.RedactString(s))
 		}
@@ -334,35 +310,35 @@ func TestErrorsNeverContainPassword(t *testing.T) {
 }
 
 func TestDialDoesNotNeedDevice(t *testing.T) {
-	leakCheck(t)
-	c, err := Dial(testCtx(t), mustParse(t, "http://127.0.0.1:1/rpc"), transport.Options{})
+	transporttest.LeakCheck(t)
+	c, err := Dial(transporttest.Ctx(t), transporttest.MustParseURL(t, "http://127.0.0.1:1/rpc"), transport.Options{})
 	if err != nil {
 		t.Fatalf("Dial contacted the device: %v", err)
 	}
 	c.Close()
-	if _, err := Dial(testCtx(t), nil, transport.Options{}); err == nil {
+	if _, err := Dial(transporttest.Ctx(t), nil, transport.Options{}); err == nil {
 		t.Fatal("Dial(nil URL) succeeded")
 	}
 }
 
 func TestResponseSizeLimit(t *testing.T) {
-	leakCheck(t)
+	transporttest.LeakCheck(t)
 	rs := newRawServer(t, func(w http.ResponseWriter, r *http.Request) {
 		io.WriteString(w, `{"id":1,"result":"`+strings.Repeat("x", 500)+`"}`)
 	})
-	c, err := Dial(testCtx(t), mustParse(t, rs.URL+"/rpc"), transport.Options{MaxFrameSize: 100})
+	c, err := Dial(transporttest.Ctx(t), transporttest.MustParseURL(t, rs.URL+"/rpc"), transport.Options{MaxFrameSize: 100})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	err = c.Send(testCtx(t), &frame.Frame{ID: 1, Method: "X"})
+	err = c.Send(transporttest.Ctx(t), &frame.Frame{ID: 1, Method: "X"})
 	if err == nil || !strings.Contains(err.Error(), "larger than 100 bytes") {
 		t.Fatalf("Send = %v, want a size limit error", err)
 	}
 }
 
 func TestRequestWithoutIDQueuesNothing(t *testing.T) {
-	leakCheck(t)
+	transporttest.LeakCheck(t)
 	var ran atomic.Int32
 	d := transporttest.NewEchoDevice()
 	h := transport.HandlerFunc(func(ctx context.Context, req *frame.Frame) *frame.Frame {
@@ -391,12 +367,12 @@ func TestRequestWithoutIDQueuesNothing(t *testing.T) {
 	}
 
 	// Client: nothing queued, so the next Recv gets the next real reply.
-	c, err := Dial(testCtx(t), mustParse(t, srv.URL+"/rpc"), transport.Options{})
+	c, err := Dial(transporttest.Ctx(t), transporttest.MustParseURL(t, srv.URL+"/rpc"), transport.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	if err := c.Send(testCtx(t), &frame.Frame{Method: transporttest.MethodEcho}); err != nil {
+	if err := c.Send(transporttest.Ctx(t), &frame.Frame{Method: transporttest.MethodEcho}); err != nil {
 		t.Fatal(err)
 	}
 	echo(t, c, "after")
@@ -406,7 +382,7 @@ func TestRequestWithoutIDQueuesNothing(t *testing.T) {
 // post sends body to path on srv and returns status and body.
 func post(t *testing.T, srv *httptest.Server, method, path, body string) (int, string, http.Header) {
 	t.Helper()
-	req, err := http.NewRequestWithContext(testCtx(t), method, srv.URL+path, strings.NewReader(body))
+	req, err := http.NewRequestWithContext(transporttest.Ctx(t), method, srv.URL+path, strings.NewReader(body))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -420,7 +396,7 @@ func post(t *testing.T, srv *httptest.Server, method, path, body string) (int, s
 }
 
 func TestMethodPath(t *testing.T) {
-	leakCheck(t)
+	transporttest.LeakCheck(t)
 	d := transporttest.NewEchoDevice()
 	h := transport.HandlerFunc(func(ctx context.Context, req *frame.Frame) *frame.Frame {
 		resp := &frame.Frame{ID: req.ID}
@@ -489,7 +465,7 @@ func TestMethodPath(t *testing.T) {
 }
 
 func TestFramePathDeviceAnswers(t *testing.T) {
-	leakCheck(t)
+	transporttest.LeakCheck(t)
 	d := transporttest.NewEchoDevice()
 	srv := httptest.NewServer(NewHandler(d, HandlerOptions{}))
 	defer srv.Close()
@@ -524,15 +500,15 @@ func TestFramePathDeviceAnswers(t *testing.T) {
 }
 
 func TestCustomFrameLimit(t *testing.T) {
-	leakCheck(t)
+	transporttest.LeakCheck(t)
 	srv := httptest.NewServer(NewHandler(transporttest.NewEchoDevice(), HandlerOptions{MaxFrameSize: 120}))
 	defer srv.Close()
-	c, err := Dial(testCtx(t), mustParse(t, srv.URL+"/rpc"), transport.Options{})
+	c, err := Dial(transporttest.Ctx(t), transporttest.MustParseURL(t, srv.URL+"/rpc"), transport.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	err = c.Send(testCtx(t), &frame.Frame{ID: 1, Method: transporttest.MethodEcho, Params: json.RawMessage(`"` + strings.Repeat("A", 200) + `"`)})
+	err = c.Send(transporttest.Ctx(t), &frame.Frame{ID: 1, Method: transporttest.MethodEcho, Params: json.RawMessage(`"` + strings.Repeat("A", 200) + `"`)})
 	if err == nil || !strings.Contains(err.Error(), "413") {
 		t.Fatalf("Send of an oversized frame = %v, want an HTTP 413 error", err)
 	}
@@ -540,7 +516,7 @@ func TestCustomFrameLimit(t *testing.T) {
 }
 
 func TestWebSocketUpgradeDelegated(t *testing.T) {
-	leakCheck(t)
+	transporttest.LeakCheck(t)
 	var hits atomic.Int32
 	ws := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		hits.Add(1)
@@ -552,7 +528,7 @@ func TestWebSocketUpgradeDelegated(t *testing.T) {
 	defer without.Close()
 
 	upgrade := func(srv *httptest.Server, path string) int {
-		req, _ := http.NewRequestWithContext(testCtx(t), "GET", srv.URL+path, nil)
+		req, _ := http.NewRequestWithContext(transporttest.Ctx(t), "GET", srv.URL+path, nil)
 		req.Header.Set("Connection", "Upgrade")
 		req.Header.Set("Upgrade", "websocket")
 		req.Header.Set("Sec-WebSocket-Version", "13")
@@ -582,11 +558,11 @@ func TestWebSocketUpgradeDelegated(t *testing.T) {
 }
 
 func TestCloseCancelsInflightSend(t *testing.T) {
-	leakCheck(t)
+	transporttest.LeakCheck(t)
 	d := transporttest.NewEchoDevice()
 	srv := httptest.NewServer(NewHandler(d, HandlerOptions{}))
 	defer srv.Close()
-	c, err := Dial(testCtx(t), mustParse(t, srv.URL+"/rpc"), transport.Options{})
+	c, err := Dial(transporttest.Ctx(t), transporttest.MustParseURL(t, srv.URL+"/rpc"), transport.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -611,7 +587,7 @@ func TestCloseCancelsInflightSend(t *testing.T) {
 }
 
 func TestHandlerCtxCancelledOnDisconnect(t *testing.T) {
-	leakCheck(t)
+	transporttest.LeakCheck(t)
 	entered := make(chan struct{})
 	cancelled := make(chan struct{})
 	h := transport.HandlerFunc(func(ctx context.Context, req *frame.Frame) *frame.Frame {

@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/url"
 	"strings"
 	"sync"
 	"testing"
@@ -106,8 +107,7 @@ func Run(t *testing.T, start StartFunc) {
 		t.Run(tc.name, func(t *testing.T) {
 			// Registered first so that it runs last, after the device and
 			// connections registered below are torn down.
-			ignore := goleak.IgnoreCurrent() // goroutines from before this test
-			t.Cleanup(func() { goleak.VerifyNone(t, ignore) })
+			LeakCheck(t)
 			tc.fn(t, start)
 		})
 	}
@@ -478,4 +478,30 @@ func testTwoClients(t *testing.T, start StartFunc) {
 	a.Close()
 	b := dial(t, dev, transport.Options{})
 	roundTrip(t, b, "b1")
+}
+
+// LeakCheck fails t if goroutines started during the test are still
+// running when it ends. Call it first, so that it runs after every other
+// cleanup.
+func LeakCheck(t *testing.T) {
+	t.Helper()
+	ignore := goleak.IgnoreCurrent() // goroutines from before this test
+	t.Cleanup(func() { goleak.VerifyNone(t, ignore) })
+}
+
+// Ctx returns a context that ends after Timeout or with the test.
+func Ctx(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), Timeout)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// MustParseURL parses s or fails t.
+func MustParseURL(t *testing.T, s string) *url.URL {
+	t.Helper()
+	u, err := url.Parse(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return u
 }

@@ -11,14 +11,12 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
-	"net/url"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/gorilla/websocket"
-	"go.uber.org/goleak"
 
 	"github.com/otactl/otactl/pkg/rpc/frame"
 	"github.com/otactl/otactl/pkg/transport"
@@ -33,27 +31,6 @@ var (
 )
 
 const secret = "t0ken-s3cret"
-
-func leakCheck(t *testing.T) {
-	t.Helper()
-	ignore := goleak.IgnoreCurrent() // goroutines from before this test
-	t.Cleanup(func() { goleak.VerifyNone(t, ignore) })
-}
-
-func testCtx(t *testing.T) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), transporttest.Timeout)
-	t.Cleanup(cancel)
-	return ctx
-}
-
-func mustParse(t *testing.T, s string) *url.URL {
-	t.Helper()
-	u, err := url.Parse(s)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return u
-}
 
 func wsURL(srv *httptest.Server) string {
 	return "ws" + strings.TrimPrefix(srv.URL, "http")
@@ -94,7 +71,7 @@ func startShared(t *testing.T, h transport.Handler, tlsOn bool) *device {
 func startDevice(tlsOn bool) transporttest.StartFunc {
 	return func(t *testing.T, h transport.Handler) *transporttest.Device {
 		d := startShared(t, h, tlsOn)
-		u := mustParse(t, wsURL(d.srv)+"/rpc")
+		u := transporttest.MustParseURL(t, wsURL(d.srv)+"/rpc")
 		return &transporttest.Device{
 			Dial: func(ctx context.Context, opts transport.Options) (transport.Conn, error) {
 				if tlsOn {
@@ -111,12 +88,12 @@ func TestConformance(t *testing.T) { transporttest.Run(t, startDevice(false)) }
 func TestConformanceWSS(t *testing.T) { transporttest.Run(t, startDevice(true)) }
 
 func TestSharedListenerServesHTTPToo(t *testing.T) {
-	leakCheck(t)
+	transporttest.LeakCheck(t)
 	d := startShared(t, transporttest.NewEchoDevice(), false)
 	c := dial(t, wsURL(d.srv)+"/rpc", transport.Options{})
 	echo(t, c, "over ws")
 	// The same listener answers plain HTTP RPC.
-	hc, err := httptransport.Dial(testCtx(t), mustParse(t, d.srv.URL+"/rpc"), transport.Options{})
+	hc, err := httptransport.Dial(transporttest.Ctx(t), transporttest.MustParseURL(t, d.srv.URL+"/rpc"), transport.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -126,7 +103,7 @@ func TestSharedListenerServesHTTPToo(t *testing.T) {
 
 func dial(t *testing.T, s string, opts transport.Options) transport.Conn {
 	t.Helper()
-	c, err := Dial(testCtx(t), mustParse(t, s), opts)
+	c, err := Dial(transporttest.Ctx(t), transporttest.MustParseURL(t, s), opts)
 	if err != nil {
 		t.Fatalf("dial: %v", err)
 	}
@@ -150,7 +127,7 @@ func request(method string, params any) *frame.Frame {
 
 func echo(t *testing.T, c transport.Conn, v any) {
 	t.Helper()
-	ctx := testCtx(t)
+	ctx := transporttest.Ctx(t)
 	req := request(transporttest.MethodEcho, v)
 	if err := c.Send(ctx, req); err != nil {
 		t.Fatalf("send: %v", err)
@@ -166,10 +143,10 @@ func echo(t *testing.T, c transport.Conn, v any) {
 }
 
 func TestUntrustedCertificateRefused(t *testing.T) {
-	leakCheck(t)
+	transporttest.LeakCheck(t)
 	d := startShared(t, transporttest.NewEchoDevice(), true)
 	u := strings.Replace(wsURL(d.srv), "wss://", "wss://"+secret+"@", 1) + "/rpc"
-	_, err := Dial(testCtx(t), mustParse(t, u), transport.Options{})
+	_, err := Dial(transporttest.Ctx(t), transporttest.MustParseURL(t, u), transport.Options{})
 	if err == nil {
 		t.Fatal("Dial to a server with an untrusted certificate succeeded")
 	}
@@ -275,7 +252,7 @@ func (c *capture) serverConn(t *testing.T) *websocket.Conn {
 // TestGoldenWire pins what a client puts on the wire: the subprotocol it
 // offers, and exactly one text message "<frame json>\n" per frame.
 func TestGoldenWire(t *testing.T) {
-	leakCheck(t)
+	transporttest.LeakCheck(t)
 	cp := newCapture(t)
 	c := dial(t, wsURL(cp.srv), transport.Options{}) // no path: /rpc
 	frames := []*frame.Frame{
@@ -287,7 +264,7 @@ func TestGoldenWire(t *testing.T) {
 		`{"src":"otactl","id":1099511627776,"method":"OTA.Update","params":{"url":"http://h/fw.zip","name":"Gr\u00fc\u00dfe"}}` + "\n",
 	}
 	for _, f := range frames {
-		if err := c.Send(testCtx(t), f); err != nil {
+		if err := c.Send(transporttest.Ctx(t), f); err != nil {
 			t.Fatalf("send: %v", err)
 		}
 	}
@@ -317,7 +294,7 @@ func TestGoldenWire(t *testing.T) {
 }
 
 func TestReceivesTextAndBinary(t *testing.T) {
-	leakCheck(t)
+	transporttest.LeakCheck(t)
 	cp := newCapture(t)
 	c := dial(t, wsURL(cp.srv)+"/rpc", transport.Options{})
 	sc := cp.serverConn(t)
@@ -335,7 +312,7 @@ func TestReceivesTextAndBinary(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, want := range []int64{1, 2, 3} {
-		f, err := c.Recv(testCtx(t))
+		f, err := c.Recv(transporttest.Ctx(t))
 		if err != nil {
 			t.Fatalf("recv: %v", err)
 		}
@@ -346,7 +323,7 @@ func TestReceivesTextAndBinary(t *testing.T) {
 }
 
 func TestBearerToken(t *testing.T) {
-	leakCheck(t)
+	transporttest.LeakCheck(t)
 	for _, tc := range []struct{ userinfo, want string }{
 		{secret, "Bearer " + secret},
 		{"user:" + secret, "Bearer user:" + secret},
@@ -354,7 +331,7 @@ func TestBearerToken(t *testing.T) {
 		cp := newCapture(t)
 		u := strings.Replace(wsURL(cp.srv), "ws://", "ws://"+tc.userinfo+"@", 1) + "/rpc"
 		c := dial(t, u, transport.Options{})
-		if err := c.Send(testCtx(t), &frame.Frame{ID: 1, Method: "X"}); err != nil {
+		if err := c.Send(transporttest.Ctx(t), &frame.Frame{ID: 1, Method: "X"}); err != nil {
 			t.Fatal(err)
 		}
 		cp.wait(t, 1)
@@ -369,7 +346,7 @@ func TestBearerToken(t *testing.T) {
 }
 
 func TestErrorsNeverContainToken(t *testing.T) {
-	leakCheck(t)
+	transporttest.LeakCheck(t)
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -388,7 +365,7 @@ func TestErrorsNeverContainToken(t *testing.T) {
 		"http://" + secret + "@host/rpc",
 		"ws://" + secret + "@/rpc",
 	} {
-		_, err := Dial(testCtx(t), mustParse(t, s), transport.Options{})
+		_, err := Dial(transporttest.Ctx(t), transporttest.MustParseURL(t, s), transport.Options{})
 		if err == nil {
 			t.Fatalf("Dial %s succeeded", transport.RedactString(s))
 		}
@@ -400,29 +377,29 @@ func TestErrorsNeverContainToken(t *testing.T) {
 }
 
 func TestHandshakeRefusedSaysStatus(t *testing.T) {
-	leakCheck(t)
+	transporttest.LeakCheck(t)
 	cp := newCapture(t)
-	_, err := Dial(testCtx(t), mustParse(t, wsURL(cp.srv)+"/refuse"), transport.Options{})
+	_, err := Dial(transporttest.Ctx(t), transporttest.MustParseURL(t, wsURL(cp.srv)+"/refuse"), transport.Options{})
 	if err == nil || !strings.Contains(err.Error(), "401") || !strings.Contains(err.Error(), "token") {
 		t.Fatalf("Dial = %v, want an error naming HTTP 401 and the token", err)
 	}
 	// A device without WebSocket RPC answers 503 on /rpc.
 	srv := quietServer(httptransport.NewHandler(transporttest.NewEchoDevice(), httptransport.HandlerOptions{}), false)
 	defer srv.Close()
-	_, err = Dial(testCtx(t), mustParse(t, wsURL(srv)+"/rpc"), transport.Options{})
+	_, err = Dial(transporttest.Ctx(t), transporttest.MustParseURL(t, wsURL(srv)+"/rpc"), transport.Options{})
 	if err == nil || !strings.Contains(err.Error(), "503") || !strings.Contains(err.Error(), "rpc.ws.enable") {
 		t.Fatalf("Dial = %v, want an error naming HTTP 503 and rpc.ws.enable", err)
 	}
 }
 
 func TestReadErrorIsPermanent(t *testing.T) {
-	leakCheck(t)
+	transporttest.LeakCheck(t)
 	cp := newCapture(t)
 	c := dial(t, wsURL(cp.srv)+"/rpc", transport.Options{})
 	sc := cp.serverConn(t)
 	sc.Close() // the device drops the link (reboot)
 	for i := 0; i < 2; i++ {
-		_, err := c.Recv(testCtx(t))
+		_, err := c.Recv(transporttest.Ctx(t))
 		if err == nil || errors.Is(err, transport.ErrClosed) || errors.Is(err, context.DeadlineExceeded) {
 			t.Fatalf("Recv #%d after the device dropped the link = %v, want the read error", i, err)
 		}
@@ -430,21 +407,21 @@ func TestReadErrorIsPermanent(t *testing.T) {
 }
 
 func TestClientReadLimit(t *testing.T) {
-	leakCheck(t)
+	transporttest.LeakCheck(t)
 	cp := newCapture(t)
 	c := dial(t, wsURL(cp.srv)+"/rpc", transport.Options{MaxFrameSize: 100})
 	sc := cp.serverConn(t)
 	if err := sc.WriteMessage(websocket.TextMessage, []byte(`{"id":1,"result":"`+strings.Repeat("x", 200)+`"}`)); err != nil {
 		t.Fatal(err)
 	}
-	_, err := c.Recv(testCtx(t))
+	_, err := c.Recv(transporttest.Ctx(t))
 	if err == nil || !strings.Contains(err.Error(), "larger than 100 bytes") {
 		t.Fatalf("Recv = %v, want a frame size error", err)
 	}
 }
 
 func TestSendHonoursCtx(t *testing.T) {
-	leakCheck(t)
+	transporttest.LeakCheck(t)
 	d := startShared(t, transporttest.NewEchoDevice(), false)
 	c := dial(t, wsURL(d.srv)+"/rpc", transport.Options{})
 	ctx, cancel := context.WithCancel(context.Background())
@@ -458,7 +435,7 @@ func TestSendHonoursCtx(t *testing.T) {
 // TestSendUnblocksOnCtx fills the socket towards a peer that never reads: a
 // Send blocked in the write returns when its ctx ends.
 func TestSendUnblocksOnCtx(t *testing.T) {
-	leakCheck(t)
+	transporttest.LeakCheck(t)
 	release := make(chan struct{})
 	up := websocket.Upgrader{Subprotocols: []string{Subprotocol}}
 	srv := quietServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -494,11 +471,11 @@ func TestSendUnblocksOnCtx(t *testing.T) {
 }
 
 func TestDeviceDropsOversizedFrames(t *testing.T) {
-	leakCheck(t)
+	transporttest.LeakCheck(t)
 	d := startShared(t, transporttest.NewEchoDevice(), false)
 	c := dial(t, wsURL(d.srv)+"/rpc", transport.Options{})
 	big := request(transporttest.MethodEcho, strings.Repeat("A", frame.MaxSize))
-	if err := c.Send(testCtx(t), big); err != nil {
+	if err := c.Send(transporttest.Ctx(t), big); err != nil {
 		t.Fatalf("send: %v", err)
 	}
 	// The big frame gets no reply; the next one does, on the same link.
@@ -506,7 +483,7 @@ func TestDeviceDropsOversizedFrames(t *testing.T) {
 }
 
 func TestCloseAll(t *testing.T) {
-	leakCheck(t)
+	transporttest.LeakCheck(t)
 	dev := transporttest.NewEchoDevice()
 	d := startShared(t, dev, false)
 	a := dial(t, wsURL(d.srv)+"/rpc", transport.Options{})
@@ -517,7 +494,7 @@ func TestCloseAll(t *testing.T) {
 		t.Fatalf("NumConns = %d, want 2", n)
 	}
 	// A handler blocked in a long call (OTA.Update) is cancelled.
-	if err := a.Send(testCtx(t), request(transporttest.MethodBlock, "slow")); err != nil {
+	if err := a.Send(transporttest.Ctx(t), request(transporttest.MethodBlock, "slow")); err != nil {
 		t.Fatal(err)
 	}
 	select {
@@ -530,7 +507,7 @@ func TestCloseAll(t *testing.T) {
 		t.Fatalf("NumConns after CloseAll = %d", n)
 	}
 	for _, c := range []transport.Conn{a, b} {
-		if _, err := c.Recv(testCtx(t)); err == nil || errors.Is(err, context.DeadlineExceeded) {
+		if _, err := c.Recv(transporttest.Ctx(t)); err == nil || errors.Is(err, context.DeadlineExceeded) {
 			t.Fatalf("Recv after the device dropped all links = %v, want a read error", err)
 		}
 	}
@@ -540,7 +517,7 @@ func TestCloseAll(t *testing.T) {
 }
 
 func TestHandlerRefusesPlainRequest(t *testing.T) {
-	leakCheck(t)
+	transporttest.LeakCheck(t)
 	srv := quietServer(NewHandler(transporttest.NewEchoDevice(), transport.Options{}), false)
 	defer srv.Close()
 	resp, err := srv.Client().Get(srv.URL + "/rpc")
@@ -555,12 +532,12 @@ func TestHandlerRefusesPlainRequest(t *testing.T) {
 }
 
 func TestHandlerAcceptsAnyOriginAndPicksSubprotocol(t *testing.T) {
-	leakCheck(t)
+	transporttest.LeakCheck(t)
 	srv := quietServer(NewHandler(transporttest.NewEchoDevice(), transport.Options{}), false)
 	defer srv.Close()
 	hdr := http.Header{"Origin": {"https://evil.example"}}
 	d := websocket.Dialer{Subprotocols: []string{"other", Subprotocol}}
-	ws, resp, err := d.DialContext(testCtx(t), wsURL(srv)+"/rpc", hdr)
+	ws, resp, err := d.DialContext(transporttest.Ctx(t), wsURL(srv)+"/rpc", hdr)
 	if err != nil {
 		t.Fatalf("dial with a foreign Origin: %v", err)
 	}
@@ -585,11 +562,11 @@ func TestHandlerAcceptsAnyOriginAndPicksSubprotocol(t *testing.T) {
 
 func TestBadURL(t *testing.T) {
 	for _, s := range []string{"http://h/rpc", "ws:///rpc", "ws:opaque"} {
-		if _, err := Dial(testCtx(t), mustParse(t, s), transport.Options{}); !errors.Is(err, transport.ErrBadPort) {
+		if _, err := Dial(transporttest.Ctx(t), transporttest.MustParseURL(t, s), transport.Options{}); !errors.Is(err, transport.ErrBadPort) {
 			t.Errorf("Dial(%s) = %v, want ErrBadPort", s, err)
 		}
 	}
-	if _, err := Dial(testCtx(t), nil, transport.Options{}); err == nil {
+	if _, err := Dial(transporttest.Ctx(t), nil, transport.Options{}); err == nil {
 		t.Error("Dial(nil) succeeded")
 	}
 }
