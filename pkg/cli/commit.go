@@ -141,13 +141,10 @@ func runRevert(ctx context.Context, f *Factory, noWait bool) error {
 	f.progressNote("reverting: waiting for the device to reboot into slot %d…", before.Boot.RevertSlot)
 	wctx, cancel := context.WithTimeout(ctx, f.rebootTimeout()+verdictMargin)
 	defer cancel()
-	// The device points its boot state at the revert slot as it replies and
-	// reboots only a moment later, so the new active slot does not show a
-	// reboot: compare with that state, and wait for the firmware to change
-	// or the device to restart (its uptime, or a moment off the air).
-	ref := before
-	ref.Boot = ota.BootState{ActiveSlot: before.Boot.RevertSlot, RevertSlot: before.Boot.RevertSlot, IsCommitted: true}
-	out, c, err := ota.WaitOutcome(wctx, ota.WaitOptions{Dial: f.dialer(), Before: ref, RebootTimeout: min(revertRebootTimeout, f.rebootTimeout())})
+	// Not an update (Accepted stays false): the device points its boot
+	// state at the revert slot as it replies, so WaitOutcome waits for real
+	// evidence of the reboot (firmware, uptime, a moment off the air).
+	out, c, err := ota.WaitOutcome(wctx, ota.WaitOptions{Dial: f.dialer(), Before: before, RebootTimeout: min(revertRebootTimeout, f.rebootTimeout())})
 	if c != nil {
 		c.Close()
 	}

@@ -24,7 +24,6 @@ type scriptedDevice struct {
 	state     int
 	onUpdate  func(d *scriptedDevice) // under mu
 	onBoot    func(d *scriptedDevice) // under mu, before answering OTA.GetBootState
-	commitErr *rpc.Error
 }
 
 func (d *scriptedDevice) start(t *testing.T) string {

@@ -62,7 +62,6 @@ type fakeDev struct {
 	data      []byte
 	writes    []writeRec
 	endOK     bool // OTA.End finalised
-	progress  [][2]int64
 	writeHook func(call int, off int64) fault
 	endHook   func() fault
 	newFW     ota.Firmware // the firmware in the pushed bundle
@@ -282,6 +281,21 @@ func (d *fakeDev) dial(t *testing.T) ota.Dialer {
 		}
 		d.mu.Unlock()
 		return d.client(t), nil
+	}
+}
+
+// rebootOnDial returns a dialer to d that makes it reboot into fw with
+// boot state bs (away for `down` dials) on the nth dial.
+func (d *fakeDev) rebootOnDial(t *testing.T, n, down int, fw ota.Firmware, bs ota.BootState) ota.Dialer {
+	inner := d.dial(t)
+	calls := 0
+	return func(ctx context.Context) (*rpc.Client, error) {
+		if calls++; calls == n {
+			d.mu.Lock()
+			d.rebootInto(down, fw, bs)
+			d.mu.Unlock()
+		}
+		return inner(ctx)
 	}
 }
 

@@ -262,20 +262,11 @@ func TestWaitOutcomeOldFirmwareNoStatus(t *testing.T) {
 			d.mu.Lock()
 			d.boot = ota.BootState{ActiveSlot: 1, RevertSlot: 0, CommitTimeout: 300}
 			d.mu.Unlock()
-			inner := d.dial(t)
-			n := 0
-			dial := func(ctx context.Context) (*rpc.Client, error) {
-				if n++; n == 4 {
-					d.mu.Lock()
-					if crash {
-						d.rebootInto(2, d.fw, ota.BootState{ActiveSlot: 0, RevertSlot: 0, IsCommitted: true})
-					} else {
-						d.rebootInto(2, d.newFW, ota.BootState{ActiveSlot: 1, RevertSlot: 0, CommitTimeout: 300})
-					}
-					d.mu.Unlock()
-				}
-				return inner(ctx)
+			fw, bs := d.newFW, ota.BootState{ActiveSlot: 1, RevertSlot: 0, CommitTimeout: 300}
+			if crash {
+				fw, bs = d.fw, ota.BootState{ActiveSlot: 0, RevertSlot: 0, IsCommitted: true}
 			}
+			dial := d.rebootOnDial(t, 4, 2, fw, bs)
 			ev := &events{}
 			o, c, err := ota.WaitOutcome(ctx, ota.WaitOptions{Dial: dial, Before: before, Accepted: true, OnEvent: ev.fn})
 			if c != nil {

@@ -373,9 +373,13 @@ func decide(opts WaitOptions, p probe, wentAway, quietSince time.Time) *Outcome 
 	}
 	// A device that booted within the uptime slack of the reference
 	// observation (it had just rebooted when the update started) leaves no
-	// uptime evidence, and a serial link may never look away. A new slot
-	// active with no update pending can only come from a boot.
-	if !rebooted && newSlot && p.statusOK && p.status.State == StateIdle {
+	// uptime evidence, and a serial link may never look away. A device that
+	// accepted an update shows OTA.Status "success" until it reboots, so a
+	// new slot active with no update pending can only come from a boot.
+	// (Without an accepted update this proves nothing: OTA.Revert and
+	// OTA.SetBootState point the boot state at another slot before any
+	// reboot.)
+	if !rebooted && opts.Accepted && newSlot && p.statusOK && p.status.State == StateIdle {
 		rebooted = true
 	}
 	if busy && !idChanged {

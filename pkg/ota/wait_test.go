@@ -127,18 +127,7 @@ func TestWaitOutcomePendingReboot(t *testing.T) {
 	bubble(t, func(t *testing.T, ctx context.Context) {
 		d := newFakeDev(t)
 		before, res := pushed(t, ctx, d, 0)
-		polls := 0
-		var dial ota.Dialer
-		inner := d.dial(t)
-		dial = func(ctx context.Context) (*rpc.Client, error) {
-			polls++
-			if polls == 3 {
-				d.mu.Lock()
-				d.rebootInto(2, d.newFW, ota.BootState{ActiveSlot: 1, RevertSlot: 0, CommitTimeout: 300})
-				d.mu.Unlock()
-			}
-			return inner(ctx)
-		}
+		dial := d.rebootOnDial(t, 3, 2, d.newFW, ota.BootState{ActiveSlot: 1, RevertSlot: 0, CommitTimeout: 300})
 		ev := &events{}
 		o, c, err := ota.WaitOutcome(ctx, ota.WaitOptions{Dial: dial, Before: before, Accepted: res.Confirmed, OnEvent: ev.fn})
 		if err != nil {
@@ -336,17 +325,7 @@ func TestWaitOutcomeTransientFailureBeforeReboot(t *testing.T) {
 		d := newFakeDev(t)
 		before, res := freshPush(t, ctx, d)
 		d.down = 1 // a glitch, no reboot
-		inner := d.dial(t)
-		n := 0
-		dial := func(ctx context.Context) (*rpc.Client, error) {
-			n++
-			if n == 3 {
-				d.mu.Lock()
-				d.rebootInto(1, d.newFW, ota.BootState{ActiveSlot: 1, RevertSlot: 0, CommitTimeout: 300})
-				d.mu.Unlock()
-			}
-			return inner(ctx)
-		}
+		dial := d.rebootOnDial(t, 3, 1, d.newFW, ota.BootState{ActiveSlot: 1, RevertSlot: 0, CommitTimeout: 300})
 		ev := &events{}
 		o, c, err := ota.WaitOutcome(ctx, ota.WaitOptions{Dial: dial, Before: before, Accepted: res.Confirmed, OnEvent: ev.fn})
 		if err != nil {
@@ -387,6 +366,31 @@ func TestWaitOutcomeFreshlyBootedDevice(t *testing.T) {
 		c2.Close()
 		if o.Result != ota.UpdatedUncommitted || o.After.ActiveSlot != 1 {
 			t.Fatalf("outcome %+v", o)
+		}
+	})
+}
+
+// OTA.Revert (like OTA.SetBootState) points the boot state at another slot
+// before any reboot, with OTA.Status idle: without an accepted update that
+// is no evidence of a reboot, so the wait goes on until the reboot timeout.
+func TestWaitOutcomeNewSlotWithoutUpdateIsNoReboot(t *testing.T) {
+	bubble(t, func(t *testing.T, ctx context.Context) {
+		d := newFakeDev(t)
+		time.Sleep(500 * time.Millisecond) // booted moments ago: no uptime evidence
+		d.boot = ota.BootState{ActiveSlot: 1, RevertSlot: 0, IsCommitted: false, CommitTimeout: 300}
+		before, err := ota.New(d.client(t)).Observe(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		d.mu.Lock()
+		d.boot = ota.BootState{ActiveSlot: 0, RevertSlot: 0, IsCommitted: true} // revert replied, reboot to come
+		d.mu.Unlock()
+		o, c, _ := ota.WaitOutcome(ctx, ota.WaitOptions{Dial: d.dial(t), Before: before, RebootTimeout: time.Minute})
+		if c != nil {
+			c.Close()
+		}
+		if o == nil || o.Result != ota.NotApplied {
+			t.Fatalf("outcome %+v: a staged slot was taken for a reboot", o)
 		}
 	})
 }

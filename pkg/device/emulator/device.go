@@ -777,22 +777,23 @@ func (d *Device) commitTimeout(epoch context.Context) {
 
 // commitLocked makes the running firmware permanent.
 func (d *Device) commitLocked() error {
-	st := BootState{ActiveSlot: d.mem.ActiveSlot, IsCommitted: true, RevertSlot: d.mem.RevertSlot}
-	if err := d.fl.saveBoot(st); err != nil {
+	if err := d.settleLocked(d.mem.ActiveSlot); err != nil {
 		return err
 	}
-	d.mem = st
-	if d.commitTimer != nil {
-		d.commitTimer.Stop()
-		d.commitTimer = nil
-	}
-	d.log.Info("committed", "slot", st.ActiveSlot)
+	d.log.Info("committed", "slot", d.mem.ActiveSlot)
 	return nil
 }
 
 // revertLocked points the boot state at the revert slot, committed.
 func (d *Device) revertLocked() error {
-	st := BootState{ActiveSlot: d.mem.RevertSlot, IsCommitted: true, RevertSlot: d.mem.RevertSlot}
+	return d.settleLocked(d.mem.RevertSlot)
+}
+
+// settleLocked persists {active, revert unchanged, committed}, makes it the
+// reported state and disarms the commit timer: the end of a trial, either
+// way.
+func (d *Device) settleLocked(active int) error {
+	st := BootState{ActiveSlot: active, IsCommitted: true, RevertSlot: d.mem.RevertSlot}
 	if err := d.fl.saveBoot(st); err != nil {
 		return err
 	}

@@ -13,6 +13,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/otactl/otactl/pkg/ota/bundle/bundletest"
 )
 
 func testManifest() *Manifest {
@@ -281,22 +283,7 @@ func TestValidSrc(t *testing.T) {
 }
 
 // rawEntry builds a stored local entry by hand.
-func rawEntry(name string, data []byte) []byte {
-	var h []byte
-	le := binary.LittleEndian
-	h = le.AppendUint32(h, sigLocal)
-	h = le.AppendUint16(h, 10)
-	h = le.AppendUint16(h, 0)
-	h = le.AppendUint16(h, 0)
-	h = le.AppendUint32(h, 0)
-	h = le.AppendUint32(h, crc32.ChecksumIEEE(data))
-	h = le.AppendUint32(h, uint32(len(data)))
-	h = le.AppendUint32(h, uint32(len(data)))
-	h = le.AppendUint16(h, uint16(len(name)))
-	h = le.AppendUint16(h, 0)
-	h = append(h, name...)
-	return append(h, data...)
-}
+func rawEntry(name string, data []byte) []byte { return bundletest.StoredEntry(name, data) }
 
 func FuzzReader(f *testing.F) {
 	var buf bytes.Buffer
