@@ -17,13 +17,13 @@ import (
 // Sys.GetInfo, OTA.GetBootState and OTA.Status answer, and what happens at
 // OTA.Update and at each OTA.GetBootState.
 type scriptedDevice struct {
-	mu        sync.Mutex
-	version   string
-	bootedAt  time.Time
-	boot      map[string]any
-	state     int
-	onUpdate  func(d *scriptedDevice) // under mu
-	onBoot    func(d *scriptedDevice) // under mu, before answering OTA.GetBootState
+	mu       sync.Mutex
+	version  string
+	bootedAt time.Time
+	boot     map[string]any
+	state    int
+	onUpdate func(d *scriptedDevice) // under mu
+	onBoot   func(d *scriptedDevice) // under mu, before answering OTA.GetBootState
 }
 
 func (d *scriptedDevice) start(t *testing.T) string {
