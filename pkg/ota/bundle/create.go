@@ -2,6 +2,7 @@ package bundle
 
 import (
 	"bytes"
+	"crypto"
 	"crypto/sha1"
 	"crypto/sha256"
 	"encoding/binary"
@@ -47,8 +48,12 @@ type CreateOptions struct {
 	// (default: now).
 	Time time.Time
 	// Signatures, when set, is stored as the extra field 0x293a of
-	// manifest.json (JSON {"sig0": "<base64>", ...}).
+	// manifest.json (JSON {"sig0": "<base64>", ...}) as it is.
 	Signatures []byte
+	// Signers, when set, sign the manifest: Signers[N] makes sigN (nil
+	// entries are skipped, as mos skips an empty --sign-key). Their
+	// signatures join those in Signatures.
+	Signers []crypto.Signer
 }
 
 // ValidSrc reports ErrBadSrc unless src is a flat file name: no path
@@ -74,6 +79,7 @@ type centralRec struct {
 	crc    uint32
 	size   uint32
 	offset uint32
+	extra  []byte
 }
 
 // Create writes a bundle to w: manifest.json first (indented JSON, with
@@ -149,20 +155,22 @@ func Create(w io.Writer, m *Manifest, parts []PartData, opts *CreateOptions) err
 	cw := &countWriter{w: w}
 	dt, dd := dosTime(o.Time)
 	var recs []centralRec
+	sigData, err := signatureData(man, o.Signatures, o.Signers)
+	if err != nil {
+		return err
+	}
 	var extra []byte
-	if len(o.Signatures) > 0 {
-		if len(o.Signatures) > 0xffff-4 {
-			return fmt.Errorf("bundle signatures are %d bytes, too many for a zip extra field", len(o.Signatures))
+	if len(sigData) > 0 {
+		if extra, err = SignatureExtraField(sigData); err != nil {
+			return err
 		}
-		extra = binary.LittleEndian.AppendUint16(nil, SignatureExtraID)
-		extra = binary.LittleEndian.AppendUint16(extra, uint16(len(o.Signatures)))
-		extra = append(extra, o.Signatures...)
 	}
 	writeEntry := func(name string, crc uint32, size int64, extra []byte, body func() error) error {
 		if size > 0xfffffffe || cw.n > 0xfffffffe {
 			return fmt.Errorf("bundle too large for a zip without zip64 (entry %q)", name)
 		}
-		recs = append(recs, centralRec{name: name, crc: crc, size: uint32(size), offset: uint32(cw.n)})
+		// mos writes the same extra field in the central directory.
+		recs = append(recs, centralRec{name: name, crc: crc, size: uint32(size), offset: uint32(cw.n), extra: extra})
 		h := make([]byte, 0, localHeaderLen+len(name)+len(extra))
 		h = binary.LittleEndian.AppendUint32(h, sigLocal)
 		h = binary.LittleEndian.AppendUint16(h, 10) // version needed: 1.0 (stored)
@@ -226,7 +234,7 @@ func Create(w io.Writer, m *Manifest, parts []PartData, opts *CreateOptions) err
 	// Central directory.
 	cdStart := cw.n
 	for _, r := range recs {
-		h := make([]byte, 0, 46+len(r.name))
+		h := make([]byte, 0, 46+len(r.name)+len(r.extra))
 		h = binary.LittleEndian.AppendUint32(h, sigCentral)
 		h = binary.LittleEndian.AppendUint16(h, 3<<8|20) // made by: unix, 2.0
 		h = binary.LittleEndian.AppendUint16(h, 10)
@@ -238,13 +246,14 @@ func Create(w io.Writer, m *Manifest, parts []PartData, opts *CreateOptions) err
 		h = binary.LittleEndian.AppendUint32(h, r.size)
 		h = binary.LittleEndian.AppendUint32(h, r.size)
 		h = binary.LittleEndian.AppendUint16(h, uint16(len(r.name)))
-		h = binary.LittleEndian.AppendUint16(h, 0) // extra
+		h = binary.LittleEndian.AppendUint16(h, uint16(len(r.extra)))
 		h = binary.LittleEndian.AppendUint16(h, 0) // comment
 		h = binary.LittleEndian.AppendUint16(h, 0) // disk
 		h = binary.LittleEndian.AppendUint16(h, 0) // internal attrs
 		h = binary.LittleEndian.AppendUint32(h, 0o100644<<16)
 		h = binary.LittleEndian.AppendUint32(h, r.offset)
 		h = append(h, r.name...)
+		h = append(h, r.extra...)
 		if _, err := cw.Write(h); err != nil {
 			return fmt.Errorf("writing bundle: %w", err)
 		}
@@ -290,6 +299,33 @@ func CreateFile(path string, m *Manifest, parts []PartData, opts *CreateOptions)
 		return fmt.Errorf("creating bundle: %w", err)
 	}
 	return nil
+}
+
+// signatureData returns the content of the signature extra field for the
+// manifest bytes man: the signatures given as JSON (raw) with those made
+// by signers added (replacing any of the same slot).
+func signatureData(man, raw []byte, signers []crypto.Signer) ([]byte, error) {
+	if len(signers) == 0 {
+		return raw, nil
+	}
+	if len(signers) > MaxKeys {
+		return nil, fmt.Errorf("%d signing keys: a device has only %d key slots", len(signers), MaxKeys)
+	}
+	sigs, err := ParseSignatures(raw)
+	if err != nil {
+		return nil, err
+	}
+	for i, s := range signers {
+		if s == nil {
+			continue
+		}
+		sig, err := SignManifest(man, s)
+		if err != nil {
+			return nil, fmt.Errorf("signing the manifest with key %d: %w", i, err)
+		}
+		sigs.Sig[i] = sig
+	}
+	return sigs.Marshal(), nil
 }
 
 func digest(pd PartData) (size int64, crc uint32, s1, s256 string, err error) {
