@@ -295,7 +295,7 @@ func decryptPKCS8(der, passphrase []byte) ([]byte, error) {
 		return nil, fmt.Errorf("unsupported PBKDF2 PRF %v", a)
 	}
 	var (
-		keyLen int
+		keyLen  int
 		newCiph func([]byte) (cipher.Block, error)
 	)
 	switch a := p.Scheme.Algorithm; {
