@@ -85,6 +85,11 @@ type Config struct {
 	// Listeners are extra transports (tests can add their own).
 	Listeners []Listener
 
+	// Signing is the device's update.key0..key7 and update.sig_req_mask
+	// (see bundle.SignaturePolicy and docs/security.md). Nil: no keys,
+	// sig_req_mask -1, signatures ignored. New copies it.
+	Signing *bundle.SignaturePolicy
+
 	// CAFile is a PEM file of CAs trusted for HTTPS downloads (default:
 	// the system pool).
 	CAFile string
@@ -238,6 +243,10 @@ func New(cfg Config) (*Device, error) {
 	}
 	if cfg.Clock == nil {
 		cfg.Clock = SystemClock()
+	}
+	if cfg.Signing != nil {
+		p := *cfg.Signing
+		cfg.Signing = &p
 	}
 	log := cfg.Logger
 	if log == nil {

@@ -230,6 +230,9 @@ func (d *Device) apply(u *update, src io.Reader) (int, error) {
 	}
 	m := br.Manifest()
 	d.log.Info("FW", "name", m.Name, "platform", m.Platform, "version", m.Version, "build_id", m.BuildID)
+	if err := d.checkSignatures(br); err != nil {
+		return 0, err
+	}
 	if err := m.CheckPlatform(d.cfg.Platform); err != nil {
 		d.log.Error(err.Error())
 		return 0, err
