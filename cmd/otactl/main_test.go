@@ -209,6 +209,11 @@ func TestScripts(t *testing.T) {
 			"waitfor":   cmdWaitFor,
 			"mkfile":    cmdMkfile,
 			"corrupt":   cmdCorrupt,
+			// signed bundles (sign_cmds_test.go)
+			"tamper":      cmdTamper,
+			"treehash":    cmdTreeHash,
+			"manifestout": cmdManifestOut,
+			"setsig":      cmdSetSig,
 		},
 	})
 }

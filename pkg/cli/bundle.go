@@ -28,16 +28,23 @@ func NewCmdBundle(f *Factory) *cobra.Command {
 		Long: `Work with firmware bundles: the fw.zip a Mongoose OS device takes for an
 update (manifest.json first, then one stored entry per part, with sizes and
 SHA-1/SHA-256 checksums). Bundles made by 'mos build' / 'mos create-fw-bundle'
-are read too, signed ones included.`,
+are read too, signed ones included. Signed bundles carry ECDSA P-256
+signatures of their manifest exactly where mos puts them (docs/security.md).`,
 		Example: `  otactl bundle create -o fw.zip --platform esp32 --version 1.2.0 app:src=build/app.bin,addr=0x10000,type=app
   otactl bundle inspect fw.zip
-  otactl bundle verify fw.zip && echo good`,
+  otactl bundle verify fw.zip && echo good
+
+  # signing: a key pair, a signed bundle, and the check a device makes
+  otactl bundle keygen -o k0.pem
+  otactl bundle sign fw.zip --key k0.pem -o fw-signed.zip
+  otactl bundle verify fw-signed.zip --pubkey k0.pub.pem`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return usageErrorf("bundle needs a subcommand: create, inspect or verify")
+			return usageErrorf("bundle needs a subcommand: create, inspect, verify, sign or keygen")
 		},
 	}
-	cmd.AddCommand(newCmdBundleCreate(f), newCmdBundleInspect(f, false), newCmdBundleInspect(f, true))
+	cmd.AddCommand(newCmdBundleCreate(f), newCmdBundleInspect(f, false), newCmdBundleInspect(f, true),
+		newCmdBundleSign(f), newCmdBundleKeygen(f))
 	return cmd
 }
 
@@ -53,6 +60,10 @@ type BundleCreateOptions struct {
 	Attrs       []string
 	Parts       []string
 	Now         func() time.Time
+	// SignKeys are --sign-key values ([N:]KEY.pem; the Nth is slot N).
+	SignKeys []string
+	// SignKeyPassFile holds the passphrase of encrypted keys.
+	SignKeyPassFile string
 }
 
 func newCmdBundleCreate(f *Factory) *cobra.Command {
@@ -66,13 +77,22 @@ after its file. Each PART argument is NAME:src=FILE followed by optional
 comma-separated attributes: addr=N (decimal or 0x hex), type=T, and any
 KEY=VALUE, kept in the manifest. --attr KEY=VALUE adds a top-level manifest
 attribute (a JSON value, or a string), e.g. the emulator's
-emulator_behavior=crash_on_boot.`,
+emulator_behavior=crash_on_boot.
+
+--sign-key KEY.pem signs the manifest as 'mos create-fw-bundle --sign-key'
+does: the Nth --sign-key makes signature N (sigN, checked by the device's
+update.keyN); write N:KEY.pem to pick the slot, or an empty --sign-key= to
+skip one. An encrypted key asks for its passphrase on the terminal, or
+reads it from the first line of --sign-key-pass-file.`,
 		Example: `  # an app image and a filesystem image for an ESP32
   otactl bundle create -o fw.zip --platform esp32 --version 1.2.0 --name myapp \
     app:src=build/myapp.bin,addr=0x10000,type=app fs:src=build/fs.img,addr=0x190000,type=fs
 
   # a firmware the emulator will crash on at boot, to test rollback
-  otactl bundle create -o bad.zip --platform esp32 --version 9.9.9 --attr emulator_behavior=crash_on_boot app:src=app.bin`,
+  otactl bundle create -o bad.zip --platform esp32 --version 9.9.9 --attr emulator_behavior=crash_on_boot app:src=app.bin
+
+  # signed by key 0 and key 1 (a device in the middle of a key rotation)
+  otactl bundle create -o fw.zip --platform esp32 --version 1.2.0 --sign-key k0.pem --sign-key k1.pem app:src=app.bin`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			o.Parts = args
 			return runBundleCreate(cmd.Context(), o)
@@ -86,6 +106,8 @@ emulator_behavior=crash_on_boot.`,
 	fl.StringVar(&o.BuildID, "build-id", "", "build id (default: UTC timestamp/otactl)")
 	fl.StringVar(&o.Description, "description", "", "description")
 	fl.StringArrayVar(&o.Attrs, "attr", nil, "extra top-level manifest attribute KEY=VALUE (repeatable)")
+	fl.StringArrayVar(&o.SignKeys, "sign-key", nil, "[N:]KEY.pem: sign the manifest with this ECDSA P-256 key (repeatable; the Nth is signature N unless N: is given)")
+	fl.StringVar(&o.SignKeyPassFile, "sign-key-pass-file", "", "file whose first line is the passphrase of encrypted --sign-key keys (default: ask on the terminal)")
 	return cmd
 }
 
@@ -143,7 +165,11 @@ func runBundleCreate(_ context.Context, o *BundleCreateOptions) error {
 			parts = append(parts, pd)
 		}
 	}
-	if err := bundle.CreateFile(o.Output, m, parts, &bundle.CreateOptions{Time: now}); err != nil {
+	signers, err := loadSigners("--sign-key", o.SignKeys, o.F.passphrase("--sign-key-pass-file", o.SignKeyPassFile))
+	if err != nil {
+		return err
+	}
+	if err := bundle.CreateFile(o.Output, m, parts, &bundle.CreateOptions{Time: now, Signers: signers}); err != nil {
 		return fmt.Errorf("creating %s: %w", o.Output, err)
 	}
 	st, err := os.Stat(o.Output)
@@ -152,11 +178,15 @@ func runBundleCreate(_ context.Context, o *BundleCreateOptions) error {
 	}
 	if o.F.G.JSON {
 		return writeJSON(o.F.IO.Out, map[string]any{"file": o.Output, "size": st.Size(), "platform": m.Platform,
-			"version": m.Version, "build_id": m.BuildID, "parts": len(m.Parts)})
+			"version": m.Version, "build_id": m.BuildID, "parts": len(m.Parts), "signatures": signerSlots(signers)})
 	}
 	// Every part counts, fill parts (no data in the zip) included.
-	fmt.Fprintf(o.F.IO.Out, "wrote %s: %s %s for %s, build %s, %d part(s), %s\n",
+	fmt.Fprintf(o.F.IO.Out, "wrote %s: %s %s for %s, build %s, %d part(s), %s",
 		o.Output, m.Name, m.Version, m.Platform, m.BuildID, len(m.Parts), humanBytes(st.Size()))
+	if slots := signerSlots(signers); len(slots) > 0 {
+		fmt.Fprintf(o.F.IO.Out, ", signed: %s", sigNames(slots))
+	}
+	fmt.Fprintln(o.F.IO.Out)
 	return nil
 }
 
@@ -239,11 +269,15 @@ func parsePartSpec(spec string) (bundle.PartData, error) {
 func newCmdBundleInspect(f *Factory, verify bool) *cobra.Command {
 	use, short := "inspect FW.ZIP", "Show a bundle's manifest and parts, with checksums verified"
 	example := "  otactl bundle inspect fw.zip\n  otactl bundle inspect --json fw.zip | jq .manifest.version"
+	var sig sigCheckFlags
 	if verify {
-		use, short = "verify FW.ZIP", "Exit 0 only if every size and checksum in the bundle holds"
-		example = "  otactl bundle verify fw.zip || { echo 'corrupt bundle'; exit 1; }"
+		use, short = "verify FW.ZIP [--pubkey [N:]PUB.pem]...", "Exit 0 only if every size and checksum in the bundle holds (and, with --pubkey, its signatures)"
+		example = `  otactl bundle verify fw.zip || { echo 'corrupt bundle'; exit 1; }
+
+  # would a device with update.key0 and update.key1 and sig_req_mask 1 take it?
+  otactl bundle verify fw.zip --pubkey k0.pub.pem --pubkey k1.pub.pem --sig-req-mask 1`
 	}
-	return &cobra.Command{
+	cmd := &cobra.Command{
 		Use:     use,
 		Short:   short,
 		Example: example,
@@ -254,9 +288,21 @@ func newCmdBundleInspect(f *Factory, verify bool) *cobra.Command {
 			return nil
 		},
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return runBundleInspect(f, args[0], verify)
+			return runBundleInspect(f, args[0], verify, &sig)
 		},
 	}
+	if verify {
+		cmd.Long = `Read the bundle as a device does and check every entry's CRC-32 and every
+part's size and SHA-1/SHA-256. With --pubkey (the device's update.keyN: a PEM
+public key or its base64 form; the Nth is key N unless written N:PUB.pem), also
+check the signatures and say which verify; the bundle passes only if the
+device would take it: every key given must verify, or the bits of
+--sig-req-mask (the device's update.sig_req_mask) when given.`
+		sig.add(cmd.Flags())
+		cmd.Flags().Lookup("pubkey").Usage = "[N:]PUB.pem or base64 key: check signature N with it (repeatable; the Nth is key N unless N: is given)"
+		cmd.Flags().Lookup("sig-req-mask").Usage = "with --pubkey: the device's update.sig_req_mask to apply (default: every key given must verify)"
+	}
+	return cmd
 }
 
 type bundleEntryJSON struct {
@@ -268,7 +314,18 @@ type bundleEntryJSON struct {
 	SHA256 string `json:"sha256"`
 }
 
-func runBundleInspect(f *Factory, path string, verify bool) error {
+func runBundleInspect(f *Factory, path string, verify bool, sig *sigCheckFlags) error {
+	var policy *bundle.SignaturePolicy
+	var keyNames [bundle.MaxKeys]string
+	if len(sig.PubKeys) > 0 {
+		var err error
+		if policy, err = policyFromFlags("--pubkey", sig.PubKeys, "--sig-req-mask", sig.Mask); err != nil {
+			return err
+		}
+		_, keyNames, _ = loadPublicKeys("--pubkey", sig.PubKeys)
+	} else if sig.Mask != "" {
+		return usageErrorf("--sig-req-mask goes with --pubkey: give the device's keys")
+	}
 	fh, err := openBundle(path)
 	if err != nil {
 		return err
@@ -282,6 +339,10 @@ func runBundleInspect(f *Factory, path string, verify bool) error {
 	for _, p := range rep.Problems {
 		problems = append(problems, p.Error())
 	}
+	sr := newSigReport(rep, policy, keyNames)
+	if sr.err != nil {
+		problems = append(problems, sr.err.Error())
+	}
 	m := rep.Manifest
 	if f.G.JSON {
 		entries := make([]bundleEntryJSON, 0, len(rep.Entries))
@@ -291,7 +352,14 @@ func runBundleInspect(f *Factory, path string, verify bool) error {
 		doc := map[string]any{
 			"file": path, "ok": len(problems) == 0, "problems": nonNil(problems),
 			"manifest": json.RawMessage(rep.RawManifest), "entries": entries,
-			"signed": len(rep.Signatures) > 0, "size": rep.Size,
+			"signed": len(rep.Signatures) > 0, "size": rep.Size, "signatures": sr.entries(),
+		}
+		if policy != nil {
+			check := map[string]any{"sig_req_mask": policy.ReqMask, "verified_mask": sr.check.Verified, "ok": sr.err == nil}
+			if sr.err != nil {
+				check["error"] = sr.err.Error()
+			}
+			doc["signature_check"] = check
 		}
 		if err := writeJSON(f.IO.Out, doc); err != nil {
 			return err
@@ -306,9 +374,7 @@ func runBundleInspect(f *Factory, path string, verify bool) error {
 		if m.Description != "" {
 			fmt.Fprintf(out, "description: %s\n", m.Description)
 		}
-		if len(rep.Signatures) > 0 {
-			fmt.Fprintln(out, "signed: yes (signatures are not checked by this command)")
-		}
+		sr.print(out)
 		keys := make([]string, 0, len(m.Extra))
 		for k := range m.Extra {
 			keys = append(keys, k)
@@ -364,7 +430,11 @@ func runBundleInspect(f *Factory, path string, verify bool) error {
 			fmt.Fprintln(f.IO.ErrOut, "problem:", p)
 		}
 		if len(problems) == 0 && verify {
-			fmt.Fprintln(out, "bundle verified: every size and checksum holds")
+			if policy != nil {
+				fmt.Fprintf(out, "bundle verified: every size and checksum holds, and a device with these keys and update.sig_req_mask %d (%s) takes it\n", policy.ReqMask, maskWord(policy.ReqMask))
+			} else {
+				fmt.Fprintln(out, "bundle verified: every size and checksum holds")
+			}
 		}
 	}
 	if verify && len(problems) > 0 {

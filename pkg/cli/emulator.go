@@ -14,6 +14,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/otactl/otactl/pkg/device/emulator"
+	"github.com/otactl/otactl/pkg/ota/bundle"
 )
 
 // EmulatorOptions are the inputs of `otactl emulator`.
@@ -31,6 +32,10 @@ type EmulatorOptions struct {
 	CAFile      string
 	ReadyFile   string
 	Quiet       bool
+	// UpdateKeys are the device's update.key0..key7 (--update-key);
+	// SigReqMask its update.sig_req_mask (--sig-req-mask).
+	UpdateKeys []string
+	SigReqMask string
 }
 
 // NewCmdEmulator builds `otactl emulator`.
@@ -55,7 +60,13 @@ prints one line per way to reach it. See docs/emulator.md.`,
   # a serial link and an in-process MQTT broker, no install needed
   otactl emulator --state-dir /tmp/dev1 --serial-link /tmp/ttyDEV1 --mqtt-broker embedded:127.0.0.1:1883
   otactl --port /tmp/ttyDEV1 call Sys.GetInfo
-  otactl --port mqtt://127.0.0.1:1883/dev1 call Sys.GetInfo`,
+  otactl --port mqtt://127.0.0.1:1883/dev1 call Sys.GetInfo
+
+  # a device that takes only bundles signed by key 0 (docs/security.md)
+  otactl bundle keygen -o k0.pem
+  otactl emulator --state-dir /tmp/dev1 --listen 127.0.0.1:8080 --update-key k0.pub.pem --sig-req-mask 1 &
+  otactl bundle create -o fw.zip --platform esp32 --version 1.2.0 --sign-key k0.pem app:src=app.bin
+  otactl --port http://127.0.0.1:8080/rpc update --file fw.zip --pubkey k0.pub.pem --commit`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if o.StateDir == "" {
@@ -86,6 +97,8 @@ prints one line per way to reach it. See docs/emulator.md.`,
 	fl.StringVar(&o.CAFile, "download-ca-file", "", "CA certificates (PEM) trusted for HTTPS bundle downloads (default: system roots)")
 	fl.StringVar(&o.ReadyFile, "ready-file", "", "once reachable, write the listeners as JSON to this file (for scripts)")
 	fl.BoolVarP(&o.Quiet, "quiet", "q", false, "do not print the device log on stderr")
+	fl.StringArrayVar(&o.UpdateKeys, "update-key", nil, "[N:]PUB.pem or base64 DER: the device's update.keyN, for signed bundles (repeatable: key0, key1, … in order)")
+	fl.StringVar(&o.SigReqMask, "sig-req-mask", "-1", "the device's update.sig_req_mask: -1 ignores signatures, 0 refuses every update, else each bit N requires sigN to verify with keyN (1, 0b11, 0x3)")
 	return cmd
 }
 
@@ -110,7 +123,12 @@ func runEmulator(ctx context.Context, o *EmulatorOptions) error {
 			serialLink = abs
 		}
 	}
+	signing, err := emulatorSigning(o)
+	if err != nil {
+		return err
+	}
 	cfg := emulator.Config{
+		Signing:     signing,
 		StateDir:    o.StateDir,
 		ID:          o.ID,
 		Platform:    o.Platform,
@@ -134,6 +152,9 @@ func runEmulator(ctx context.Context, o *EmulatorOptions) error {
 	st := d.State()
 	fmt.Fprintf(ios.Out, "emulator %s (%s, %d slots): running %s %s from slot %d, %s; flash in %s\n",
 		o.ID, o.Platform, o.Slots, st.App, st.Version, st.RunningSlot, committedWord(st.Boot.IsCommitted), o.StateDir)
+	if signing != nil {
+		fmt.Fprintf(ios.Out, "signed updates: update.sig_req_mask %d (%s)\n", signing.ReqMask, maskWord(signing.ReqMask))
+	}
 	infos := d.Listeners()
 	for _, l := range infos {
 		fmt.Fprintf(ios.Out, "listening: %-6s %s\n", l.Transport, l.Addr)
@@ -152,6 +173,26 @@ func runEmulator(ctx context.Context, o *EmulatorOptions) error {
 		}
 	}
 	return d.Close()
+}
+
+// emulatorSigning builds the device's signature settings from
+// --update-key and --sig-req-mask (nil: the defaults, no keys, -1).
+func emulatorSigning(o *EmulatorOptions) (*bundle.SignaturePolicy, error) {
+	mask, err := parseMask("--sig-req-mask", o.SigReqMask)
+	if err != nil {
+		return nil, err
+	}
+	if len(o.UpdateKeys) == 0 && mask < 0 {
+		return nil, nil
+	}
+	p := &bundle.SignaturePolicy{ReqMask: mask}
+	if p.Keys, _, err = loadPublicKeys("--update-key", o.UpdateKeys); err != nil {
+		return nil, err
+	}
+	if mask < 0 {
+		fmt.Fprintln(o.F.IO.ErrOut, "warning: --update-key without --sig-req-mask: the device ignores signatures (update.sig_req_mask -1, its default); add --sig-req-mask 1 to require key 0's")
+	}
+	return p, nil
 }
 
 func committedWord(c bool) string {

@@ -83,6 +83,9 @@ func runPush(ctx context.Context, o *UpdateOptions) error {
 	if err != nil {
 		return err
 	}
+	if err := o.Sig.checkSignatures(o.File, rep); err != nil {
+		return err
+	}
 	man := rep.Manifest
 	expect := ota.Firmware{Version: man.Version, BuildID: man.BuildID}
 	fh, err := os.Open(o.File)

@@ -132,6 +132,10 @@ func mainContext(ctx context.Context, args []string, ios *IOStreams, getenv func
 		if errors.As(err, &re) {
 			doc["rpc_error"] = map[string]any{"code": re.Code, "message": re.Message}
 		}
+		var rs interface{ Reason() string }
+		if errors.As(err, &rs) {
+			doc["reason"] = rs.Reason()
+		}
 		_ = writeJSON(stdout, doc)
 	}
 	var ee *ExitError

@@ -36,6 +36,7 @@ type UpdateOptions struct {
 	ServeAddr     string
 	Force         bool
 	ChunkSize     int
+	Sig           sigCheckFlags // --pubkey, --sig-req-mask (signature.go)
 }
 
 func addOutcomeFlags(cmd *cobra.Command, o *UpdateOptions) {
@@ -47,6 +48,7 @@ func addOutcomeFlags(cmd *cobra.Command, o *UpdateOptions) {
 	fl.BoolVar(&o.NoWait, "no-wait", false, "return when the device accepted the bundle, like mos, without waiting for the reboot")
 	fl.StringVar(&o.HealthMethod, "health-method", "", "with --commit: RPC method the new firmware must answer without error before it is committed")
 	fl.BoolVar(&o.Force, "force", false, "allow --commit-timeout 0 (the new firmware commits itself at boot: no rollback)")
+	o.Sig.add(fl)
 }
 
 func (o *UpdateOptions) check() error {
@@ -156,10 +158,15 @@ func runUpdate(ctx context.Context, o *UpdateOptions) error {
 		if err != nil {
 			return err
 		}
+		if err := o.Sig.checkSignatures(o.File, rep); err != nil {
+			return err
+		}
 		man = rep.Manifest
 		expect = ota.Firmware{Version: man.Version, BuildID: man.BuildID}
 	} else if u, err := url.Parse(o.URL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		return usageErrorf("--url must be an http:// or https:// URL the device can reach")
+	} else if err := o.Sig.checkSignatures(o.URL, nil); err != nil {
+		return err
 	}
 	before, err := o.prepare(ctx, man)
 	if err != nil {
