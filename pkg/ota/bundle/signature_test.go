@@ -484,3 +484,68 @@ func TestCreateTimeStable(t *testing.T) {
 		t.Fatal("signing changed the manifest")
 	}
 }
+
+// FuzzRewriteSignatures: any input either is refused or gives a bundle
+// whose manifest bytes are the input's and whose signature field is the
+// one asked for.
+func FuzzRewriteSignatures(f *testing.F) {
+	app := []byte("app")
+	man := mosManifest(app)
+	f.Add(createBundleF(f))
+	f.Add(rawBundleF(f, man, []byte(`{"sig3":"AAAA","x":1}`), app))
+	f.Add([]byte("PK\x05\x06" + strings.Repeat("\x00", 18)))
+	f.Fuzz(func(t *testing.T, in []byte) {
+		sig := []byte{0x30, 6, 2, 1, 1, 2, 1, 2}
+		var seen []byte
+		var out bytes.Buffer
+		err := RewriteSignatures(bytes.NewReader(in), int64(len(in)), &out, func(m []byte, s *Signatures) error {
+			seen = bytes.Clone(m)
+			s.Sig[5] = sig
+			return nil
+		})
+		if err != nil {
+			return
+		}
+		rd, err := NewReader(bytes.NewReader(out.Bytes()))
+		if err != nil {
+			if _, perr := NewReader(bytes.NewReader(in)); perr == nil {
+				t.Fatalf("the input reads but the output does not: %v", err)
+			}
+			return
+		}
+		if !bytes.Equal(rd.RawManifest(), seen) {
+			t.Fatal("manifest bytes changed")
+		}
+		s, err := ParseSignatures(rd.Signatures())
+		if err != nil || !bytes.Equal(s.Sig[5], sig) {
+			t.Fatalf("signature field %q (%v)", rd.Signatures(), err)
+		}
+	})
+}
+
+func createBundleF(f *testing.F) []byte {
+	var buf bytes.Buffer
+	if err := Create(&buf, testManifest(), testParts(), nil); err != nil {
+		f.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
+func rawBundleF(f *testing.F, man, field, app []byte) []byte {
+	var buf bytes.Buffer
+	zw := zip.NewWriter(&buf)
+	extra, _ := SignatureExtraField(field)
+	for _, e := range []struct {
+		name        string
+		data, extra []byte
+	}{{ManifestName, man, extra}, {"app.bin", app, nil}} {
+		w, err := zw.CreateRaw(&zip.FileHeader{Name: e.name, Method: zip.Store, CRC32: crc32.ChecksumIEEE(e.data),
+			CompressedSize64: uint64(len(e.data)), UncompressedSize64: uint64(len(e.data)), Extra: e.extra})
+		if err != nil {
+			f.Fatal(err)
+		}
+		w.Write(e.data)
+	}
+	zw.Close()
+	return buf.Bytes()
+}
