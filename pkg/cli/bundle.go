@@ -319,10 +319,9 @@ func runBundleInspect(f *Factory, path string, verify bool, sig *sigCheckFlags) 
 	var keyNames [bundle.MaxKeys]string
 	if len(sig.PubKeys) > 0 {
 		var err error
-		if policy, err = policyFromFlags("--pubkey", sig.PubKeys, "--sig-req-mask", sig.Mask); err != nil {
+		if policy, keyNames, err = policyFromFlags("--pubkey", sig.PubKeys, "--sig-req-mask", sig.Mask); err != nil {
 			return err
 		}
-		_, keyNames, _ = loadPublicKeys("--pubkey", sig.PubKeys)
 	} else if sig.Mask != "" {
 		return usageErrorf("--sig-req-mask goes with --pubkey: give the device's keys")
 	}

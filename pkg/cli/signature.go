@@ -51,7 +51,7 @@ func (s *sigCheckFlags) checkSignatures(path string, rep *bundle.Report) error {
 	if rep == nil {
 		return usageErrorf("--pubkey checks a local bundle (update --file, push); check a bundle you publish at a URL with 'otactl bundle verify --pubkey' before publishing it")
 	}
-	p, err := policyFromFlags("--pubkey", s.PubKeys, "--sig-req-mask", s.Mask)
+	p, _, err := policyFromFlags("--pubkey", s.PubKeys, "--sig-req-mask", s.Mask)
 	if err != nil {
 		return err
 	}
@@ -76,19 +76,21 @@ func signatureHint(path string, p *bundle.SignaturePolicy, c bundle.SigCheck) st
 }
 
 // policyFromFlags builds the device's signature policy from key and mask
-// flags; the mask defaults to every key given.
-func policyFromFlags(keyFlag string, keys []string, maskFlag, mask string) (*bundle.SignaturePolicy, error) {
+// flags (the mask defaults to every key given) and says where each key
+// came from.
+func policyFromFlags(keyFlag string, keys []string, maskFlag, mask string) (*bundle.SignaturePolicy, [bundle.MaxKeys]string, error) {
 	p := &bundle.SignaturePolicy{}
 	var err error
-	p.Keys, _, err = loadPublicKeys(keyFlag, keys)
+	var names [bundle.MaxKeys]string
+	p.Keys, names, err = loadPublicKeys(keyFlag, keys)
 	if err != nil {
-		return nil, err
+		return nil, names, err
 	}
 	p.ReqMask = bundle.MaskOf(p.Keys)
 	if mask != "" {
 		if p.ReqMask, err = parseMask(maskFlag, mask); err != nil {
-			return nil, err
+			return nil, names, err
 		}
 	}
-	return p, nil
+	return p, names, nil
 }
