@@ -1,11 +1,13 @@
 package emulator
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -373,5 +375,39 @@ func TestDownloadWatchdog(t *testing.T) {
 	wantErr(t, <-done, -1, "Update timed out")
 	if bs := e.bootState(); bs != committed0 {
 		t.Fatalf("%+v", bs)
+	}
+}
+
+// Two parts naming the same src (issue 7, defect 6): the device refuses
+// the bundle with the reason `otactl bundle verify` gives, before it
+// touches the spare slot or the boot state, and takes the next update.
+func TestDuplicateSrcRefused(t *testing.T) {
+	var writes atomic.Int32
+	e := newEnv(t, func(c *Config) { c.Hooks.FlashWrite = func(FlashWrite) error { writes.Add(1); return nil } })
+	b := makeBundle(t, fw{version: "2.0.0", edit: func(m *bundle.Manifest) {
+		cp := *m.Parts["app"]
+		m.Parts["app2"] = &cp // same src, same digests: only one can be written
+	}})
+	_, verr := bundle.Verify(bytes.NewReader(b))
+	if verr == nil {
+		t.Fatal("bundle.Verify accepted two parts with one src")
+	}
+	_, err := e.call("OTA.Update", map[string]any{"url": e.serve("/dup.zip", b), "commit_timeout": 300})
+	wantErr(t, err, -1, bundle.StatusMessage(verr))
+	if bundle.StatusMessage(verr) != "Duplicate part src" {
+		t.Fatalf("verify's reason %q", verr)
+	}
+	if n := writes.Load(); n != 0 {
+		t.Fatalf("%d flash writes for a refused bundle", n)
+	}
+	if bs := e.bootState(); bs != committed0 {
+		t.Fatalf("boot state %+v", bs)
+	}
+	if s := e.d.State(); s.OTAState != 2 || s.OTAMessage != "Duplicate part src" {
+		t.Fatalf("OTA.Status after the refusal: %+v", s)
+	}
+	e.update(fw{version: "2.0.1"}, 300)
+	if s := e.d.State(); s.Version != "2.0.1" {
+		t.Fatalf("next update: %+v", s)
 	}
 }

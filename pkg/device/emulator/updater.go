@@ -237,21 +237,10 @@ func (d *Device) apply(u *update, src io.Reader) (int, error) {
 		d.log.Error(err.Error())
 		return 0, err
 	}
-	bySrc := map[string]string{}
-	for _, name := range m.PartNames() {
-		p := m.Parts[name]
-		if p.Src == "" {
-			continue
-		}
-		// The part's name is a file name in the slot (flash.partPath).
-		if err := bundle.ValidPartName(name); err != nil {
-			return 0, err
-		}
-		if err := bundle.ValidSrc(p.Src); err != nil {
-			return 0, fmt.Errorf("part %q: %w", name, err)
-		}
-		bySrc[p.Src] = name
-	}
+	// NewReader checked the manifest (bundle.Manifest.Validate): part
+	// names are flat file names (flash.partPath stores parts by name), and
+	// each src belongs to one part.
+	bySrc := m.DataParts()
 	d.mu.Lock()
 	target := d.spareSlot()
 	d.mu.Unlock()

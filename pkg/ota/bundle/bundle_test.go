@@ -313,3 +313,37 @@ func FuzzReader(f *testing.F) {
 		}
 	})
 }
+
+// Two parts that name the same entry: a device would write the entry for
+// one of them and leave the other's data missing on flash. The manifest
+// check that NewReader runs refuses it, so Verify and every streaming
+// consumer (the emulator) give the same reason.
+func TestDuplicateSrc(t *testing.T) {
+	app := bytes.Repeat([]byte("firmware!"), 1000)
+	sum := sha1.Sum(app)
+	part := func() *Part {
+		return &Part{Type: "app", Src: "app.bin", Size: Int64(int64(len(app))), CSSHA1: hex.EncodeToString(sum[:])}
+	}
+	m := &Manifest{Platform: "esp32", Version: "1", BuildID: "b", Parts: map[string]*Part{"app": part(), "app2": part()}}
+	man, err := m.Indented()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := bytes.Join([][]byte{rawEntry(ManifestName, man), rawEntry("app.bin", app), {0x50, 0x4b, 1, 2}}, nil)
+	_, verr := Verify(bytes.NewReader(b))
+	if !errors.Is(verr, ErrDuplicateSrc) {
+		t.Fatalf("Verify: %v, want %v", verr, ErrDuplicateSrc)
+	}
+	if !strings.Contains(verr.Error(), `parts "app" and "app2" both name entry "app.bin"`) {
+		t.Errorf("Verify's reason does not name the parts: %v", verr)
+	}
+	_, rerr := NewReader(bytes.NewReader(b))
+	if rerr == nil || rerr.Error() != verr.Error() {
+		t.Fatalf("NewReader: %v, want the same error as Verify: %v", rerr, verr)
+	}
+	// A part without src (a fill part) may sit next to any other.
+	m.Parts = map[string]*Part{"app": part(), "nvs": {Type: "nvs", Fill: Int64(255)}, "nvs2": {Type: "nvs", Fill: Int64(0)}}
+	if err := m.Validate(); err != nil {
+		t.Fatalf("parts without src: %v", err)
+	}
+}

@@ -56,6 +56,8 @@ var (
 	ErrMissingPart = &Error{Msg: "Part data missing"}
 	// ErrBadSrc: a part's src is not a flat file name.
 	ErrBadSrc = &Error{Msg: "Invalid part src"}
+	// ErrDuplicateSrc: two parts name the same archive entry as src.
+	ErrDuplicateSrc = &Error{Msg: "Duplicate part src"}
 	// ErrBadPartName: a part's name is not a flat file name (the emulator
 	// stores each part's data under its name).
 	ErrBadPartName = &Error{Msg: "Invalid part name"}

@@ -74,13 +74,48 @@ func ParseManifest(data []byte) (*Manifest, error) {
 	return m, nil
 }
 
-// Validate checks the fields a device requires: platform, version,
-// build_id and a non-empty parts object.
+// Validate checks what must hold before a device writes anything: the
+// required fields platform, version, build_id and a non-empty parts object
+// (ErrManifestField), and for every part that carries data (has a src) a
+// flat part name (ErrBadPartName), a flat src (ErrBadSrc) and a src that no
+// other part names (ErrDuplicateSrc: the device would write one entry once,
+// leaving the other part's data missing on flash). NewReader calls it, so
+// the emulator and Verify refuse the same manifests with the same message.
 func (m *Manifest) Validate() error {
 	if m.Platform == "" || m.Version == "" || m.BuildID == "" || len(m.Parts) == 0 {
 		return ErrManifestField
 	}
+	bySrc := map[string]string{}
+	for _, name := range m.PartNames() {
+		p := m.Parts[name]
+		if p == nil || p.Src == "" {
+			continue
+		}
+		if err := ValidPartName(name); err != nil {
+			return err
+		}
+		if err := ValidSrc(p.Src); err != nil {
+			return fmt.Errorf("part %q: %w", name, err)
+		}
+		if other, dup := bySrc[p.Src]; dup {
+			return &Error{Msg: ErrDuplicateSrc.Msg, Detail: fmt.Sprintf("parts %q and %q both name entry %q: give each part its own entry", other, name, p.Src)}
+		}
+		bySrc[p.Src] = name
+	}
 	return nil
+}
+
+// DataParts maps the src of every part that carries data to the part's
+// name. On a manifest that passed Validate (every manifest a Reader
+// returns), each src maps to exactly one part.
+func (m *Manifest) DataParts() map[string]string {
+	bySrc := map[string]string{}
+	for _, name := range m.PartNames() {
+		if p := m.Parts[name]; p != nil && p.Src != "" {
+			bySrc[p.Src] = name
+		}
+	}
+	return bySrc
 }
 
 // CheckPlatform reports ErrWrongPlatform unless the manifest's platform

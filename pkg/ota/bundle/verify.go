@@ -47,22 +47,7 @@ func Inspect(r io.Reader) (*Report, error) {
 	}
 	m := rd.Manifest()
 	rep := &Report{Manifest: m, RawManifest: rd.RawManifest(), Signatures: rd.Signatures()}
-	bySrc := map[string]string{}
-	for _, name := range m.PartNames() {
-		p := m.Parts[name]
-		if p == nil || p.Src == "" {
-			continue
-		}
-		if err := ValidPartName(name); err != nil {
-			rep.Problems = append(rep.Problems, err)
-			continue
-		}
-		if err := ValidSrc(p.Src); err != nil {
-			rep.Problems = append(rep.Problems, fmt.Errorf("part %q: %w", name, err))
-			continue
-		}
-		bySrc[p.Src] = name
-	}
+	bySrc := m.DataParts() // part names and srcs were checked by NewReader
 	seen := map[string]bool{}
 	for {
 		e, err := rd.Next()
@@ -93,7 +78,7 @@ func Inspect(r io.Reader) (*Report, error) {
 	}
 	for _, name := range m.PartNames() {
 		p := m.Parts[name]
-		if p != nil && p.Src != "" && !seen[name] && ValidSrc(p.Src) == nil && ValidPartName(name) == nil {
+		if p != nil && p.Src != "" && !seen[name] {
 			rep.Problems = append(rep.Problems, &Error{Msg: ErrMissingPart.Msg, Detail: fmt.Sprintf("part %q: no entry %q in the archive", name, p.Src)})
 		}
 	}
