@@ -57,8 +57,11 @@
 // manifest written to the spare slot, read back and checked against size,
 // cs_sha1 and cs_sha256. A part src or part name with a path separator or
 // ".." is refused, and so is a data descriptor after manifest.json or a
-// written part (a device's parser cannot skip it there). A watchdog (the timeout argument, default 600 s, on
-// Config.Clock) aborts an update that makes no progress. On success the
+// written part (a device's parser cannot skip it there). A watchdog (the
+// timeout argument, default 600 s, on Config.Clock) bounds the whole
+// update, from OTA.Update or OTA.Begin to its end, however steadily bytes
+// arrive (a real device since 2018 re-arms it on progress; see
+// docs/emulator.md, "The update watchdog"). On success the
 // boot state becomes {active: new, revert: old, uncommitted}, the reply is
 // code 0 "Update applied, finalizing", and the device reboots; on failure
 // the reply carries the device's status message and the boot state is

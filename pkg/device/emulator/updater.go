@@ -51,19 +51,21 @@ func (u *update) percent() int {
 	return int(p)
 }
 
-// kick re-arms the watchdog: progress was made.
-func (u *update) kick() {
+// arm starts the update watchdog, once, when the update begins: the whole
+// update (download or push, from OTA.Update or OTA.Begin to its end) must
+// finish within u.timeout on the device's clock. Progress does not extend
+// it, so a source that drips bytes cannot keep the device busy for longer
+// (docs/emulator.md, "The update watchdog"). This is the only place the
+// watchdog is armed.
+func (u *update) arm() {
 	u.wmu.Lock()
 	defer u.wmu.Unlock()
-	if u.wdt != nil {
-		u.wdt.Stop()
-	}
-	if u.ctx.Err() != nil {
-		u.wdt = nil
+	if u.wdt != nil || u.ctx.Err() != nil {
 		return
 	}
 	u.wdt = u.d.clock.AfterFunc(u.timeout, func() {
-		u.d.log.Error("Update timed out")
+		u.d.log.Error("Update timed out", "timeout_s", int64(u.timeout/time.Second),
+			"received", u.got.Load(), "size", u.total.Load())
 		u.cancel(errTimedOut)
 	})
 }
@@ -147,7 +149,7 @@ func (d *Device) beginUpdate(timeout, commitTimeout int64, total int64, push boo
 	d.upd = u
 	d.status = otaStatus{state: 1}
 	d.log.Info(fmt.Sprintf("starting, timeout %d", int(to/time.Second)))
-	u.kick()
+	u.arm()
 	return u, nil
 }
 
@@ -196,8 +198,8 @@ func (d *Device) finishUpdate(u *update, target int, err error) {
 	}
 }
 
-// countingReader feeds the parser, counting progress and kicking the
-// watchdog.
+// countingReader feeds the parser, counting progress and stopping when
+// the update ends (watchdog, reboot).
 type countingReader struct {
 	u *update
 	r io.Reader
@@ -209,7 +211,6 @@ func (c *countingReader) Read(p []byte) (int, error) {
 	}
 	n, err := c.r.Read(p)
 	if n > 0 && !c.u.push { // a push counts in OTA.Write, before it replies
-		c.u.kick() // before counting: whoever sees the progress sees the watchdog re-armed
 		c.u.got.Add(int64(n))
 	}
 	if err != nil && err != io.EOF {
@@ -433,7 +434,6 @@ func (d *Device) otaWrite(_ context.Context, req *rpc.Request) (any, error) {
 		// A device processes the chunk before it replies: by then
 		// OTA.Status shows it (the pipe's reader may not have counted it
 		// yet).
-		u.kick()
 		u.got.Add(int64(n))
 	}
 	if err != nil {
