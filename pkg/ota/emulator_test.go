@@ -70,6 +70,9 @@ func (tc emuCase) run(t *testing.T) (*ota.Outcome, error, *emulator.Device) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The device reboots RebootAfter after OTA.End's reply, on its clock
+	// (calls meanwhile get error 418, the pre-reboot window).
+	clk.Advance(20 * time.Millisecond)
 	done := make(chan struct{})
 	if tc.during != nil {
 		go func() {

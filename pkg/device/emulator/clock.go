@@ -7,8 +7,11 @@ import (
 )
 
 // Clock is the emulator's source of time for the commit timer, the update
-// watchdog and uptime. Inject a ManualClock to test them in milliseconds.
-// (Reboot delays use real time: they are short and set by Config.)
+// watchdog, the reboot scheduled after a reply (Config.RebootAfter, with
+// its 418 window), the MQTT reconnect back-off and uptime. Inject a
+// ManualClock to test them in milliseconds. (The time a rebooting device
+// stays off, Config.RebootDelay, is real time: it is short and set by
+// Config.)
 type Clock interface {
 	Now() time.Time
 	// AfterFunc calls f in its own goroutine (or, for ManualClock, from

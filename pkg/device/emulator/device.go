@@ -45,6 +45,14 @@ const (
 	DefaultSlots          = 2
 	DefaultUpdateTimeout  = 600 * time.Second
 	DefaultRebootAfter    = 100 * time.Millisecond
+	// RebootLockout is the pre-reboot window: a call that arrives when the
+	// scheduled reboot is this close (or closer) gets error
+	// RebootLockoutCode "shutting down in N ms" instead of an answer, as
+	// on a device (rpc-common's MGOS_RPC_REBOOT_LOCKOUT_MS).
+	RebootLockout = 100 * time.Millisecond
+	// RebootLockoutCode is the error code of the pre-reboot window
+	// (rpc-common's MGOS_RPC_LOCKOUT_ERROR_CODE).
+	RebootLockoutCode = 418
 	DefaultMaxRedirects   = 10
 	DefaultFactoryVersion = "1.0.0"
 )
@@ -65,7 +73,9 @@ type Config struct {
 	// transport. Zero reboots at once (the command's default is 1s).
 	RebootDelay time.Duration
 	// RebootAfter is how long after replying OTA.Update/End, OTA.Revert
-	// or Sys.Reboot (without delay_ms) the device reboots. Default 100ms.
+	// or Sys.Reboot (without delay_ms) the device reboots, on Clock: with
+	// a ManualClock the reboot waits for Advance. Calls in the last
+	// RebootLockout of that wait get error 418. Default 100ms.
 	RebootAfter time.Duration
 
 	// Listen is the address of the HTTP listener (/rpc, /rpc/<Method>
@@ -164,6 +174,9 @@ type State struct {
 	OTAProgress int
 	// CommitTimerArmed is true while the first-boot commit timer runs.
 	CommitTimerArmed bool
+	// RebootPending is true from the moment a reboot is scheduled (after
+	// a reply that causes one) until the device goes off.
+	RebootPending bool
 }
 
 // Device is an emulated Mongoose OS device.
@@ -195,6 +208,7 @@ type Device struct {
 	online      bool
 	bricked     bool
 	rebooting   bool
+	rebootAt    time.Time // on the clock; zero: no reboot scheduled
 	boots       int
 	mem         BootState
 	running     int
@@ -279,6 +293,7 @@ func New(cfg Config) (*Device, error) {
 	}
 	d.listeners = append(ls, cfg.Listeners...)
 	d.registerMethods()
+	d.srv.SetGate(d.lockout)
 	return d, nil
 }
 
@@ -437,6 +452,7 @@ func (d *Device) State() State {
 		Online: d.online, PoweredOff: d.poweredOff.Load(), Bricked: d.bricked, Boots: d.boots,
 		RunningSlot: d.running, Boot: d.mem, Behavior: d.behavior,
 		OTAState: d.status.state, OTAMessage: d.statusMsgLocked(), CommitTimerArmed: d.commitTimer != nil,
+		RebootPending: !d.rebootAt.IsZero(),
 	}
 	s.OTAProgress = d.status.progress
 	if d.upd != nil {
@@ -532,8 +548,9 @@ func (d *Device) sleep(dur time.Duration) bool {
 	}
 }
 
-// requestReboot reboots after the given delay, unless a reboot is already
-// pending.
+// requestReboot reboots after the given delay on the device's clock,
+// unless a reboot is already pending. Until then the device answers, except
+// in the last RebootLockout, where every call gets error 418 (lockout).
 func (d *Device) requestReboot(after time.Duration) {
 	d.mu.Lock()
 	if d.rebooting || d.closed {
@@ -541,7 +558,37 @@ func (d *Device) requestReboot(after time.Duration) {
 		return
 	}
 	d.rebooting = true
+	if after > 0 {
+		d.rebootAt = d.clock.Now().Add(after)
+		d.clock.AfterFunc(after, d.reboot) // stale after a power cut or Close: reboot checks
+		d.mu.Unlock()
+		return
+	}
 	d.mu.Unlock()
+	d.reboot()
+}
+
+// lockout is the RPC gate of the pre-reboot window (docs/emulator.md,
+// "Reboots"): once a reboot is scheduled no more than RebootLockout ahead,
+// every known method is answered with 418 "shutting down in N ms", as
+// rpc-common's pre-handler does on a device.
+func (d *Device) lockout(context.Context, *rpc.Request) *frame.Error {
+	d.mu.Lock()
+	at := d.rebootAt
+	d.mu.Unlock()
+	if at.IsZero() {
+		return nil
+	}
+	left := at.Sub(d.clock.Now())
+	if left > RebootLockout {
+		return nil
+	}
+	return &frame.Error{Code: RebootLockoutCode, Message: fmt.Sprintf("shutting down in %d ms", max(left.Milliseconds(), 0))}
+}
+
+// reboot takes the device off its transports, waits Config.RebootDelay and
+// boots it again.
+func (d *Device) reboot() {
 	ok := d.spawn(func() {
 		// rebooting is cleared by powerOn as the device comes back, or
 		// here when it does not.
@@ -553,7 +600,7 @@ func (d *Device) requestReboot(after time.Duration) {
 				d.mu.Unlock()
 			}
 		}()
-		if !d.sleep(after) {
+		if d.life.Err() != nil || d.poweredOff.Load() {
 			return
 		}
 		d.log.Info("rebooting")
@@ -578,6 +625,7 @@ func (d *Device) requestReboot(after time.Duration) {
 func (d *Device) goOffline() {
 	d.mu.Lock()
 	d.online = false
+	d.rebootAt = time.Time{}
 	if d.epochStop != nil {
 		d.epochStop()
 	}
@@ -688,6 +736,7 @@ func (d *Device) boot() (again bool, err error) {
 	}
 	d.boots++
 	d.bricked = false
+	d.rebootAt = time.Time{}
 	d.status = otaStatus{}
 	if d.epochStop != nil {
 		d.epochStop()

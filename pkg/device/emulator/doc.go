@@ -42,8 +42,10 @@
 // connections close, the serial pty is closed and recreated at the same
 // link path, the MQTT client disconnects; an embedded broker stays up), for
 // Config.RebootDelay, then the device boots and starts them again. The
-// replies that precede a reboot are sent Config.RebootAfter (100 ms) before
-// it.
+// replies that precede a reboot are sent Config.RebootAfter (100 ms, on
+// Config.Clock) before it; in the last RebootLockout (100 ms) of that wait
+// every known method is answered with error 418 "shutting down in N ms",
+// as rpc-common does on a device.
 //
 // # Updates
 //

@@ -98,6 +98,9 @@ func TestLibraryRollbackByCommitTimer(t *testing.T) {
 	if err := call(t, port, "OTA.Update", map[string]any{"url": url, "commit_timeout": 300}, nil); err != nil {
 		t.Fatal(err)
 	}
+	// The device reboots 100 ms after its reply, on its clock; until then
+	// every call gets error 418 "shutting down in N ms".
+	clock.Advance(emulator.DefaultRebootAfter)
 	waitFor(t, d, func(s emulator.State) bool { return s.Boots == 2 && s.Online && s.CommitTimerArmed })
 	var bs emulator.BootState
 	if err := call(t, port, "OTA.GetBootState", nil, &bs); err != nil || bs.ActiveSlot != 1 || bs.IsCommitted {

@@ -139,11 +139,45 @@ func (e *env) info() map[string]any {
 	return m
 }
 
-// waitBoots waits until the device has booted n times and is online.
+// fireReboot advances the ManualClock to the reboot the device has
+// scheduled, if any: the reboot after a reply waits on the device's clock.
+func (e *env) fireReboot() {
+	e.d.mu.Lock()
+	at := e.d.rebootAt
+	e.d.mu.Unlock()
+	if at.IsZero() {
+		return
+	}
+	if left := at.Sub(e.clock.Now()); left > 0 {
+		e.clock.Advance(left)
+	}
+}
+
+// waitDone waits until the device is off for good (Done), letting a
+// scheduled reboot happen meanwhile; what says what is awaited.
+func (e *env) waitDone(what string) {
+	e.t.Helper()
+	deadline := time.Now().Add(waitLimit)
+	for {
+		e.fireReboot()
+		select {
+		case <-e.d.Done():
+			return
+		case <-time.After(time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			e.t.Fatalf("%s (state %+v)", what, e.d.State())
+		}
+	}
+}
+
+// waitBoots waits until the device has booted n times and is online,
+// letting a scheduled reboot happen.
 func (e *env) waitBoots(n int) State {
 	e.t.Helper()
 	deadline := time.Now().Add(waitLimit)
 	for {
+		e.fireReboot()
 		s := e.d.State()
 		if s.Boots >= n && s.Online {
 			return s

@@ -209,7 +209,10 @@ func (d *Device) sysGetInfo(context.Context, *rpc.Request) (any, error) {
 
 func (d *Device) sysReboot(_ context.Context, req *rpc.Request) (any, error) {
 	delay := d.cfg.RebootAfter
-	if ms := intArg(req, "delay_ms", -1); ms >= 0 {
+	if ms, ok, err := req.Int("delay_ms"); ok && err == nil {
+		if ms < 0 {
+			return nil, rpc.Errorf(400, "invalid delay value")
+		}
 		delay = time.Duration(ms) * time.Millisecond
 	}
 	d.requestReboot(delay)

@@ -26,6 +26,7 @@ func TestPowerCutEveryWrite(t *testing.T) {
 		}()
 		deadline := time.Now().Add(waitLimit)
 		for time.Now().Before(deadline) {
+			e.fireReboot()
 			s := e.d.State()
 			if s.PoweredOff {
 				return
@@ -83,11 +84,7 @@ func TestPowerCutEveryWrite(t *testing.T) {
 			e := newEnv(t, func(c *Config) { c.Hooks.FlashWrite = hook(&on, &n, i, &where) })
 			on.Store(true)
 			flow(t, e)
-			select {
-			case <-e.d.Done():
-			case <-time.After(waitLimit):
-				t.Fatalf("no power cut at write %d", i)
-			}
+			e.waitDone(fmt.Sprintf("no power cut at write %d", i))
 			on.Store(false)
 			e.d.Close()
 			e.start(nil)

@@ -149,11 +149,7 @@ func TestPowerCut(t *testing.T) {
 			})
 			armed.Store(true)
 			go e.call("OTA.Update", map[string]any{"url": e.serve("/fw.zip", b), "commit_timeout": 300})
-			select {
-			case <-e.d.Done():
-			case <-time.After(waitLimit):
-				t.Fatal("no power cut")
-			}
+			e.waitDone("no power cut")
 			armed.Store(false)
 			e.start(nil)
 			if bs := e.bootState(); bs != c.wantBoot {

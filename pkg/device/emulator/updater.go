@@ -191,11 +191,13 @@ func (d *Device) finishUpdate(u *update, target int, err error) {
 	d.upd = nil
 	u.err = err
 	d.mu.Unlock()
-	u.cancel(nil)
-	close(u.done)
 	if ok {
+		// Scheduled before the reply is released, so that whoever gets
+		// the reply finds the reboot (and its 418 window) pending.
 		d.requestReboot(d.cfg.RebootAfter)
 	}
+	u.cancel(nil)
+	close(u.done)
 }
 
 // countingReader feeds the parser, counting progress and stopping when
