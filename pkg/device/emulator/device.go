@@ -40,11 +40,11 @@ const (
 
 // Defaults.
 const (
-	DefaultID             = "dev1"
-	DefaultPlatform       = "esp32"
-	DefaultSlots          = 2
-	DefaultUpdateTimeout  = 600 * time.Second
-	DefaultRebootAfter    = 100 * time.Millisecond
+	DefaultID            = "dev1"
+	DefaultPlatform      = "esp32"
+	DefaultSlots         = 2
+	DefaultUpdateTimeout = 600 * time.Second
+	DefaultRebootAfter   = 100 * time.Millisecond
 	// RebootLockout is the pre-reboot window: a call that arrives when the
 	// scheduled reboot is this close (or closer) gets error
 	// RebootLockoutCode "shutting down in N ms" instead of an answer, as
@@ -52,7 +52,7 @@ const (
 	RebootLockout = 100 * time.Millisecond
 	// RebootLockoutCode is the error code of the pre-reboot window
 	// (rpc-common's MGOS_RPC_LOCKOUT_ERROR_CODE).
-	RebootLockoutCode = 418
+	RebootLockoutCode     = 418
 	DefaultMaxRedirects   = 10
 	DefaultFactoryVersion = "1.0.0"
 )

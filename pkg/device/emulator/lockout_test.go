@@ -95,4 +95,3 @@ func TestNoLockoutWithoutReboot(t *testing.T) {
 		t.Fatalf("%+v", s)
 	}
 }
-
