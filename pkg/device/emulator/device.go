@@ -40,21 +40,22 @@ const (
 
 // Defaults.
 const (
-	DefaultID            = "dev1"
-	DefaultPlatform      = "esp32"
-	DefaultSlots         = 2
-	DefaultUpdateTimeout = 600 * time.Second
-	DefaultRebootAfter   = 100 * time.Millisecond
-	// RebootLockout is the pre-reboot window: a call that arrives when the
-	// scheduled reboot is this close (or closer) gets error
-	// RebootLockoutCode "shutting down in N ms" instead of an answer, as
-	// on a device (rpc-common's MGOS_RPC_REBOOT_LOCKOUT_MS).
-	RebootLockout = 100 * time.Millisecond
-	// RebootLockoutCode is the error code of the pre-reboot window
-	// (rpc-common's MGOS_RPC_LOCKOUT_ERROR_CODE).
-	RebootLockoutCode     = 418
+	DefaultID             = "dev1"
+	DefaultPlatform       = "esp32"
+	DefaultSlots          = 2
+	DefaultUpdateTimeout  = 600 * time.Second
+	DefaultRebootAfter    = 100 * time.Millisecond
 	DefaultMaxRedirects   = 10
 	DefaultFactoryVersion = "1.0.0"
+)
+
+// The pre-reboot window, as rpc-common's pre-handler does it on a device
+// (MGOS_RPC_REBOOT_LOCKOUT_MS, MGOS_RPC_LOCKOUT_ERROR_CODE): a call that
+// arrives when the scheduled reboot is RebootLockout away or closer gets
+// error RebootLockoutCode "shutting down in N ms" instead of an answer.
+const (
+	RebootLockout     = 100 * time.Millisecond
+	RebootLockoutCode = 418
 )
 
 // Config configures a Device. Zero values mean defaults.
