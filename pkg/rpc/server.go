@@ -60,6 +60,14 @@ func (s *Server) Handle(method string, fn HandlerFunc) {
 	s.methods[method] = fn
 }
 
+// Remove unregisters method, if registered (a device whose firmware
+// changed at a reboot no longer has the old firmware's methods).
+func (s *Server) Remove(method string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.methods, method)
+}
+
 // SetGate installs a check run before every known method (authentication,
 // "device is rebooting"); a non-nil error is sent as the reply instead.
 func (s *Server) SetGate(gate func(ctx context.Context, req *Request) *frame.Error) {

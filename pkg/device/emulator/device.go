@@ -167,6 +167,9 @@ type State struct {
 	Persisted BootState
 	// Firmware identity of the running slot.
 	App, Version, BuildID, Behavior string
+	// HealthMethod is the running firmware's health method and Health how
+	// it answers ("ok", "fail", "late:N", "hang"): see HealthAttribute.
+	HealthMethod, Health string
 	// OTAState is OTA.Status's state (0 idle, 1 progress, 2 error, 3
 	// success); OTAMessage its msg.
 	OTAState   int
@@ -215,6 +218,8 @@ type Device struct {
 	running     int
 	manifest    *bundle.Manifest
 	behavior    string
+	health      health
+	builtin     map[string]bool // the device's own methods
 	bootTime    time.Time
 	epoch       context.Context
 	epochStop   context.CancelFunc
@@ -294,6 +299,10 @@ func New(cfg Config) (*Device, error) {
 	}
 	d.listeners = append(ls, cfg.Listeners...)
 	d.registerMethods()
+	d.builtin = map[string]bool{}
+	for _, m := range d.srv.Methods() {
+		d.builtin[m] = true
+	}
 	d.srv.SetGate(d.lockout)
 	return d, nil
 }
@@ -405,7 +414,9 @@ func (d *Device) handleFrame(ctx context.Context, f *frame.Frame) *frame.Frame {
 		return nil
 	}
 	resp := d.srv.HandleFrame(ctx, f)
-	if d.poweredOff.Load() {
+	if d.poweredOff.Load() || epoch.Err() != nil {
+		// Off, or rebooted meanwhile: a device does not answer a call
+		// of its previous run.
 		return nil
 	}
 	return resp
@@ -452,6 +463,7 @@ func (d *Device) State() State {
 	s := State{
 		Online: d.online, PoweredOff: d.poweredOff.Load(), Bricked: d.bricked, Boots: d.boots,
 		RunningSlot: d.running, Boot: d.mem, Behavior: d.behavior,
+		HealthMethod: d.health.method, Health: d.health.String(),
 		OTAState: d.status.state, OTAMessage: d.statusMsgLocked(), CommitTimerArmed: d.commitTimer != nil,
 		RebootPending: !d.rebootAt.IsZero(),
 	}
@@ -758,6 +770,9 @@ func (d *Device) boot() (again bool, err error) {
 		}
 	}
 	d.running, d.manifest, d.behavior = p.ActiveSlot, m, behavior
+	if merr == nil {
+		d.setHealthLocked(d.firmwareHealth(m))
+	}
 	if p.IsCommitted {
 		d.mem = p
 		if crashed {

@@ -85,6 +85,13 @@
 // CI scripts build a "bad firmware" bundle with this attribute to test
 // their rollback paths.
 //
+// Every firmware also has a health method (the one `otactl update
+// --health-method` calls): named by the attribute "emulator_health_method"
+// (HealthMethodAttribute, default "App.Health"; a method the device has
+// already is refused), answering as "emulator_health" (HealthAttribute)
+// says: "ok" (default), "fail" (error 500), "late:N" (error 503 for the
+// first N seconds after boot) or "hang" (no answer).
+//
 // # Library use
 //
 //	d, err := emulator.New(emulator.Config{StateDir: dir, Listen: "127.0.0.1:0", Clock: clk})
