@@ -93,6 +93,11 @@ type Config struct {
 	// "embedded" / "embedded:ADDR" to start an in-process broker. Empty:
 	// no MQTT.
 	MQTTBroker string
+	// HTTPLimits bound the HTTP listener's connections: how many at once,
+	// and how long a request may take to arrive or a connection stay idle.
+	// Zero values mean the defaults (16 connections, 5 s for a header, 10 s
+	// for a whole request, 30 s idle).
+	HTTPLimits HTTPLimits
 	// Listeners are extra transports (tests can add their own).
 	Listeners []Listener
 

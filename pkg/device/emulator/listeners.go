@@ -29,7 +29,9 @@ import (
 func (d *Device) configListeners() ([]Listener, error) {
 	var out []Listener
 	if d.cfg.Listen != "" {
-		out = append(out, NewHTTPListener(d.cfg.Listen, d.log))
+		l := NewHTTPListener(d.cfg.Listen, d.log)
+		l.Limits = d.cfg.HTTPLimits
+		out = append(out, l)
 	}
 	if d.cfg.SerialLink != "" {
 		l := NewSerialListener(d.cfg.SerialLink, d.log)
@@ -46,16 +48,64 @@ func (d *Device) configListeners() ([]Listener, error) {
 	return out, nil
 }
 
+// Defaults of HTTPLimits: what a small device's HTTP server allows.
+const (
+	DefaultHTTPMaxConns      = 16
+	DefaultHTTPHeaderTimeout = 5 * time.Second
+	DefaultHTTPReadTimeout   = 10 * time.Second
+	DefaultHTTPIdleTimeout   = 30 * time.Second
+)
+
+// HTTPLimits bound what the HTTP listener spends on its clients, as a small
+// device's server does, so that slow or idle clients cannot hold it (docs/
+// emulator.md, "HTTP limits"). Zero values mean the defaults.
+type HTTPLimits struct {
+	// MaxConns is how many connections (HTTP and WebSocket together) are
+	// served at once. A connection over it is answered "503 Service
+	// Unavailable" and closed at once. Default 16.
+	MaxConns int
+	// HeaderTimeout bounds reading a request's header. Default 5 s.
+	HeaderTimeout time.Duration
+	// ReadTimeout bounds reading a whole request, header and body, from
+	// its first byte. Default 10 s. (The answer may take longer: a
+	// deferred OTA.Update reply comes when the update ends.)
+	ReadTimeout time.Duration
+	// IdleTimeout closes a kept-alive connection that sends no new request
+	// for that long. Default 30 s. WebSocket connections are not idle
+	// connections: they stay until either end closes them.
+	IdleTimeout time.Duration
+}
+
+func (lim HTTPLimits) withDefaults() HTTPLimits {
+	if lim.MaxConns <= 0 {
+		lim.MaxConns = DefaultHTTPMaxConns
+	}
+	if lim.HeaderTimeout <= 0 {
+		lim.HeaderTimeout = DefaultHTTPHeaderTimeout
+	}
+	if lim.ReadTimeout <= 0 {
+		lim.ReadTimeout = DefaultHTTPReadTimeout
+	}
+	if lim.IdleTimeout <= 0 {
+		lim.IdleTimeout = DefaultHTTPIdleTimeout
+	}
+	return lim
+}
+
 // HTTPListener serves HTTP POST /rpc, /rpc/<Method> and WebSocket /rpc on
 // one TCP listener, as a device does. After the first Start it listens at
 // the same (resolved) address, so ":0" picks a port once.
 type HTTPListener struct {
+	// Limits bound slow, idle and surplus clients; set before Start.
+	Limits HTTPLimits
+
 	log *slog.Logger
 
 	mu   sync.Mutex
 	addr string
 	srv  *http.Server
 	ws   *ws.Handler
+	ln   *limitListener
 	done chan struct{}
 }
 
@@ -86,18 +136,24 @@ func (l *HTTPListener) Start(ctx context.Context, h transport.Handler) error {
 		return fmt.Errorf("listening on %s: %w (is another emulator running there?)", l.addr, err)
 	}
 	l.addr = ln.Addr().String()
+	lim := l.Limits.withDefaults()
+	l.ln = newLimitListener(ln, lim.MaxConns, l.log)
 	opts := transport.Options{Logger: l.log}
 	l.ws = ws.NewHandler(h, opts)
 	l.srv = &http.Server{
 		Handler:           httptransport.NewHandler(h, httptransport.HandlerOptions{WebSocket: l.ws, Logger: l.log}),
-		ReadHeaderTimeout: 10 * time.Second,
-		ErrorLog:          slog.NewLogLogger(l.log.Handler(), slog.LevelDebug),
+		ReadHeaderTimeout: lim.HeaderTimeout,
+		// From the request's first byte to the end of its body. The
+		// WebSocket upgrade clears it on the connection it takes over.
+		ReadTimeout: lim.ReadTimeout,
+		IdleTimeout: lim.IdleTimeout,
+		ErrorLog:    slog.NewLogLogger(l.log.Handler(), slog.LevelDebug),
 	}
 	l.done = make(chan struct{})
-	srv, done := l.srv, l.done
+	srv, done, lln := l.srv, l.done, l.ln
 	go func() {
 		defer close(done)
-		_ = srv.Serve(ln)
+		_ = srv.Serve(lln)
 	}()
 	return nil
 }
@@ -113,7 +169,8 @@ func (l *HTTPListener) Stop() error {
 	err := l.srv.Close()
 	l.ws.CloseAll()
 	<-l.done
-	l.srv, l.ws = nil, nil
+	l.ln.closeRefused()
+	l.srv, l.ws, l.ln = nil, nil, nil
 	if errors.Is(err, http.ErrServerClosed) {
 		err = nil
 	}
