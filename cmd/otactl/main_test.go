@@ -45,12 +45,12 @@ type emulatorProc struct {
 	log  *bytes.Buffer
 }
 
-func startEmulatorProc(t *testing.T, stateDir string) *emulatorProc {
+func startEmulatorProc(t *testing.T, stateDir string, extra ...string) *emulatorProc {
 	t.Helper()
 	ready := filepath.Join(t.TempDir(), "ready.json")
 	var log bytes.Buffer
-	cmd := exec.Command("otactl", "emulator", "--state-dir", stateDir, "--listen", "127.0.0.1:0",
-		"--reboot-delay", "50ms", "--ready-file", ready)
+	cmd := exec.Command("otactl", append([]string{"emulator", "--state-dir", stateDir, "--listen", "127.0.0.1:0",
+		"--reboot-delay", "50ms", "--ready-file", ready}, extra...)...)
 	cmd.Stdout = &log
 	cmd.Stderr = &log
 	if err := cmd.Start(); err != nil {

@@ -98,6 +98,12 @@ type Config struct {
 	// Zero values mean the defaults (16 connections, 5 s for a header, 10 s
 	// for a whole request, 30 s idle).
 	HTTPLimits HTTPLimits
+	// MQTTReconnectMin and MQTTReconnectMax bound the wait, on Clock,
+	// between the device's attempts to reach its MQTT broker: the wait
+	// starts at the min after a lost connection or a failed attempt and
+	// doubles with each failure up to the max, ±10 %, as on a device.
+	// Defaults 2 s and 60 s (mgos mqtt.reconnect_timeout_min/max).
+	MQTTReconnectMin, MQTTReconnectMax time.Duration
 	// Listeners are extra transports (tests can add their own).
 	Listeners []Listener
 
@@ -214,7 +220,8 @@ type Device struct {
 	mu          sync.Mutex
 	started     bool
 	closed      bool
-	online      bool
+	online      bool // every transport is up (State.Online)
+	answering   bool // booted: the device answers on the transports that are up
 	bricked     bool
 	rebooting   bool
 	rebootAt    time.Time // on the clock; zero: no reboot scheduled
@@ -272,6 +279,12 @@ func New(cfg Config) (*Device, error) {
 	if cfg.Signing != nil {
 		p := *cfg.Signing
 		cfg.Signing = &p
+	}
+	if cfg.MQTTReconnectMin <= 0 {
+		cfg.MQTTReconnectMin = DefaultMQTTReconnectMin
+	}
+	if cfg.MQTTReconnectMax <= 0 {
+		cfg.MQTTReconnectMax = DefaultMQTTReconnectMax
 	}
 	log := cfg.Logger
 	if log == nil {
@@ -404,7 +417,7 @@ func (d *Device) Handler() transport.Handler { return transport.HandlerFunc(d.ha
 
 func (d *Device) handleFrame(ctx context.Context, f *frame.Frame) *frame.Frame {
 	d.mu.Lock()
-	online := d.online
+	online := d.answering
 	beh := d.behavior
 	epoch := d.epoch
 	d.mu.Unlock()
@@ -642,7 +655,7 @@ func (d *Device) reboot() {
 // firmware: in-flight handlers, the commit timer and any update.
 func (d *Device) goOffline() {
 	d.mu.Lock()
-	d.online = false
+	d.online, d.answering = false, false
 	d.rebootAt = time.Time{}
 	if d.epochStop != nil {
 		d.epochStop()
@@ -728,11 +741,20 @@ func (d *Device) powerOn(ctx context.Context) error {
 	if d.poweredOff.Load() {
 		return nil
 	}
+	// The device answers on each transport as soon as it is up: one that
+	// takes its time (an MQTT broker that does not answer) does not hold
+	// up the others. State.Online waits for all of them.
+	d.mu.Lock()
+	d.answering = !d.poweredOff.Load() && !d.closed
+	d.mu.Unlock()
 	if err := d.startListeners(ctx); err != nil {
+		d.mu.Lock()
+		d.answering = false
+		d.mu.Unlock()
 		return err
 	}
 	d.mu.Lock()
-	d.online = !d.poweredOff.Load() && !d.closed
+	d.online = d.answering && !d.poweredOff.Load() && !d.closed
 	d.rebooting = false
 	wentOnline = true
 	d.mu.Unlock()

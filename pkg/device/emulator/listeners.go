@@ -43,6 +43,14 @@ func (d *Device) configListeners() ([]Listener, error) {
 		if err != nil {
 			return nil, err
 		}
+		clock := d.clock
+		l.Connect = mqtt.ServeOptions{
+			Background:   true,
+			MinReconnect: d.cfg.MQTTReconnectMin,
+			MaxReconnect: d.cfg.MQTTReconnectMax,
+			Jitter:       mqttReconnectJitter,
+			AfterFunc:    func(dur time.Duration, f func()) func() bool { return clock.AfterFunc(dur, f).Stop },
+		}
 		out = append(out, l)
 	}
 	return out, nil
@@ -257,10 +265,26 @@ func (l *SerialListener) Info() []ListenerInfo {
 	return []ListenerInfo{{Transport: "serial", Addr: l.link}}
 }
 
+// MQTT reconnect back-off of the emulated device: a Mongoose OS device
+// (mongoose-os-libs/mqtt, mgos_mqtt_conn.c) waits mqtt.reconnect_timeout_min
+// (2 s) after losing its broker or failing to reach it, doubles the wait
+// after each failure up to mqtt.reconnect_timeout_max (60 s), spreads each
+// wait by ±10 %, and subscribes again on every connection.
+const (
+	DefaultMQTTReconnectMin = 2 * time.Second
+	DefaultMQTTReconnectMax = 60 * time.Second
+	mqttReconnectJitter     = 0.1
+)
+
 // MQTTListener connects the device to an MQTT broker (or to a broker it
 // runs in-process, which stays up across reboots). Stop disconnects the
 // device's client; Close stops the embedded broker.
 type MQTTListener struct {
+	// Connect tunes the broker connection (mqtt.ServeWith). The device
+	// sets Background, so that a broker that is down does not keep it off
+	// its other transports, and its reconnect back-off on its clock.
+	Connect mqtt.ServeOptions
+
 	id  string
 	log *slog.Logger
 
@@ -324,7 +348,7 @@ func (l *MQTTListener) Start(ctx context.Context, h transport.Handler) error {
 			return err
 		}
 	}
-	srv, err := mqtt.Serve(ctx, l.url, l.id, h, transport.Options{Logger: l.log})
+	srv, err := mqtt.ServeWith(ctx, l.url, l.id, h, transport.Options{Logger: l.log}, l.Connect)
 	if err != nil {
 		return err
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"math/rand/v2"
 	"net/url"
 	"sync"
 	"time"
@@ -14,11 +15,62 @@ import (
 	"github.com/otactl/otactl/pkg/transport"
 )
 
-// Reconnect back-off of the device side after the broker connection broke.
+// Defaults of ServeOptions.
 const (
-	minReconnectDelay = 250 * time.Millisecond
-	maxReconnectDelay = 10 * time.Second
+	// DefaultMinReconnect and DefaultMaxReconnect bound the wait between
+	// connection attempts of the device side.
+	DefaultMinReconnect = 250 * time.Millisecond
+	DefaultMaxReconnect = 10 * time.Second
+	// DefaultFirstAttempt bounds the first connection attempt of a
+	// Background Serve.
+	DefaultFirstAttempt = 5 * time.Second
 )
+
+// ServeOptions tune how the device side keeps its broker connection. Zero
+// values mean defaults.
+type ServeOptions struct {
+	// Background makes Serve return even when the broker cannot be
+	// reached, and keep connecting in the background with back-off, as a
+	// device does at boot: a broker that is down must not keep a device
+	// off its other transports. The first attempt is still made before
+	// Serve returns (bounded by ctx and FirstAttempt), so a reachable
+	// broker has the request topic subscribed on return. Without
+	// Background, a failed first attempt is Serve's error.
+	Background bool
+	// FirstAttempt bounds the first connection attempt of a Background
+	// Serve. Default DefaultFirstAttempt.
+	FirstAttempt time.Duration
+	// MinReconnect is the wait before the first attempt after a failure
+	// or a lost connection; each further failure doubles it, up to
+	// MaxReconnect; a successful connection starts again from
+	// MinReconnect. Defaults DefaultMinReconnect and DefaultMaxReconnect.
+	MinReconnect, MaxReconnect time.Duration
+	// Jitter spreads each wait at random by up to ± this fraction of it
+	// (a Mongoose OS device uses 0.1). Default 0.
+	Jitter float64
+	// AfterFunc schedules f after d and returns a function that cancels
+	// it; every back-off wait goes through it, so that a device emulator
+	// can run them on its own clock. Default time.AfterFunc.
+	AfterFunc func(d time.Duration, f func()) (stop func() bool)
+}
+
+func (o ServeOptions) withDefaults() ServeOptions {
+	if o.FirstAttempt <= 0 {
+		o.FirstAttempt = DefaultFirstAttempt
+	}
+	if o.MinReconnect <= 0 {
+		o.MinReconnect = DefaultMinReconnect
+	}
+	if o.MaxReconnect <= 0 {
+		o.MaxReconnect = DefaultMaxReconnect
+	}
+	o.MaxReconnect = max(o.MaxReconnect, o.MinReconnect)
+	o.Jitter = min(max(o.Jitter, 0), 1)
+	if o.AfterFunc == nil {
+		o.AfterFunc = func(d time.Duration, f func()) func() bool { return time.AfterFunc(d, f).Stop }
+	}
+	return o
+}
 
 // Server is the device side of the MQTT transport: a broker client that
 // answers requests published to RequestTopic(deviceID). See Serve.
@@ -28,6 +80,7 @@ type Server struct {
 	clientID string
 	h        transport.Handler
 	opts     transport.Options
+	so       ServeOptions
 	maxFrame int
 
 	ctx    context.Context // handler ctx; cancelled by Close
@@ -62,8 +115,16 @@ type session struct {
 // The client id is random per Serve. Broker credentials come from the URL
 // user info, else from opts.Creds. When the broker connection breaks, Serve
 // reconnects with back-off and subscribes again. ctx bounds only the first
-// connection.
+// connection. Serve is ServeWith with the default ServeOptions: it returns
+// an error when the first connection fails.
 func Serve(ctx context.Context, brokerURL *url.URL, deviceID string, h transport.Handler, opts transport.Options) (*Server, error) {
+	return ServeWith(ctx, brokerURL, deviceID, h, opts, ServeOptions{})
+}
+
+// ServeWith is Serve with so tuning the connection: with so.Background it
+// returns without a broker connection when the broker cannot be reached,
+// and keeps connecting with back-off.
+func ServeWith(ctx context.Context, brokerURL *url.URL, deviceID string, h transport.Handler, opts transport.Options, so ServeOptions) (*Server, error) {
 	b, err := parseBroker(brokerURL, opts.Creds)
 	if err != nil {
 		return nil, err
@@ -83,6 +144,7 @@ func Serve(ctx context.Context, brokerURL *url.URL, deviceID string, h transport
 		clientID: randomID("otadev-"),
 		h:        h,
 		opts:     opts,
+		so:       so.withDefaults(),
 		maxFrame: opts.MaxFrameSize,
 	}
 	if s.maxFrame <= 0 {
@@ -90,22 +152,38 @@ func Serve(ctx context.Context, brokerURL *url.URL, deviceID string, h transport
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 
-	// The first connection is bounded by the caller's ctx as well.
+	// The first connection is bounded by the caller's ctx as well (and,
+	// in the background mode, by FirstAttempt).
 	cctx, stop := context.WithCancel(ctx)
+	if s.so.Background {
+		cctx, stop = context.WithTimeout(ctx, s.so.FirstAttempt)
+	}
 	stopOnClose := context.AfterFunc(s.ctx, stop)
 	sess, err := s.connect(cctx)
 	stopOnClose()
 	stop()
-	if err != nil {
+	if err != nil && (!s.so.Background || ctx.Err() != nil) {
 		s.cancel()
 		s.t.wait()
 		return nil, err
 	}
-	s.cur = sess
+	if err != nil {
+		s.warnf("MQTT broker unreachable; connecting in the background", "broker", transport.Redact(brokerURL), "error", err)
+	} else {
+		s.cur = sess
+	}
 	s.t.enter()
 	go s.supervise(sess)
 	s.logf("serving RPC over MQTT", "broker", transport.Redact(brokerURL), "device", deviceID, "topic", RequestTopic(deviceID))
 	return s, nil
+}
+
+// Connected reports whether the server is connected to its broker and
+// subscribed to the request topic.
+func (s *Server) Connected() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.cur != nil
 }
 
 // DeviceID returns the device id the server answers for.
@@ -114,6 +192,20 @@ func (s *Server) DeviceID() string { return s.deviceID }
 func (s *Server) logf(msg string, args ...any) {
 	if s.opts.Logger != nil {
 		s.opts.Logger.Debug(msg, args...)
+	}
+}
+
+// infof and warnf report the state of the broker connection (a device's
+// log shows them).
+func (s *Server) infof(msg string, args ...any) {
+	if s.opts.Logger != nil {
+		s.opts.Logger.Info(msg, args...)
+	}
+}
+
+func (s *Server) warnf(msg string, args ...any) {
+	if s.opts.Logger != nil {
+		s.opts.Logger.Warn(msg, args...)
 	}
 }
 
@@ -140,47 +232,78 @@ func (s *Server) connect(ctx context.Context) (*session, error) {
 	return sess, nil
 }
 
-// supervise waits for the connection to break and reconnects until Close.
+// supervise waits for the connection to break and reconnects until Close;
+// sess is nil when the first connection failed. Each wait goes through
+// so.AfterFunc: MinReconnect after a loss or the first failure, doubling
+// with each failure up to MaxReconnect, spread by Jitter.
 func (s *Server) supervise(sess *session) {
 	defer s.t.leave()
+	var delay time.Duration // 0: the next wait is the first of a series
 	for {
-		select {
-		case <-s.ctx.Done():
-			return
-		case <-sess.lost:
-		}
-		s.logf("MQTT broker connection lost; reconnecting", "broker", transport.Redact(s.b.u), "error", sess.err)
-		s.mu.Lock()
-		if s.cur == sess {
-			s.cur = nil
-		}
-		s.mu.Unlock()
-		delay := minReconnectDelay
-		for {
-			timer := time.NewTimer(delay)
+		if sess != nil {
 			select {
 			case <-s.ctx.Done():
-				timer.Stop()
 				return
-			case <-timer.C:
+			case <-sess.lost:
 			}
-			next, err := s.connect(s.ctx)
-			if err == nil {
-				sess = next
-				break
+			s.warnf("MQTT broker connection lost; reconnecting", "broker", transport.Redact(s.b.u), "error", sess.err)
+			s.mu.Lock()
+			if s.cur == sess {
+				s.cur = nil
 			}
-			s.logf("MQTT reconnect failed", "error", err, "retry_in", delay)
-			delay = min(2*delay, maxReconnectDelay)
+			s.mu.Unlock()
+			sess, delay = nil, 0
+		}
+		if delay == 0 {
+			delay = s.so.MinReconnect
+		} else {
+			delay = min(2*delay, s.so.MaxReconnect)
+		}
+		wait := s.jitter(delay)
+		s.infof(fmt.Sprintf("MQTT connecting after %v", wait.Round(time.Millisecond)), "broker", transport.Redact(s.b.u))
+		if !s.wait(wait) {
+			return
+		}
+		next, err := s.connect(s.ctx)
+		if err != nil {
+			if s.ctx.Err() != nil {
+				return
+			}
+			s.warnf("MQTT connect failed", "broker", transport.Redact(s.b.u), "error", err)
+			continue
 		}
 		s.mu.Lock()
 		if s.ctx.Err() != nil {
 			s.mu.Unlock()
-			disconnect(sess.cl)
+			disconnect(next.cl)
 			return
 		}
-		s.cur = sess
+		s.cur = next
 		s.mu.Unlock()
-		s.logf("MQTT broker connection restored", "broker", transport.Redact(s.b.u))
+		sess = next
+		s.infof("MQTT broker connected; request topic subscribed", "broker", transport.Redact(s.b.u), "topic", RequestTopic(s.deviceID))
+	}
+}
+
+// jitter spreads d by up to ± so.Jitter of it.
+func (s *Server) jitter(d time.Duration) time.Duration {
+	if s.so.Jitter == 0 {
+		return d
+	}
+	f := 1 + s.so.Jitter*(2*rand.Float64()-1)
+	return time.Duration(float64(d) * f)
+}
+
+// wait waits d through so.AfterFunc; false when the server closed first.
+func (s *Server) wait(d time.Duration) bool {
+	done := make(chan struct{})
+	stop := s.so.AfterFunc(d, func() { close(done) })
+	select {
+	case <-done:
+		return true
+	case <-s.ctx.Done():
+		stop()
+		return false
 	}
 }
 
