@@ -71,7 +71,7 @@ func drip(t *testing.T, addr, head string, stop <-chan struct{}) *dripper {
 // bound; an idle kept-alive connection is closed; a WebSocket connection,
 // idle meanwhile, is not; and a normal call gets through afterwards.
 func TestHTTPLimitsBoundSlowClients(t *testing.T) {
-	lim := HTTPLimits{MaxConns: 4, HeaderTimeout: 150 * time.Millisecond, ReadTimeout: 300 * time.Millisecond, IdleTimeout: 200 * time.Millisecond}
+	lim := HTTPLimits{MaxConns: 4, HeaderTimeout: 500 * time.Millisecond, ReadTimeout: 700 * time.Millisecond, IdleTimeout: 500 * time.Millisecond}
 	e := newEnv(t, func(c *Config) {
 		c.Listen = "127.0.0.1:0"
 		c.HTTPLimits = lim
@@ -150,7 +150,9 @@ func TestHTTPLimitsBoundSlowClients(t *testing.T) {
 	}
 	// The WebSocket connection and, for a while, the idle one hold 2 of the
 	// 4 slots: at most 2 drippers were served, and each was closed by its
-	// header or read timeout; every other one was refused with 503.
+	// header or read timeout; every other one was refused with 503. (The
+	// server accepts all 60 well within the 500 ms before the first slot
+	// frees; one more served dripper is tolerated all the same.)
 	if refused < n-(lim.MaxConns-1) {
 		t.Fatalf("%d of %d dripping clients refused with 503, want at least %d", refused, n, n-(lim.MaxConns-1))
 	}
