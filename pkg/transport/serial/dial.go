@@ -21,9 +21,10 @@ const DefaultBaudRate = 115200
 
 // portConfig is what Dial opens.
 type portConfig struct {
-	path   string
-	baud   int
-	hwFlow bool
+	path     string
+	baud     int
+	hwFlow   bool
+	lockDirs []string // where UUCP lock files are looked for and made
 }
 
 // PortPath returns the device path named by a serial URL:
@@ -47,7 +48,7 @@ func PortPath(u *url.URL) string {
 }
 
 func parseConfig(u *url.URL, opts transport.Options) (portConfig, error) {
-	cfg := portConfig{path: PortPath(u), baud: opts.BaudRate, hwFlow: opts.HWFlowControl}
+	cfg := portConfig{path: PortPath(u), baud: opts.BaudRate, hwFlow: opts.HWFlowControl, lockDirs: defaultLockDirs()}
 	if cfg.path == "" {
 		return cfg, fmt.Errorf("%w: %s names no serial device; use for example serial:///dev/ttyUSB0 or serial://COM3",
 			transport.ErrBadPort, transport.Redact(u))
@@ -89,11 +90,20 @@ func parseConfig(u *url.URL, opts transport.Options) (portConfig, error) {
 // set low right after opening (many boards wire them to reset and boot
 // pins), pending input and output are flushed, and the handshake is done
 // within ctx (see NewConn).
+//
+// The port is held exclusively until Close: besides the TIOCEXCL that
+// go.bug.st/serial sets, an flock(2) on the device and a UUCP lock file
+// (docs/transports.md) make a second opener, root included, fail at once
+// with an error wrapping ErrPortBusy.
 func Dial(ctx context.Context, u *url.URL, opts transport.Options) (transport.Conn, error) {
 	cfg, err := parseConfig(u, opts)
 	if err != nil {
 		return nil, err
 	}
+	return dialConfig(ctx, cfg, opts)
+}
+
+func dialConfig(ctx context.Context, cfg portConfig, opts transport.Options) (transport.Conn, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
@@ -108,7 +118,32 @@ func Dial(ctx context.Context, u *url.URL, opts transport.Options) (transport.Co
 	return c, nil
 }
 
-func openPort(cfg portConfig, opts transport.Options) (serial.Port, error) {
+// lockedPort is an open port with its locks; Close releases them after
+// closing the port.
+type lockedPort struct {
+	serial.Port
+	lock *portLock
+}
+
+func (p *lockedPort) Close() error {
+	err := p.Port.Close()
+	p.lock.release()
+	return err
+}
+
+func openPort(cfg portConfig, opts transport.Options) (_ serial.Port, err error) {
+	lock, err := lockPort(cfg.path, cfg.lockDirs)
+	if err != nil {
+		if errors.Is(err, ErrPortBusy) {
+			return nil, err
+		}
+		return nil, openError(cfg, err)
+	}
+	defer func() {
+		if err != nil {
+			lock.release()
+		}
+	}()
 	mode := &serial.Mode{
 		BaudRate: cfg.baud,
 		DataBits: 8,
@@ -153,7 +188,7 @@ func openPort(cfg portConfig, opts transport.Options) (serial.Port, error) {
 	}
 	debug("cannot flush input", p.ResetInputBuffer())
 	debug("cannot flush output", p.ResetOutputBuffer())
-	return p, nil
+	return &lockedPort{Port: p, lock: lock}, nil
 }
 
 // openError turns an error from opening a port into one that says what to do.
@@ -162,7 +197,7 @@ func openError(cfg portConfig, err error) error {
 	if errors.As(err, &pe) {
 		switch pe.Code() {
 		case serial.PortBusy:
-			return fmt.Errorf("serial port %s is busy: close other programs using it (mos console, screen, minicom, another otactl): %w", cfg.path, err)
+			return fmt.Errorf("%w: %w", busyError(cfg.path, 0, "it is in exclusive mode"), err)
 		case serial.PortNotFound:
 			return notFoundError(cfg.path, err)
 		case serial.PermissionDenied:

@@ -61,13 +61,13 @@ func TestParseConfig(t *testing.T) {
 		want    portConfig
 		wantErr string
 	}{
-		{"/dev/x", transport.Options{}, portConfig{"/dev/x", 115200, false}, ""},
-		{"/dev/x", transport.Options{BaudRate: 921600, HWFlowControl: true}, portConfig{"/dev/x", 921600, true}, ""},
-		{"serial:///dev/x?baud=9600", transport.Options{BaudRate: 921600}, portConfig{"/dev/x", 9600, false}, ""},
-		{"serial:///dev/x?hwflow=1", transport.Options{}, portConfig{"/dev/x", 115200, true}, ""},
-		{"serial:///dev/x?hw-flow-control=true", transport.Options{}, portConfig{"/dev/x", 115200, true}, ""},
-		{"serial:///dev/x?hwflow", transport.Options{}, portConfig{"/dev/x", 115200, true}, ""},
-		{"serial:///dev/x?hwflow=0", transport.Options{HWFlowControl: true}, portConfig{"/dev/x", 115200, false}, ""},
+		{"/dev/x", transport.Options{}, portConfig{path: "/dev/x", baud: 115200, hwFlow: false}, ""},
+		{"/dev/x", transport.Options{BaudRate: 921600, HWFlowControl: true}, portConfig{path: "/dev/x", baud: 921600, hwFlow: true}, ""},
+		{"serial:///dev/x?baud=9600", transport.Options{BaudRate: 921600}, portConfig{path: "/dev/x", baud: 9600, hwFlow: false}, ""},
+		{"serial:///dev/x?hwflow=1", transport.Options{}, portConfig{path: "/dev/x", baud: 115200, hwFlow: true}, ""},
+		{"serial:///dev/x?hw-flow-control=true", transport.Options{}, portConfig{path: "/dev/x", baud: 115200, hwFlow: true}, ""},
+		{"serial:///dev/x?hwflow", transport.Options{}, portConfig{path: "/dev/x", baud: 115200, hwFlow: true}, ""},
+		{"serial:///dev/x?hwflow=0", transport.Options{HWFlowControl: true}, portConfig{path: "/dev/x", baud: 115200, hwFlow: false}, ""},
 		{"serial:///dev/x?baud=0", transport.Options{}, portConfig{}, "not a positive number"},
 		{"serial:///dev/x?baud=fast", transport.Options{}, portConfig{}, "not a positive number"},
 		{"serial:///dev/x?hwflow=maybe", transport.Options{}, portConfig{}, "not a boolean"},
@@ -85,7 +85,11 @@ func TestParseConfig(t *testing.T) {
 			}
 			continue
 		}
-		if err != nil || got != tc.want {
+		if len(got.lockDirs) == 0 {
+			t.Errorf("%s: no lock directories", tc.port)
+		}
+		got.lockDirs = nil
+		if err != nil || got.path != tc.want.path || got.baud != tc.want.baud || got.hwFlow != tc.want.hwFlow {
 			t.Errorf("%s %+v: got %+v, %v; want %+v", tc.port, tc.opts, got, err, tc.want)
 		}
 	}
@@ -120,7 +124,8 @@ func TestOpenErrorMessages(t *testing.T) {
 		t.Fatal("test assumption broken: zero PortError is not PortBusy")
 	}
 	err := openError(cfg, busy)
-	if !strings.HasPrefix(err.Error(), "serial port /dev/ttyUSB0 is busy: close other programs using it") || !errors.Is(err, busy) {
+	if !strings.HasPrefix(err.Error(), "port busy: another program has /dev/ttyUSB0 open (it is in exclusive mode): wait for it to finish or close it") ||
+		!errors.Is(err, busy) || !errors.Is(err, ErrPortBusy) {
 		t.Errorf("busy: %v", err)
 	}
 	err = openError(cfg, fmt.Errorf("open: %w", fs.ErrPermission))
