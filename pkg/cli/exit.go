@@ -14,7 +14,7 @@ import (
 // Exit codes; docs/exit-codes.md documents them and tests pin them.
 const (
 	ExitOK          = 0 // success
-	ExitFailure     = 1 // any other failure
+	ExitFailure     = 1 // any other failure, an answer that is not an RPC frame, two devices answering
 	ExitUsage       = 2 // bad flag, argument or --port value
 	ExitRPCError    = 3 // the device returned an RPC error
 	ExitAuth        = 4 // authentication failed
@@ -96,6 +96,11 @@ func ExitCode(err error) int {
 	if errors.As(err, &ue) || errors.Is(err, transport.ErrBadPort) {
 		return ExitUsage
 	}
+	// More than one device answers at this address: nothing else the
+	// command concluded can be trusted.
+	if errors.Is(err, rpc.ErrDuplicateReply) {
+		return ExitFailure
+	}
 	// Refused or failed updates wrap the device's *rpc.Error too: the
 	// update outcome wins.
 	if errors.Is(err, ota.ErrUpdateFailed) {
@@ -115,6 +120,11 @@ func ExitCode(err error) int {
 			return ExitAuth
 		}
 		return ExitRPCError
+	}
+	// The device answered, with something that is not an RPC frame: it was
+	// reached, so not exit 5.
+	if errors.Is(err, transport.ErrNotRPC) {
+		return ExitFailure
 	}
 	var un *UnreachableError
 	var le *rpc.LinkError

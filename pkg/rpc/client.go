@@ -8,9 +8,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"log/slog"
 	"math/rand/v2"
 	"sync"
+	"time"
 
 	"github.com/otactl/otactl/pkg/rpc/frame"
 	"github.com/otactl/otactl/pkg/transport"
@@ -30,18 +32,56 @@ type ClientOptions struct {
 	Creds *transport.Credentials
 	// Logger gets debug lines about unmatched replies. Nil: none.
 	Logger *slog.Logger
+	// DeviceID names the device in messages about duplicate replies. Empty:
+	// the transport's (a transport.Addressed Conn, as MQTT's), else the src
+	// of the replies.
+	DeviceID string
 }
 
 // Client makes RPC calls over one transport.Conn. It is safe for concurrent
 // use; replies are matched to calls by id only.
+//
+// Besides matching, the client watches for two things a device should never
+// do (docs/transports.md, "Replies otactl cannot read" and "More than one
+// device"):
+//
+//   - An answer that is not an RPC frame (the transport's Recv returns a
+//     *transport.NotRPCError): the call it was meant for fails with a
+//     *BadReplyError, or, when the transport cannot tell which call that
+//     was, every call in flight does.
+//   - A second reply to a request that was already answered, or replies
+//     from two different senders (src): more than one device answers at
+//     this address (two devices with one id on an MQTT broker). That is
+//     sticky: every pending and later call fails with a *DuplicateReplyError
+//     (errors.Is(err, ErrDuplicateReply)). Settle waits a little for such late
+//     replies before a caller changes the device's state.
 type Client struct {
 	conn transport.Conn
 	opts ClientOptions
 
-	mu      sync.Mutex
-	pending map[int64]chan *frame.Frame
-	readErr error
-	done    chan struct{} // closed when the reader stops
+	mu        sync.Mutex
+	pending   map[int64]*call
+	readErr   error
+	dup       error // sticky *DuplicateReplyError
+	dupSet    chan struct{}
+	answered  recentReplies
+	src       string        // src of the first reply that carried one
+	lastReply time.Time     // when the last reply matched a call
+	slowest   time.Duration // longest time a call waited for its reply
+	done      chan struct{} // closed when the reader stops
+}
+
+// call is one request waiting for its reply.
+type call struct {
+	method string
+	sent   time.Time
+	ch     chan reply // buffered, one reply per registration
+}
+
+// reply is what the reader hands to a waiting call.
+type reply struct {
+	f   *frame.Frame
+	err error
 }
 
 // NewClient starts a client over conn. The client owns conn: Close closes it.
@@ -52,8 +92,14 @@ func NewClient(conn transport.Conn, opts ClientOptions) *Client {
 	c := &Client{
 		conn:    conn,
 		opts:    opts,
-		pending: map[int64]chan *frame.Frame{},
+		pending: map[int64]*call{},
+		dupSet:  make(chan struct{}),
 		done:    make(chan struct{}),
+	}
+	if opts.DeviceID == "" {
+		if d, ok := conn.(transport.Addressed); ok {
+			c.opts.DeviceID = d.DeviceID()
+		}
 	}
 	go c.readLoop()
 	return c
@@ -64,11 +110,22 @@ func NewID() int64 {
 	return 1<<40 + rand.Int64N(1<<40)
 }
 
+func (c *Client) debug(msg string, args ...any) {
+	if c.opts.Logger != nil {
+		c.opts.Logger.Debug(msg, args...)
+	}
+}
+
 func (c *Client) readLoop() {
 	defer close(c.done)
 	for {
 		f, err := c.conn.Recv(context.Background())
 		if err != nil {
+			var nr *transport.NotRPCError
+			if errors.As(err, &nr) {
+				c.notRPC(nr)
+				continue // the link itself still works
+			}
 			c.mu.Lock()
 			c.readErr = err
 			c.mu.Unlock()
@@ -77,20 +134,184 @@ func (c *Client) readLoop() {
 		if f.IsRequest() {
 			continue // the device calling us: not supported, ignore
 		}
-		c.mu.Lock()
-		ch, ok := c.pending[f.ID]
-		if ok {
-			delete(c.pending, f.ID)
-		}
-		c.mu.Unlock()
-		if !ok {
-			if c.opts.Logger != nil {
-				c.opts.Logger.Debug("reply matches no pending call", "id", f.ID)
-			}
-			continue
-		}
-		ch <- f // buffered, one reply per registration
+		c.deliver(f)
 	}
+}
+
+// deliver hands a reply to its call, or notices that it answers a request
+// that was already answered.
+func (c *Client) deliver(f *frame.Frame) {
+	now := time.Now()
+	sum := replySum(f)
+	c.mu.Lock()
+	cl, ok := c.pending[f.ID]
+	if !ok {
+		prev, seen := c.answered.get(f.ID)
+		c.mu.Unlock()
+		if seen {
+			c.duplicate(&DuplicateReplyError{ID: f.ID, Method: prev.method, DeviceID: c.deviceID(f.Src),
+				Srcs: srcPair(prev.src, f.Src), Same: prev.sum == sum})
+			return
+		}
+		c.debug("reply matches no pending call", "id", f.ID)
+		return
+	}
+	if f.Src != "" && c.src != "" && f.Src != c.src {
+		first := c.src
+		c.mu.Unlock()
+		c.duplicate(&DuplicateReplyError{ID: f.ID, Method: cl.method, DeviceID: c.deviceID(f.Src), Srcs: []string{first, f.Src}})
+		return
+	}
+	if c.src == "" {
+		c.src = f.Src
+	}
+	delete(c.pending, f.ID)
+	c.answered.add(f.ID, answer{method: cl.method, src: f.Src, sum: sum})
+	c.lastReply = now
+	if d := now.Sub(cl.sent); d > c.slowest {
+		c.slowest = d
+	}
+	c.mu.Unlock()
+	cl.ch <- reply{f: f}
+}
+
+// notRPC fails the call a non-frame answer was meant for, or every call in
+// flight when the transport cannot tell which one it was.
+func (c *Client) notRPC(nr *transport.NotRPCError) {
+	c.mu.Lock()
+	var failed []*call
+	if nr.ID != 0 {
+		if cl, ok := c.pending[nr.ID]; ok {
+			delete(c.pending, nr.ID)
+			failed = append(failed, cl)
+		}
+	} else {
+		for id, cl := range c.pending {
+			delete(c.pending, id)
+			failed = append(failed, cl)
+		}
+	}
+	c.mu.Unlock()
+	if len(failed) == 0 {
+		if c.opts.Logger != nil {
+			c.opts.Logger.Warn("ignoring an answer that is not an RPC frame and answers no call in flight", "err", nr)
+		}
+		return
+	}
+	for _, cl := range failed {
+		cl.ch <- reply{err: &BadReplyError{Method: cl.method, Err: nr}}
+	}
+}
+
+// duplicate makes err sticky and fails every call in flight with it.
+func (c *Client) duplicate(err *DuplicateReplyError) {
+	c.mu.Lock()
+	if c.dup != nil {
+		c.mu.Unlock()
+		return
+	}
+	c.dup = err
+	close(c.dupSet)
+	failed := make([]*call, 0, len(c.pending))
+	for id, cl := range c.pending {
+		delete(c.pending, id)
+		failed = append(failed, cl)
+	}
+	c.mu.Unlock()
+	if c.opts.Logger != nil {
+		c.opts.Logger.Warn("more than one device answers", "err", err)
+	}
+	for _, cl := range failed {
+		cl.ch <- reply{err: err}
+	}
+}
+
+func (c *Client) deviceID(src string) string {
+	if c.opts.DeviceID != "" {
+		return c.opts.DeviceID
+	}
+	return src
+}
+
+func srcPair(a, b string) []string {
+	if a != "" && b != "" && a != b {
+		return []string{a, b}
+	}
+	return nil
+}
+
+// Err returns the sticky error of the client: a *DuplicateReplyError once
+// more than one device answered, else nil.
+func (c *Client) Err() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.dup == nil {
+		return nil
+	}
+	return c.dup
+}
+
+// SlowestReply returns the longest time a call of this client waited for
+// its reply so far (0 before the first reply).
+func (c *Client) SlowestReply() time.Duration {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.slowest
+}
+
+// Settle times (docs/transports.md, "More than one device"). On loopback
+// mosquitto a second device's reply lags the first by under 1 ms
+// (BenchmarkSecondReplyLag in pkg/transport/mqtt); devices on a real
+// network differ by more, so the wait follows the slowest round trip seen.
+const (
+	SettleMin = 250 * time.Millisecond
+	SettleMax = 3 * time.Second
+)
+
+// SettleTime is how long Settle should wait on this client: twice the
+// slowest round trip it saw, at least SettleMin and at most SettleMax.
+func (c *Client) SettleTime() time.Duration {
+	return min(max(2*c.SlowestReply(), SettleMin), SettleMax)
+}
+
+// Shared reports whether the client reaches its device through a medium
+// where more than one device can answer to one address: its connection
+// implements transport.Addressed (MQTT, where devices are reached by id
+// through a broker).
+func (c *Client) Shared() bool {
+	_, ok := c.conn.(transport.Addressed)
+	return ok
+}
+
+// Settle waits until d has passed since the last reply this client
+// received, so that a second device answering the same requests late is
+// noticed, and returns the client's sticky error (ErrDuplicateReply) if one
+// did. It returns at once with that error if it is already known, and with
+// ctx's error if ctx ends first. Callers that are about to change the
+// device's state over a shared medium (an MQTT broker) settle first;
+// docs/transports.md says how long.
+func (c *Client) Settle(ctx context.Context, d time.Duration) error {
+	c.mu.Lock()
+	last := c.lastReply
+	c.mu.Unlock()
+	if last.IsZero() {
+		last = time.Now()
+	}
+	wait := time.Until(last.Add(d))
+	if wait > 0 {
+		t := time.NewTimer(wait)
+		defer t.Stop()
+		select {
+		case <-t.C:
+		case <-c.dupSet:
+		case <-ctx.Done():
+			if err := c.Err(); err != nil {
+				return err
+			}
+			return fmt.Errorf("waiting %v for a second device to answer: %w", d, ctx.Err())
+		}
+	}
+	return c.Err()
 }
 
 // Close closes the connection and waits for the reader to stop.
@@ -179,39 +400,60 @@ func (c *Client) Notify(ctx context.Context, method string, params json.RawMessa
 }
 
 func (c *Client) roundTrip(ctx context.Context, req *frame.Frame) (*frame.Frame, error) {
-	ch := make(chan *frame.Frame, 1)
+	cl := &call{method: req.Method, ch: make(chan reply, 1)}
 	c.mu.Lock()
+	if c.dup != nil {
+		err := c.dup
+		c.mu.Unlock()
+		return nil, err
+	}
 	if c.readErr != nil {
 		err := c.readErr
 		c.mu.Unlock()
 		return nil, &LinkError{Method: req.Method, Err: fmt.Errorf("connection lost: %w", err)}
 	}
-	c.pending[req.ID] = ch
+	// The digest retry sends the same id again: its reply is not a second
+	// answer to the first.
+	c.answered.forget(req.ID)
+	cl.sent = time.Now()
+	c.pending[req.ID] = cl
 	c.mu.Unlock()
 	forget := func() {
 		c.mu.Lock()
-		delete(c.pending, req.ID)
+		if c.pending[req.ID] == cl {
+			delete(c.pending, req.ID)
+		}
 		c.mu.Unlock()
 	}
 	if err := c.conn.Send(ctx, req); err != nil {
 		forget()
+		var nr *transport.NotRPCError
+		if errors.As(err, &nr) {
+			// HTTP: the answer to this very request was unreadable.
+			return nil, &BadReplyError{Method: req.Method, Err: err}
+		}
 		if ctxErr := ctx.Err(); ctxErr != nil && !errors.Is(err, ctxErr) {
 			err = fmt.Errorf("%w (%v)", ctxErr, err)
 		}
 		return nil, &LinkError{Method: req.Method, Err: err}
 	}
 	select {
-	case resp := <-ch:
-		return resp, nil
+	case r := <-cl.ch:
+		return r.f, r.err
 	case <-ctx.Done():
 		forget()
+		select { // a reply (or a verdict on it) may have landed meanwhile
+		case r := <-cl.ch:
+			return r.f, r.err
+		default:
+		}
 		return nil, &LinkError{Method: req.Method, Err: fmt.Errorf("no reply: %w", ctx.Err())}
 	case <-c.done:
 		forget()
 		// A reply may have landed just before the reader stopped.
 		select {
-		case resp := <-ch:
-			return resp, nil
+		case r := <-cl.ch:
+			return r.f, r.err
 		default:
 		}
 		c.mu.Lock()
@@ -219,4 +461,63 @@ func (c *Client) roundTrip(ctx context.Context, req *frame.Frame) (*frame.Frame,
 		c.mu.Unlock()
 		return nil, &LinkError{Method: req.Method, Err: fmt.Errorf("connection lost: %w", err)}
 	}
+}
+
+// answer is what the client remembers of an answered request.
+type answer struct {
+	method string
+	src    string
+	sum    uint64 // hash of the reply frame, to tell a copy from another reply
+}
+
+// recentAnswers is how many answered request ids the client remembers to
+// notice a second reply to one of them. Replies to a request come within a
+// few round trips of each other; 256 covers a push with a deep window.
+const recentAnswers = 256
+
+// recentReplies remembers the last recentAnswers answered request ids.
+type recentReplies struct {
+	ring [recentAnswers]int64
+	next int
+	by   map[int64]slotted
+}
+
+type slotted struct {
+	answer
+	slot int
+}
+
+func (r *recentReplies) add(id int64, a answer) {
+	if r.by == nil {
+		r.by = make(map[int64]slotted, recentAnswers)
+	}
+	if old := r.ring[r.next]; old != 0 {
+		if s, ok := r.by[old]; ok && s.slot == r.next {
+			delete(r.by, old)
+		}
+	}
+	r.ring[r.next] = id
+	r.by[id] = slotted{answer: a, slot: r.next}
+	r.next = (r.next + 1) % recentAnswers
+}
+
+func (r *recentReplies) get(id int64) (answer, bool) {
+	s, ok := r.by[id]
+	return s.answer, ok
+}
+
+// forget drops id (its slot in the ring is reused in turn).
+func (r *recentReplies) forget(id int64) {
+	delete(r.by, id)
+}
+
+// replySum hashes a reply frame's content.
+func replySum(f *frame.Frame) uint64 {
+	b, err := frame.Marshal(f)
+	if err != nil {
+		return 0
+	}
+	h := fnv.New64a()
+	h.Write(b)
+	return h.Sum64()
 }

@@ -56,3 +56,61 @@ func IsNotFound(err error) bool {
 	var re *Error
 	return errors.As(err, &re) && re.Code == 404
 }
+
+// ErrNotRPC is matched by every error meaning that the device answered
+// something that is not an RPC frame (transport.ErrNotRPC). The concrete
+// error from a call is a *BadReplyError wrapping a *transport.NotRPCError.
+var ErrNotRPC = transport.ErrNotRPC
+
+// BadReplyError is a call whose answer could not be read as an RPC reply:
+// the device (or whatever answers at that address) sent an HTTP error page,
+// text, a JSON value that is not a frame, or a reply larger than the
+// client's bound. The link works; the device said nothing otactl can use
+// about the call. errors.Is(err, ErrNotRPC) holds.
+type BadReplyError struct {
+	Method string
+	Err    error // a *transport.NotRPCError
+}
+
+func (e *BadReplyError) Error() string { return e.Method + ": " + e.Err.Error() }
+func (e *BadReplyError) Unwrap() error { return e.Err }
+
+// ErrDuplicateReply is matched by every error meaning that more than one
+// device answers at the address: a request was answered twice, or replies
+// came from two senders. The concrete error is a *DuplicateReplyError.
+var ErrDuplicateReply = errors.New("more than one device answered")
+
+// DuplicateReplyError says that more than one device answers at the
+// address the client talks to (two devices with one id on an MQTT broker).
+// A client that saw it fails every later call with it.
+type DuplicateReplyError struct {
+	ID       int64    // the request that was answered twice
+	Method   string   // its method, when known
+	DeviceID string   // the device id the requests went to, or the replies' src
+	Srcs     []string // two different senders, when the replies named them
+	// Same is true when the second reply was identical to the first: two
+	// devices in the same state, or (rarely) one device whose broker
+	// session redelivered its reply (docs/transports.md).
+	Same bool
+}
+
+func (e *DuplicateReplyError) Error() string {
+	id := e.DeviceID
+	if id == "" {
+		id = "(unknown)"
+	}
+	what := fmt.Sprintf("request %d", e.ID)
+	if e.Method != "" {
+		what = fmt.Sprintf("request %d (%s)", e.ID, e.Method)
+	}
+	var msg string
+	if len(e.Srcs) == 2 {
+		msg = fmt.Sprintf("two devices answered for device id %s (replies from %q and %q, the second to %s): more than one device answers to this id", id, e.Srcs[0], e.Srcs[1], what)
+	} else {
+		msg = fmt.Sprintf("two devices answered %s for device id %s: more than one device uses this id on the broker", what, id)
+	}
+	return msg + "; give each device a unique id (device.id) and run the command again"
+}
+
+// Is makes errors.Is(err, ErrDuplicateReply) true.
+func (e *DuplicateReplyError) Is(target error) bool { return target == ErrDuplicateReply }

@@ -21,13 +21,27 @@ import (
 // called from several goroutines at once. Close is idempotent, and unblocks
 // pending Send and Recv calls, which then return ErrClosed.
 type Conn interface {
-	// Send writes one frame. It honours ctx for as long as it blocks.
+	// Send writes one frame. It honours ctx for as long as it blocks. A
+	// transport that gets the answer within Send (HTTP) returns a
+	// *NotRPCError when that answer is not an RPC frame.
 	Send(ctx context.Context, f *frame.Frame) error
 	// Recv returns the next frame from the device. It returns ctx.Err() when
 	// ctx ends first, ErrClosed after Close, or the error that broke the link.
+	// An answer that is not an RPC frame comes as a *NotRPCError
+	// (errors.Is(err, ErrNotRPC)); that one is not permanent: the link still
+	// works and Recv may be called again.
 	Recv(ctx context.Context) (*frame.Frame, error)
 	// Close releases the connection.
 	Close() error
+}
+
+// Addressed is implemented by connections that reach a device by its id
+// through a shared medium (MQTT through a broker), where more than one
+// device can answer to the same id. The RPC client watches such
+// connections for a second answer (docs/transports.md).
+type Addressed interface {
+	Conn
+	DeviceID() string
 }
 
 // Handler answers requests on the device side. HandleFrame is called
@@ -71,8 +85,10 @@ type Options struct {
 	HWFlowControl bool // RTS/CTS
 	// ClientID is the MQTT client id; empty means random per connection.
 	ClientID string
-	// MaxFrameSize bounds frames read from the other end; default 1 MiB on
-	// the client, frame.MaxSize-compatible limits are the device's business.
+	// MaxFrameSize bounds frames read from the other end. On the client the
+	// default is DefaultMaxReplySize (64 KiB): a larger reply is reported as
+	// not an RPC frame (ErrNotRPC). Device sides default to frame.MaxSize,
+	// as a real device does.
 	MaxFrameSize int
 }
 
@@ -84,15 +100,16 @@ var ErrAuth = errors.New("authentication failed")
 // ErrClosed is returned by Send and Recv after Close.
 var ErrClosed = errors.New("connection closed")
 
-// DefaultMaxFrameSize is the largest frame a client accepts by default.
+// DefaultMaxFrameSize is the largest message a device side reads before it
+// looks at it (its own frame limit is checked after that).
 const DefaultMaxFrameSize = 1 << 20
 
-// MaxFrame returns o.MaxFrameSize or the default.
+// MaxFrame returns o.MaxFrameSize or, for a client, DefaultMaxReplySize.
 func (o Options) MaxFrame() int {
 	if o.MaxFrameSize > 0 {
 		return o.MaxFrameSize
 	}
-	return DefaultMaxFrameSize
+	return DefaultMaxReplySize
 }
 
 // DebugFrameMax is how much of a frame DebugFrame shows; the rest (the

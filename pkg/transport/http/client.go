@@ -20,7 +20,6 @@ import (
 	"net/url"
 	"strings"
 	"sync"
-	"unicode/utf8"
 
 	"github.com/otactl/otactl/pkg/rpc/frame"
 	"github.com/otactl/otactl/pkg/transport"
@@ -170,15 +169,29 @@ func (c *Conn) Send(ctx context.Context, f *frame.Frame) error {
 	}
 	reply = bytes.TrimSpace(reply)
 	if len(reply) == 0 {
-		return nil
+		if f.ID == 0 {
+			return nil // a request without id gets no reply
+		}
+		return c.notRPC("an HTTP 200 reply", "no frame", []byte{}, "check that the URL points at the device's RPC endpoint, e.g. http://HOST/rpc")
 	}
 	c.opts.DebugFrame("recv", reply)
-	rf, err := frame.Parse(reply)
-	if err != nil {
-		return fmt.Errorf("device at %s sent a reply that is not an RPC frame (%w): check that the URL points at the device's RPC endpoint, e.g. http://HOST/rpc", c.display, err)
+	rf, reason := transport.ParseReply(reply)
+	if rf == nil {
+		return c.notRPC("an HTTP 200 reply", reason, reply, "check that the URL points at the device's RPC endpoint, e.g. http://HOST/rpc")
+	}
+	if f.ID != 0 && rf.ID != f.ID && !rf.IsRequest() {
+		return c.notRPC("an HTTP 200 reply", fmt.Sprintf("a frame with id %d, but the request had id %d", rf.ID, f.ID), reply,
+			"check that nothing between otactl and the device (a proxy, a cache) mixes up answers")
 	}
 	c.push(rf)
 	return nil
+}
+
+// notRPC is the error for an answer that is not an RPC frame.
+func (c *Conn) notRPC(what, reason string, data []byte, hint string) error {
+	e := transport.NewNotRPCError(what, reason, data, c.display)
+	e.Hint = hint
+	return e
 }
 
 // post does one POST of body and returns the reply body of a 200 answer.
@@ -208,8 +221,11 @@ func (c *Conn) post(ctx context.Context, body []byte) ([]byte, error) {
 		}
 		return nil, fmt.Errorf("%w: device at %s answered HTTP 401 Unauthorized: %s", ErrAuthRequired, c.display, hint)
 	case resp.StatusCode != http.StatusOK:
-		snippet := readSnippet(resp.Body)
-		return nil, fmt.Errorf("device at %s answered HTTP %s%s: %s", c.display, resp.Status, snippet, statusHint(resp.StatusCode))
+		// Something answered, but not with an RPC reply (wire-protocol.md
+		// §3: a non-200 other than 401 is no reply): show what it said.
+		body, _ := io.ReadAll(io.LimitReader(resp.Body, 4<<10))
+		drain(resp.Body)
+		return nil, c.notRPC("HTTP "+resp.Status, "", body, statusHint(resp.StatusCode))
 	}
 
 	max := c.opts.MaxFrame()
@@ -221,7 +237,11 @@ func (c *Conn) post(ctx context.Context, body []byte) ([]byte, error) {
 		return nil, fmt.Errorf("read reply from %s: %w: check the network link to the device", c.display, err)
 	}
 	if len(data) > max {
-		return nil, fmt.Errorf("reply from %s is larger than %d bytes: raise the frame size limit (MaxFrameSize) if the device really sends such frames", c.display, max)
+		// Do not read the rest: a device's frame is a few KiB at most.
+		e := transport.NewNotRPCError("an HTTP 200 reply", fmt.Sprintf("larger than %d bytes, the most otactl reads of a reply", max), nil, c.display)
+		e.Excerpt = transport.ExcerptCut(data[:max])
+		e.Hint = "check that the URL points at the device's RPC endpoint, e.g. http://HOST/rpc"
+		return nil, e
 	}
 	return data, nil
 }
@@ -263,24 +283,6 @@ func statusHint(code int) string {
 		return "the device failed to handle the request: check the device log and try again"
 	}
 	return "check that the URL points at the device's RPC endpoint (e.g. http://HOST/rpc)"
-}
-
-// readSnippet returns up to 200 printable bytes of an error body for the
-// message, as `: "..."`, or "".
-func readSnippet(r io.Reader) string {
-	b, _ := io.ReadAll(io.LimitReader(r, 200))
-	drain(r)
-	s := strings.TrimSpace(strings.ToValidUTF8(string(b), ""))
-	s = strings.Map(func(r rune) rune {
-		if r < 0x20 || r == utf8.RuneError {
-			return ' '
-		}
-		return r
-	}, s)
-	if s == "" {
-		return ""
-	}
-	return fmt.Sprintf(" (%q)", s)
 }
 
 // drain reads a little of a body so that the connection can be reused.

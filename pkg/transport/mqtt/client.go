@@ -67,7 +67,7 @@ func Dial(ctx context.Context, u *url.URL, opts transport.Options) (transport.Co
 		clientID: clientID,
 		reqTopic: RequestTopic(deviceID),
 		src:      ReplySrc(deviceID, clientID),
-		in:       make(chan *frame.Frame, recvQueue),
+		in:       make(chan incoming, recvQueue),
 		done:     make(chan struct{}),
 		lost:     make(chan struct{}),
 	}
@@ -101,7 +101,7 @@ type conn struct {
 	reqTopic string
 	src      string
 
-	in   chan *frame.Frame
+	in   chan incoming
 	done chan struct{} // closed by Close
 	t    tracker       // message callbacks and publishing goroutines
 
@@ -112,6 +112,10 @@ type conn struct {
 	lostMu   sync.Mutex
 	lostE    error
 }
+
+// DeviceID returns the device id the connection talks to (the rpc client
+// names it when two devices answer).
+func (c *conn) DeviceID() string { return c.deviceID }
 
 // ClientID returns the MQTT client id of the connection.
 func (c *conn) ClientID() string { return c.clientID }
@@ -149,19 +153,31 @@ func (c *conn) onMessage(_ paho.Client, m paho.Message) {
 	defer m.Ack()
 	data := m.Payload()
 	c.opts.DebugFrame("recv", data)
-	if len(data) > c.opts.MaxFrame() {
-		c.logf("dropping oversized MQTT message", "topic", m.Topic(), "bytes", len(data), "limit", c.opts.MaxFrame())
-		return
-	}
-	f, err := frame.Parse(data)
-	if err != nil {
-		c.logf("dropping MQTT message that is not an RPC frame", "topic", m.Topic(), "error", err)
-		return
+	// Only the device answers on this client's own reply topic: anything
+	// there that is not a frame is its answer, unreadable.
+	what := fmt.Sprintf("an MQTT message on %s", m.Topic())
+	var in incoming
+	if max := c.opts.MaxFrame(); len(data) > max {
+		e := transport.NewNotRPCError(what, fmt.Sprintf("larger than %d bytes, the most otactl reads of a reply", max), data, transport.Redact(c.b.u))
+		in.err = e
+	} else if f, reason := transport.ParseReply(data); f != nil {
+		in.f = f
+	} else {
+		e := transport.NewNotRPCError(what, reason, data, transport.Redact(c.b.u))
+		e.Hint = "check that the device at this id runs Mongoose OS RPC over MQTT"
+		in.err = e
 	}
 	select {
-	case c.in <- f:
+	case c.in <- in:
 	case <-c.done:
 	}
+}
+
+// incoming is what onMessage hands to Recv: a frame, or the error for a
+// message that is not one.
+type incoming struct {
+	f   *frame.Frame
+	err error
 }
 
 // Send publishes a copy of f, with dst set to the device id and src to
@@ -239,8 +255,8 @@ func (c *conn) Recv(ctx context.Context) (*frame.Frame, error) {
 	default:
 	}
 	select {
-	case f := <-c.in:
-		return f, nil
+	case in := <-c.in:
+		return in.f, in.err
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	case <-c.done:
@@ -248,8 +264,8 @@ func (c *conn) Recv(ctx context.Context) (*frame.Frame, error) {
 	case <-c.lost:
 		// Hand out what arrived before the link broke.
 		select {
-		case f := <-c.in:
-			return f, nil
+		case in := <-c.in:
+			return in.f, in.err
 		default:
 		}
 		return nil, c.lostErr()

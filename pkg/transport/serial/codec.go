@@ -129,6 +129,15 @@ type Decoder struct {
 	OnFrame func(json []byte)
 	// OnJunk receives device log output, one line per call.
 	OnJunk func(line string)
+	// OnBadFrame, if set, also receives each frame candidate delimited by
+	// `"""` on both ends that is dropped as log output (a bad CRC, malformed
+	// metadata, invalid JSON, too large), with the reason; for a candidate
+	// that was too large, only its first bytes. A candidate cut short by a
+	// newline or the end of the stream (a device reset while it wrote) is
+	// not passed. The slice is valid only during the call. The serial
+	// client uses it to tell a damaged reply to a call in flight
+	// (docs/transports.md).
+	OnBadFrame func(candidate []byte, reason string)
 	// OnHandshake is called for each EOT frame.
 	OnHandshake func()
 	// OnFlow is called with true on XOFF (stop writing) and false on XON.
@@ -181,7 +190,7 @@ func (d *Decoder) Flush() {
 		d.junkCandidate(d.buf, "unterminated frame")
 	case stDiscard:
 		d.dropped += d.quotes
-		d.emitDropped()
+		d.emitDropped(false)
 	default:
 		if d.after == delimQuotesJunk {
 			d.addJunk([]byte(delimQuotes))
@@ -257,7 +266,7 @@ func (d *Decoder) step(c byte) {
 			d.quotes++
 			if d.quotes == 3 {
 				d.quotes = 0
-				d.emitDropped()
+				d.emitDropped(true)
 				d.state = stJunk
 				d.after = delimQuotesSilent
 			}
@@ -267,7 +276,7 @@ func (d *Decoder) step(c byte) {
 		d.quotes = 0
 		if c == '\n' {
 			d.dropped-- // the delimiter is not part of the frame
-			d.emitDropped()
+			d.emitDropped(false)
 			d.state = stJunk
 			d.after = delimNewline
 		}
@@ -299,9 +308,12 @@ func (d *Decoder) endFrame(closedByQuotes bool) {
 		if len(d.buf) > junkPreview {
 			d.buf = d.buf[:junkPreview]
 		}
-		d.emitDropped()
+		d.emitDropped(closedByQuotes)
 		d.closeAfter(closedByQuotes, true)
 		return
+	}
+	if d.OnBadFrame != nil && d.openedQ && closedByQuotes {
+		d.OnBadFrame(content, reason)
 	}
 	d.junkCandidate(content, reason)
 	d.closeAfter(closedByQuotes, false)
@@ -404,7 +416,12 @@ func parseHex32(b []byte) (uint32, bool) {
 	return v, true
 }
 
-func (d *Decoder) emitDropped() {
+// emitDropped reports an oversized frame candidate; quoted says it was
+// opened and closed by `"""`, so it is a whole frame, not one cut short.
+func (d *Decoder) emitDropped(quoted bool) {
+	if quoted && d.openedQ && d.OnBadFrame != nil {
+		d.OnBadFrame(d.buf, fmt.Sprintf("%d bytes, larger than the %d-byte limit", d.dropped, d.maxFrame()))
+	}
 	d.emitLine(fmt.Sprintf("%q... [%d-byte frame dropped: larger than the %d-byte limit]",
 		d.buf, d.dropped, d.maxFrame()))
 	d.dropped = 0

@@ -190,3 +190,33 @@ func TestDecoderMemoryBounded(t *testing.T) {
 		t.Fatalf("junk buffer grew to %d bytes", cap(d.junk))
 	}
 }
+
+// OnBadFrame sees only frame candidates delimited by `"""` on both ends:
+// those are frames the device meant to send, damaged; anything cut short
+// by a newline (a reset while writing) or not opened by `"""` is log output
+// only.
+func TestDecoderBadFrames(t *testing.T) {
+	big := `{"id":5,"result":"` + strings.Repeat("A", 100) + `"}`
+	for _, tc := range []struct {
+		in   string
+		want []string // candidate|reason
+	}{
+		{`"""{"id":1}deadbeef"""`, []string{`{"id":1}deadbeef|CRC mismatch`}},
+		{`"""{"id":2}zz"""`, []string{`{"id":2}zz|malformed metadata`}},
+		{`"""{"id":3,}"""`, []string{`{"id":3,}|invalid JSON without CRC`}},
+		{"\"\"\"{\"id\":4,\"result\":1\n", nil}, // cut short by a newline
+		{"\n{\"id\":4}deadbeef\n", nil},         // newline-delimited: log line
+		{"\n{\"id\":4}deadbeef\"\"\"", nil},     // opened by a newline
+		{`"""` + big + crcHex(big) + `"""`, []string{big[:junkPreview] + "|128 bytes, larger than the 60-byte limit"}},
+		{"\"\"\"" + big + "\n", nil},                      // oversized, cut short
+		{`"""{"id":6}` + crcHex(`{"id":6}`) + `"""`, nil}, // a good frame
+	} {
+		var got []string
+		d := &Decoder{MaxFrameSize: 60, OnBadFrame: func(c []byte, reason string) { got = append(got, string(c)+"|"+reason) }}
+		d.Feed([]byte(tc.in))
+		d.Flush()
+		if !reflect.DeepEqual(got, tc.want) {
+			t.Errorf("%q: OnBadFrame got %q, want %q", tc.in, got, tc.want)
+		}
+	}
+}

@@ -37,7 +37,7 @@ type conn struct {
 	rwc  io.ReadWriteCloser
 	opts transport.Options
 
-	frames    chan *frame.Frame
+	frames    chan incoming
 	handshook chan struct{}
 	hsOnce    sync.Once
 	gate      *flowGate
@@ -66,7 +66,7 @@ func NewConn(ctx context.Context, rwc io.ReadWriteCloser, opts transport.Options
 	c := &conn{
 		rwc:       rwc,
 		opts:      opts,
-		frames:    make(chan *frame.Frame, recvQueue),
+		frames:    make(chan incoming, recvQueue),
 		handshook: make(chan struct{}),
 		gate:      newFlowGate(),
 		wsem:      make(chan struct{}, 1),
@@ -106,6 +106,7 @@ func (c *conn) readLoop() {
 		MaxFrameSize: c.opts.MaxFrame(),
 		OnFrame:      c.onFrame,
 		OnJunk:       c.onJunk,
+		OnBadFrame:   c.onBadFrame,
 		OnHandshake: func() {
 			c.hsOnce.Do(func() { close(c.handshook) })
 			// The device just answered: it is listening.
@@ -158,10 +159,38 @@ func (c *conn) onFrame(data []byte) {
 		}
 		return
 	}
+	c.hand(incoming{f: f})
+}
+
+// incoming is what the reader hands to Recv: a frame, or the error for a
+// damaged reply.
+type incoming struct {
+	f   *frame.Frame
+	err error
+}
+
+func (c *conn) hand(in incoming) {
 	select {
-	case c.frames <- f:
+	case c.frames <- in:
 	case <-c.closing:
 	}
+}
+
+// onBadFrame sees each frame candidate the decoder dropped as log output.
+// One whose text still names a request id (`"id":N`) may be the damaged
+// reply to that request: it is handed to Recv as a *transport.NotRPCError
+// with that ID, and the RPC client fails the call if it is in flight, at
+// once instead of after its timeout. A device log line that looks like a
+// frame names no id in flight, and the client ignores it (docs/transports.md).
+func (c *conn) onBadFrame(cand []byte, reason string) {
+	id := scanID(cand)
+	if id == 0 {
+		return
+	}
+	e := transport.NewNotRPCError("a serial frame", reason, cand, "")
+	e.ID = id
+	e.Hint = "the link may be noisy: check the cable and the baud rate, and run the command again"
+	c.hand(incoming{err: e})
 }
 
 func (c *conn) onJunk(line string) {
@@ -260,21 +289,21 @@ func (c *conn) Recv(ctx context.Context) (*frame.Frame, error) {
 	default:
 	}
 	select {
-	case f := <-c.frames:
-		return f, nil
+	case in := <-c.frames:
+		return in.f, in.err
 	default:
 	}
 	select {
-	case f := <-c.frames:
-		return f, nil
+	case in := <-c.frames:
+		return in.f, in.err
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	case <-c.closing:
 		return nil, transport.ErrClosed
 	case <-c.readDone:
 		select {
-		case f := <-c.frames:
-			return f, nil
+		case in := <-c.frames:
+			return in.f, in.err
 		default:
 		}
 		return nil, c.linkErr()
@@ -304,4 +333,36 @@ func (c *conn) Close() error {
 		t.Stop()
 	})
 	return c.closeErr
+}
+
+// scanID finds the first `"id"` key followed by a positive integer in a
+// damaged frame (a device writes the id first) and returns it, or 0.
+func scanID(b []byte) int64 {
+	const key = `"id"`
+	for i := 0; i+len(key) <= len(b); i++ {
+		if string(b[i:i+len(key)]) != key {
+			continue
+		}
+		j := i + len(key)
+		for j < len(b) && (b[j] == ' ' || b[j] == '\t') {
+			j++
+		}
+		if j >= len(b) || b[j] != ':' {
+			continue
+		}
+		j++
+		for j < len(b) && (b[j] == ' ' || b[j] == '\t') {
+			j++
+		}
+		var v int64
+		k := j
+		for k < len(b) && b[k] >= '0' && b[k] <= '9' && k-j < 18 {
+			v = v*10 + int64(b[k]-'0')
+			k++
+		}
+		if k > j && v > 0 {
+			return v
+		}
+	}
+	return 0
 }

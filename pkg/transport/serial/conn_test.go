@@ -295,9 +295,15 @@ func TestClientDropsOversizedFrame(t *testing.T) {
 	dev.writeAsync(append(EncodeFrame([]byte(big)), EncodeFrame([]byte(`{"id":2}`))...))
 	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
 	defer cancel()
+	// Frame 1 is over the limit: the reply to request 1 is unreadable.
 	f, err := c.Recv(ctx)
+	var nr *transport.NotRPCError
+	if !errors.As(err, &nr) || nr.ID != 1 || !strings.Contains(err.Error(), "larger than the 100-byte limit") {
+		t.Fatalf("Recv = %+v, %v; want a NotRPCError for request 1 (frame 1 is over the limit)", f, err)
+	}
+	f, err = c.Recv(ctx)
 	if err != nil || f.ID != 2 {
-		t.Fatalf("Recv = %+v, %v; want frame 2 (frame 1 is over the limit)", f, err)
+		t.Fatalf("Recv = %+v, %v; want frame 2", f, err)
 	}
 	if l := <-lines; !strings.Contains(l, "frame dropped") {
 		t.Fatalf("device log %q, want a note about the dropped frame", l)

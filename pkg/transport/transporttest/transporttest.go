@@ -150,10 +150,16 @@ func request(method string, params any) *frame.Frame {
 }
 
 // recvID reads frames until the one with id arrives, skipping late replies
-// to earlier requests.
+// to earlier requests, and unreadable answers a transport attributes to
+// another request (a serial log line that looks like a damaged frame), as
+// the RPC client does.
 func recvID(ctx context.Context, c transport.Conn, id int64) (*frame.Frame, error) {
 	for {
 		f, err := c.Recv(ctx)
+		var nr *transport.NotRPCError
+		if errors.As(err, &nr) && nr.ID != 0 && nr.ID != id {
+			continue
+		}
 		if err != nil {
 			return nil, err
 		}

@@ -10,6 +10,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/url"
@@ -42,9 +43,9 @@ type Conn struct {
 
 	wsem chan struct{} // capacity 1: held while writing a message
 
-	in       chan *frame.Frame // from the reader goroutine
-	readDone chan struct{}     // closed when the reader goroutine ends
-	readErr  error             // why the reader ended; set before readDone closes
+	in       chan incoming // from the reader goroutine
+	readDone chan struct{} // closed when the reader goroutine ends
+	readErr  error         // why the reader ended; set before readDone closes
 
 	closeOnce sync.Once
 	closed    chan struct{}
@@ -98,24 +99,29 @@ func Dial(ctx context.Context, u *url.URL, opts transport.Options) (transport.Co
 		d.TLSClientConfig = opts.TLS.Clone()
 	}
 	ws, resp, err := d.DialContext(ctx, dialURL.String(), hdr)
+	var body []byte
 	if resp != nil && resp.Body != nil {
+		body, _ = io.ReadAll(io.LimitReader(resp.Body, 4<<10))
 		resp.Body.Close()
 	}
 	if err != nil {
-		return nil, dialError(ctx, display, resp, err)
+		return nil, dialError(ctx, display, resp, body, err)
 	}
 	if got := ws.Subprotocol(); got != "" && got != Subprotocol {
 		ws.Close()
 		return nil, fmt.Errorf("WebSocket at %s chose subprotocol %q, not %q: check that the URL points at a Mongoose OS device's RPC endpoint", display, got, Subprotocol)
 	}
-	ws.SetReadLimit(int64(opts.MaxFrame()) + 2) // room for a trailing "\r\n"
+	// Messages longer than MaxFrame are reported as not RPC frames and
+	// skipped; the hard limit bounds how much of one is read and thrown
+	// away before the connection is given up.
+	ws.SetReadLimit(hardLimit(opts.MaxFrame()))
 
 	c := &Conn{
 		ws:       ws,
 		opts:     opts,
 		display:  display,
 		wsem:     make(chan struct{}, 1),
-		in:       make(chan *frame.Frame, 16),
+		in:       make(chan incoming, 16),
 		readDone: make(chan struct{}),
 		closed:   make(chan struct{}),
 	}
@@ -125,7 +131,7 @@ func Dial(ctx context.Context, u *url.URL, opts transport.Options) (transport.Co
 
 // dialError explains a failed handshake. It never includes the token: the
 // display URL is redacted and gorilla's errors do not carry the header.
-func dialError(ctx context.Context, display string, resp *http.Response, err error) error {
+func dialError(ctx context.Context, display string, resp *http.Response, body []byte, err error) error {
 	if ctx.Err() != nil {
 		return fmt.Errorf("WebSocket connection to %s: %w", display, ctx.Err())
 	}
@@ -140,7 +146,11 @@ func dialError(ctx context.Context, display string, resp *http.Response, err err
 		if resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden {
 			return fmt.Errorf("WebSocket handshake with %s failed: HTTP %s: %s: %w", display, resp.Status, hint, transport.ErrAuth)
 		}
-		return fmt.Errorf("WebSocket handshake with %s failed: HTTP %s: %s", display, resp.Status, hint)
+		// Something answered the handshake, but not as a WebSocket RPC
+		// endpoint does.
+		e := transport.NewNotRPCError("HTTP "+resp.Status+" instead of a WebSocket upgrade", "", body, display)
+		e.Hint = hint
+		return e
 	}
 	var unknownCA x509.UnknownAuthorityError
 	var hostErr x509.HostnameError
@@ -156,32 +166,82 @@ func dialError(ctx context.Context, display string, resp *http.Response, err err
 	return fmt.Errorf("WebSocket connection to %s failed: %w: check that the device is powered, on the network, and that the address is right", display, err)
 }
 
+// incoming is what the reader hands to Recv: a frame, or the error for a
+// message that is not one.
+type incoming struct {
+	f   *frame.Frame
+	err error
+}
+
+// hardLimit is the WebSocket read limit for a reply bound of max bytes: a
+// longer message is read (and thrown away) up to this size, so that the
+// connection stays usable; past it the connection is given up.
+func hardLimit(max int) int64 { return int64(max)*16 + 2 }
+
 // readLoop is the one reader of the connection. A read error is permanent:
-// it is stored for Recv and the loop ends.
+// it is stored for Recv and the loop ends. A message that is not an RPC
+// frame is handed to Recv as a *transport.NotRPCError.
 func (c *Conn) readLoop() {
 	defer close(c.readDone)
+	max := c.opts.MaxFrame()
 	for {
-		typ, data, err := c.ws.ReadMessage()
+		typ, r, err := c.ws.NextReader()
 		if err != nil {
+			if errors.Is(err, websocket.ErrReadLimit) {
+				c.hand(incoming{err: transport.NewNotRPCError("a WebSocket message",
+					fmt.Sprintf("larger than %d bytes, the most otactl reads of a reply", max), nil, c.display)})
+			}
 			c.readErr = err
 			return
 		}
 		if typ != websocket.TextMessage && typ != websocket.BinaryMessage {
 			continue
 		}
-		c.opts.DebugFrame("recv", data)
-		f, err := frame.Parse(data)
-		if err != nil {
-			if c.opts.Logger != nil {
-				c.opts.Logger.Warn("dropping a WebSocket message that is not an RPC frame", "url", c.display, "err", err)
-			}
-			continue
+		kind := "a WebSocket text message"
+		if typ == websocket.BinaryMessage {
+			kind = "a WebSocket binary message"
 		}
-		select {
-		case c.in <- f:
-		case <-c.closed:
+		// Room for a trailing "\r\n" after a frame of max bytes.
+		data, err := io.ReadAll(io.LimitReader(r, int64(max)+3))
+		if err == nil && len(data) > max+2 {
+			_, err = io.Copy(io.Discard, r)
+			e := transport.NewNotRPCError(kind, fmt.Sprintf("larger than %d bytes, the most otactl reads of a reply", max), nil, c.display)
+			e.Excerpt = transport.ExcerptCut(data[:max])
+			if !c.hand(incoming{err: e}) {
+				return
+			}
+		} else if err == nil {
+			c.opts.DebugFrame("recv", data)
+			f, reason := transport.ParseReply(data)
+			in := incoming{f: f}
+			if f == nil {
+				e := transport.NewNotRPCError(kind, reason, data, c.display)
+				e.Hint = "check that the URL points at a Mongoose OS device's RPC endpoint (ws://HOST/rpc)"
+				in = incoming{err: e}
+			}
+			if !c.hand(in) {
+				return
+			}
+		}
+		if err != nil {
+			if errors.Is(err, websocket.ErrReadLimit) {
+				e := transport.NewNotRPCError(kind, fmt.Sprintf("larger than %d bytes, the most otactl reads of a reply", max), nil, c.display)
+				e.Excerpt = transport.ExcerptCut(data[:min(len(data), max)])
+				c.hand(incoming{err: e})
+			}
+			c.readErr = err
 			return
 		}
+	}
+}
+
+// hand passes in to Recv; it reports false once the connection is closed.
+func (c *Conn) hand(in incoming) bool {
+	select {
+	case c.in <- in:
+		return true
+	case <-c.closed:
+		return false
 	}
 }
 
@@ -259,8 +319,8 @@ func (c *Conn) Recv(ctx context.Context) (*frame.Frame, error) {
 	default:
 	}
 	select {
-	case f := <-c.in:
-		return f, nil
+	case in := <-c.in:
+		return in.f, in.err
 	case <-c.closed:
 		return nil, transport.ErrClosed
 	case <-ctx.Done():
@@ -268,8 +328,8 @@ func (c *Conn) Recv(ctx context.Context) (*frame.Frame, error) {
 	case <-c.readDone:
 		// Frames read before the error come first.
 		select {
-		case f := <-c.in:
-			return f, nil
+		case in := <-c.in:
+			return in.f, in.err
 		default:
 		}
 		select {

@@ -311,8 +311,18 @@ func TestReceivesTextAndBinary(t *testing.T) {
 	if err := sc.WriteMessage(websocket.TextMessage, []byte(`{"id":3}`)); err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []int64{1, 2, 3} {
+	for _, want := range []int64{1, 2, 0, 3} {
 		f, err := c.Recv(transporttest.Ctx(t))
+		if want == 0 {
+			// A message that is not a frame is reported, not dropped, and
+			// the connection goes on.
+			var nr *transport.NotRPCError
+			if !errors.As(err, &nr) || !errors.Is(err, transport.ErrNotRPC) || nr.ID != 0 ||
+				!strings.Contains(err.Error(), `not an RPC frame: a WebSocket text message "not a frame" (not JSON)`) {
+				t.Fatalf("recv of a non-frame = %v, %v; want a NotRPCError", f, err)
+			}
+			continue
+		}
 		if err != nil {
 			t.Fatalf("recv: %v", err)
 		}
@@ -415,8 +425,26 @@ func TestClientReadLimit(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, err := c.Recv(transporttest.Ctx(t))
-	if err == nil || !strings.Contains(err.Error(), "larger than 100 bytes") {
+	if !errors.Is(err, transport.ErrNotRPC) || !strings.Contains(err.Error(), "larger than 100 bytes") ||
+		!strings.Contains(err.Error(), "(more than 100 bytes)") {
 		t.Fatalf("Recv = %v, want a frame size error", err)
+	}
+	// The oversized message was skipped whole: the next one is read.
+	if err := sc.WriteMessage(websocket.TextMessage, []byte(`{"id":2,"result":1}`)); err != nil {
+		t.Fatal(err)
+	}
+	if f, err := c.Recv(transporttest.Ctx(t)); err != nil || f.ID != 2 {
+		t.Fatalf("Recv after an oversized message = %v, %v", f, err)
+	}
+	// Past the hard limit the connection is given up, after saying why.
+	if err := sc.WriteMessage(websocket.TextMessage, []byte(strings.Repeat("x", 2000))); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Recv(transporttest.Ctx(t)); !errors.Is(err, transport.ErrNotRPC) {
+		t.Fatalf("Recv of a huge message = %v, want ErrNotRPC", err)
+	}
+	if _, err := c.Recv(transporttest.Ctx(t)); err == nil || errors.Is(err, transport.ErrNotRPC) {
+		t.Fatalf("Recv after a huge message = %v, want the read error", err)
 	}
 }
 
