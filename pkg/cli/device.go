@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -14,15 +15,39 @@ import (
 
 // withDevice connects with the global --timeout bounding the whole
 // exchange, and runs fn.
+//
+// Where more than one device can answer to one address (MQTT), it then
+// waits the client's settle time for a second device's late replies before
+// it lets fn's output out or its caller go on to change the device
+// (update and push call it for their pre-check): two devices with one id
+// stop the command with exit 1 (docs/transports.md, "More than one device").
 func (f *Factory) withDevice(ctx context.Context, fn func(ctx context.Context, c *rpc.Client, d *ota.Device) error) error {
-	ctx, cancel := context.WithTimeout(ctx, f.G.Timeout)
+	tctx, cancel := context.WithTimeout(ctx, f.G.Timeout)
 	defer cancel()
-	c, err := f.Connect(ctx)
+	c, err := f.Connect(tctx)
 	if err != nil {
 		return deviceErr(err, f.G.Timeout)
 	}
 	defer c.Close()
-	return deviceErr(fn(ctx, c, ota.New(c)), f.G.Timeout)
+	if !c.Shared() {
+		return deviceErr(fn(tctx, c, ota.New(c)), f.G.Timeout)
+	}
+	out := f.IO.Out
+	var held bytes.Buffer
+	f.IO.Out = &held
+	err = fn(tctx, c, ota.New(c))
+	f.IO.Out = out
+	if dup := c.Err(); dup != nil {
+		return dup
+	}
+	if err != nil {
+		return deviceErr(err, f.G.Timeout)
+	}
+	if err := c.Settle(ctx, c.SettleTime()); err != nil {
+		return err
+	}
+	_, err = out.Write(held.Bytes())
+	return err
 }
 
 // dialer returns an ota.Dialer over the global flags, for workflows that
