@@ -8,7 +8,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"hash/fnv"
 	"log/slog"
 	"math/rand/v2"
 	"sync"
@@ -142,7 +141,6 @@ func (c *Client) readLoop() {
 // that was already answered.
 func (c *Client) deliver(f *frame.Frame) {
 	now := time.Now()
-	sum := replySum(f)
 	c.mu.Lock()
 	cl, ok := c.pending[f.ID]
 	if !ok {
@@ -150,7 +148,7 @@ func (c *Client) deliver(f *frame.Frame) {
 		c.mu.Unlock()
 		if seen {
 			c.duplicate(&DuplicateReplyError{ID: f.ID, Method: prev.method, DeviceID: c.deviceID(f.Src),
-				Srcs: srcPair(prev.src, f.Src), Same: prev.sum == sum})
+				Srcs: srcPair(prev.src, f.Src)})
 			return
 		}
 		c.debug("reply matches no pending call", "id", f.ID)
@@ -166,7 +164,7 @@ func (c *Client) deliver(f *frame.Frame) {
 		c.src = f.Src
 	}
 	delete(c.pending, f.ID)
-	c.answered.add(f.ID, answer{method: cl.method, src: f.Src, sum: sum})
+	c.answered.add(f.ID, answer{method: cl.method, src: f.Src})
 	c.lastReply = now
 	if d := now.Sub(cl.sent); d > c.slowest {
 		c.slowest = d
@@ -467,7 +465,6 @@ func (c *Client) roundTrip(ctx context.Context, req *frame.Frame) (*frame.Frame,
 type answer struct {
 	method string
 	src    string
-	sum    uint64 // hash of the reply frame, to tell a copy from another reply
 }
 
 // recentAnswers is how many answered request ids the client remembers to
@@ -509,15 +506,4 @@ func (r *recentReplies) get(id int64) (answer, bool) {
 // forget drops id (its slot in the ring is reused in turn).
 func (r *recentReplies) forget(id int64) {
 	delete(r.by, id)
-}
-
-// replySum hashes a reply frame's content.
-func replySum(f *frame.Frame) uint64 {
-	b, err := frame.Marshal(f)
-	if err != nil {
-		return 0
-	}
-	h := fnv.New64a()
-	h.Write(b)
-	return h.Sum64()
 }

@@ -88,10 +88,6 @@ type DuplicateReplyError struct {
 	Method   string   // its method, when known
 	DeviceID string   // the device id the requests went to, or the replies' src
 	Srcs     []string // two different senders, when the replies named them
-	// Same is true when the second reply was identical to the first: two
-	// devices in the same state, or (rarely) one device whose broker
-	// session redelivered its reply (docs/transports.md).
-	Same bool
 }
 
 func (e *DuplicateReplyError) Error() string {
