@@ -158,7 +158,12 @@ func (c *Conn) Send(ctx context.Context, f *frame.Frame) error {
 	defer stop()
 
 	reply, err := c.post(reqCtx, body)
+	if err == nil {
+		err = c.checkReply(f, bytes.TrimSpace(reply))
+	}
 	if err != nil {
+		// An answer to a request the caller gave up on says nothing (the
+		// device side may end it empty when the request goes away).
 		switch {
 		case c.closeCtx.Err() != nil:
 			return transport.ErrClosed
@@ -167,12 +172,18 @@ func (c *Conn) Send(ctx context.Context, f *frame.Frame) error {
 		}
 		return err
 	}
-	reply = bytes.TrimSpace(reply)
+	return nil
+}
+
+// checkReply queues the reply frame to request f, or says why reply is not
+// one.
+func (c *Conn) checkReply(f *frame.Frame, reply []byte) error {
 	if len(reply) == 0 {
-		if f.ID == 0 {
-			return nil // a request without id gets no reply
-		}
-		return c.notRPC("an HTTP 200 reply", "no frame", []byte{}, "check that the URL points at the device's RPC endpoint, e.g. http://HOST/rpc")
+		// A request without id gets no reply. For one with an id an empty
+		// 200 is no answer either (the device side ends a call it will not
+		// answer that way, as when it reboots meanwhile): nothing is queued,
+		// and the call waits for its timeout, as for a silent device.
+		return nil
 	}
 	c.opts.DebugFrame("recv", reply)
 	rf, reason := transport.ParseReply(reply)

@@ -41,7 +41,6 @@ func TestAnswersThatAreNotRPCFrames(t *testing.T) {
 		{"empty object", 200, `{}`, []string{`(a JSON object without an id: no reply)`}},
 		{"other id", 200, `{"id":8,"result":1}`, []string{`(a frame with id 8, but the request had id 7)`}},
 		{"bad id", 200, `{"id":"seven","result":1}`, []string{`bad frame id`}},
-		{"empty 200", 200, "", []string{`an HTTP 200 reply with an empty body (no frame)`}},
 		{"token", 200, `{"token": "abc123secret", "pass":"hunter2"}`, []string{`\"token\": \"xxxxx\", \"pass\":\"xxxxx\"`}},
 		{"oversized", 200, `{"id":7,"result":"` + strings.Repeat("A", 70000) + `"}`, []string{`(more than 65536 bytes)`, "larger than 65536 bytes"}},
 	} {
