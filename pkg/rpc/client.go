@@ -28,7 +28,14 @@ type ClientOptions struct {
 	// Dst is the request "dst"; empty means whoever is on the other end.
 	Dst string
 	// Creds answer the device's in-frame digest challenge (code 401).
+	// Once a challenge was answered successfully, later calls answer it
+	// up front (its nonce stays valid for an hour on a device), so that
+	// each call costs one round trip, not two; a stale nonce gets a fresh
+	// challenge, which is answered.
 	Creds *transport.Credentials
+	// Where names the device (its address, secrets redacted) in
+	// authentication errors.
+	Where string
 	// Logger gets debug lines about unmatched replies. Nil: none.
 	Logger *slog.Logger
 	// DeviceID names the device in messages about duplicate replies. Empty:
@@ -68,6 +75,9 @@ type Client struct {
 	lastReply time.Time     // when the last reply matched a call
 	slowest   time.Duration // longest time a call waited for its reply
 	done      chan struct{} // closed when the reader stops
+	// challenge is the last in-frame digest challenge that Creds answered
+	// successfully; nil before.
+	challenge *challenge
 }
 
 // call is one request waiting for its reply.
@@ -343,25 +353,13 @@ func (c *Client) Call(ctx context.Context, method string, params any) (json.RawM
 			req.Params = raw
 		}
 	}
-	resp, err := c.roundTrip(ctx, req)
+	resp, authed, err := c.authRoundTrip(ctx, req)
 	if err != nil {
 		return nil, err
 	}
-	if resp.Error != nil && resp.Error.Code == 401 {
-		ch, perr := parseChallenge(resp.Error.Message)
-		if perr != nil {
-			return nil, &Error{Method: method, Code: 401, Message: resp.Error.Message}
-		}
-		if c.opts.Creds == nil {
-			return nil, fmt.Errorf("%s: %w: the device requires credentials: pass --rpc-creds user:pass", method, ErrAuth)
-		}
-		req.Auth = ch.answer(c.opts.Creds)
-		if resp, err = c.roundTrip(ctx, req); err != nil {
-			return nil, err
-		}
-		if resp.Error != nil && resp.Error.Code == 401 {
-			return nil, fmt.Errorf("%s: %w: the device refused the credentials for user %q: check --rpc-creds", method, ErrAuth, c.opts.Creds.User)
-		}
+	if resp.Error != nil && resp.Error.Code == 403 {
+		return nil, &AuthError{Kind: transport.AuthForbidden, User: c.presentedUser(authed), Method: method, Where: c.opts.Where,
+			Err: &Error{Method: method, Code: resp.Error.Code, Message: resp.Error.Message}}
 	}
 	if resp.Error != nil && resp.Error.Code != 0 {
 		return nil, &Error{Method: method, Code: resp.Error.Code, Message: resp.Error.Message}
@@ -370,6 +368,89 @@ func (c *Client) Call(ctx context.Context, method string, params any) (json.RawM
 		return json.RawMessage("null"), nil
 	}
 	return resp.Result, nil
+}
+
+// authRoundTrip sends req and deals with the device's in-frame digest
+// authentication (docs/security.md): it answers a known challenge up
+// front, answers a 401 challenge once, and turns a refusal into an
+// *AuthError. authed reports whether the reply answers a request that
+// carried credentials.
+func (c *Client) authRoundTrip(ctx context.Context, req *frame.Frame) (resp *frame.Frame, authed bool, err error) {
+	c.mu.Lock()
+	known := c.challenge
+	c.mu.Unlock()
+	if known != nil && c.opts.Creds != nil {
+		req.Auth = known.answer(c.opts.Creds)
+	}
+	if resp, err = c.roundTrip(ctx, req); err != nil {
+		return nil, false, err
+	}
+	if req.Auth != nil && isBadRequest(resp) {
+		// The device's realm or algorithm changed since: ask afresh.
+		c.setChallenge(known, nil)
+		req.Auth = nil
+		if resp, err = c.roundTrip(ctx, req); err != nil {
+			return nil, false, err
+		}
+	}
+	if resp.Error == nil || resp.Error.Code != 401 {
+		return resp, req.Auth != nil, nil
+	}
+	method := req.Method
+	ch, perr := parseChallenge(resp.Error.Message)
+	if perr != nil {
+		return nil, false, &Error{Method: method, Code: 401, Message: resp.Error.Message}
+	}
+	if c.opts.Creds == nil {
+		return nil, false, &AuthError{Kind: transport.AuthRequired, Method: method, Where: c.opts.Where, How: "in-frame digest", Realm: ch.Realm}
+	}
+	if req.Auth != nil {
+		// The known nonce went stale (a device takes one for an hour).
+		c.setChallenge(known, nil)
+	}
+	req.Auth = ch.answer(c.opts.Creds)
+	if resp, err = c.roundTrip(ctx, req); err != nil {
+		return nil, false, err
+	}
+	user := c.opts.Creds.User
+	switch {
+	case resp.Error != nil && resp.Error.Code == 401:
+		return nil, false, &AuthError{Kind: transport.AuthRefused, User: user, Method: method, Where: c.opts.Where, How: "in-frame digest", Realm: ch.Realm}
+	case isBadRequest(resp):
+		return nil, false, &AuthError{Kind: transport.AuthMalformed, User: user, Method: method, Where: c.opts.Where, How: "in-frame digest", Realm: ch.Realm,
+			Err: &Error{Method: method, Code: resp.Error.Code, Message: resp.Error.Message}}
+	}
+	c.setChallenge(nil, ch)
+	return resp, true, nil
+}
+
+// setChallenge replaces the known challenge old (nil: whatever it is)
+// with ch, unless another call replaced old meanwhile.
+func (c *Client) setChallenge(old, ch *challenge) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if old == nil || c.challenge == old {
+		c.challenge = ch
+	}
+}
+
+// isBadRequest reports whether resp is a device's 400 "bad request", its
+// answer to an "auth" object it cannot use.
+func isBadRequest(resp *frame.Frame) bool {
+	return resp.Error != nil && resp.Error.Code == 400 && resp.Error.Message == "bad request"
+}
+
+// presentedUser is the user the device was shown for a call: the
+// in-frame credentials when the request carried them, else a user the
+// transport authenticated (HTTP digest, a WebSocket handshake).
+func (c *Client) presentedUser(inFrame bool) string {
+	if inFrame && c.opts.Creds != nil {
+		return c.opts.Creds.User
+	}
+	if a, ok := c.conn.(transport.AuthenticatedConn); ok {
+		return a.AuthenticatedUser()
+	}
+	return ""
 }
 
 // CallInto is Call followed by json.Unmarshal of the result into out (out

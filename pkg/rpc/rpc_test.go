@@ -305,9 +305,9 @@ func TestDigestAuth(t *testing.T) {
 	if res, err := good.Call(ctx(t), "Echo", map[string]int{"a": 1}); err != nil || string(res) != `{"a":1}` {
 		t.Fatalf("with good creds: %s, %v", res, err)
 	}
-	bad := newPair(t, s, rpc.ClientOptions{Creds: &transport.Credentials{User: "admin", Password: "wrong"}})
+	bad := newPair(t, s, rpc.ClientOptions{Creds: &transport.Credentials{User: "admin", Password: "wr0ng-H1dden"}})
 	_, err := bad.Call(ctx(t), "Echo", nil)
-	if !errors.Is(err, rpc.ErrAuth) || strings.Contains(err.Error(), "wrong") {
+	if !errors.Is(err, rpc.ErrAuth) || strings.Contains(err.Error(), "wr0ng-H1dden") || !strings.Contains(err.Error(), `refused user "admin"`) {
 		t.Fatalf("with bad creds: %v", err)
 	}
 	none := newPair(t, s, rpc.ClientOptions{})

@@ -11,6 +11,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"regexp"
+	"strings"
 
 	"github.com/otactl/otactl/pkg/rpc/frame"
 )
@@ -112,6 +114,19 @@ func (o Options) MaxFrame() int {
 	return DefaultMaxReplySize
 }
 
+// reAuthResponse matches the digest response of an in-frame "auth" object.
+var reAuthResponse = regexp.MustCompile(`("response"\s*:\s*)"(?:[^"\\]|\\.)*"`)
+
+// RedactAuth hides the digest response of an in-frame "auth" object in a
+// frame's text: whoever reads it could replay the call for as long as its
+// nonce is valid (docs/security.md).
+func RedactAuth(s string) string {
+	if !strings.Contains(s, `"response"`) {
+		return s
+	}
+	return reAuthResponse.ReplaceAllString(s, `${1}"xxxxx"`)
+}
+
 // DebugFrameMax is how much of a frame DebugFrame shows; the rest (the
 // base64 of a push chunk, say) is summarised by its length.
 const DebugFrameMax = 300
@@ -122,7 +137,7 @@ func (o Options) DebugFrame(dir string, data []byte) {
 	if o.Logger == nil {
 		return
 	}
-	s := string(data)
+	s := RedactAuth(string(data))
 	if len(s) > DebugFrameMax {
 		s = fmt.Sprintf("%s… (%d bytes)", s[:DebugFrameMax], len(data))
 	}

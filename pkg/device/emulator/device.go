@@ -112,6 +112,15 @@ type Config struct {
 	// sig_req_mask -1, signatures ignored. New copies it.
 	Signing *bundle.SignaturePolicy
 
+	// Auth is the device's RPC authentication and ACL (rpc.auth_domain,
+	// rpc.auth_file, rpc.auth_algo, rpc.acl; docs/security.md). Nil: no
+	// ACL, every call allowed.
+	Auth *AuthConfig
+	// TLS makes the HTTP listener serve https:// and wss:// (and the
+	// embedded MQTT broker mqtts://), and lets the device reach an
+	// mqtts:// broker (docs/security.md). Nil: no TLS.
+	TLS *TLSConfig
+
 	// CAFile is a PEM file of CAs trusted for HTTPS downloads (default:
 	// the system pool).
 	CAFile string
@@ -152,7 +161,8 @@ type Listener interface {
 
 // ListenerInfo describes a running listener.
 type ListenerInfo struct {
-	// Transport is "http", "ws", "serial", "mqtt" or a test's name.
+	// Transport is "http", "ws" (or "https", "wss" with TLS), "serial",
+	// "mqtt" or a test's name.
 	Transport string
 	// Addr is what a client passes as --port (a URL or a device path).
 	Addr string
@@ -202,6 +212,7 @@ type Device struct {
 	fl     *flash
 	srv    *rpc.Server
 	client *http.Client
+	auth   *deviceAuth // nil: no access control
 
 	poweredOff atomic.Bool
 	offOnce    sync.Once
@@ -299,6 +310,13 @@ func New(cfg Config) (*Device, error) {
 	}
 	d.life, d.lifeStop = context.WithCancel(context.Background())
 	d.fl = &flash{dir: cfg.StateDir, slots: cfg.Slots, onCut: d.cutPower}
+	if cfg.Auth != nil {
+		a, err := newDeviceAuth(cfg.Auth, cfg.Clock, d.log)
+		if err != nil {
+			return nil, err
+		}
+		d.auth = a
+	}
 	client, err := d.buildHTTPClient()
 	if err != nil {
 		return nil, err
@@ -321,7 +339,7 @@ func New(cfg Config) (*Device, error) {
 	for _, m := range d.srv.Methods() {
 		d.builtin[m] = true
 	}
-	d.srv.SetGate(d.lockout)
+	d.srv.SetGate(d.gate)
 	return d, nil
 }
 
@@ -413,7 +431,7 @@ func (d *Device) RPC() *rpc.Server { return d.srv }
 
 // Handler returns what a transport's device side serves: the RPC server,
 // silent while the device is off and for a firmware that answers no RPC.
-func (d *Device) Handler() transport.Handler { return transport.HandlerFunc(d.handleFrame) }
+func (d *Device) Handler() transport.Handler { return deviceHandler{d} }
 
 func (d *Device) handleFrame(ctx context.Context, f *frame.Frame) *frame.Frame {
 	d.mu.Lock()

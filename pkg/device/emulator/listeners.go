@@ -2,6 +2,7 @@ package emulator
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -28,9 +29,16 @@ import (
 // and MQTTBroker.
 func (d *Device) configListeners() ([]Listener, error) {
 	var out []Listener
+	tlsConf, err := loadTLS(d.cfg.TLS)
+	if err != nil {
+		return nil, err
+	}
 	if d.cfg.Listen != "" {
 		l := NewHTTPListener(d.cfg.Listen, d.log)
 		l.Limits = d.cfg.HTTPLimits
+		if tlsConf != nil {
+			l.TLS = tlsConf.server
+		}
 		out = append(out, l)
 	}
 	if d.cfg.SerialLink != "" {
@@ -41,6 +49,9 @@ func (d *Device) configListeners() ([]Listener, error) {
 	if d.cfg.MQTTBroker != "" {
 		l, err := NewMQTTListener(d.cfg.MQTTBroker, d.cfg.ID, d.log)
 		if err != nil {
+			return nil, err
+		}
+		if err := l.setTLS(tlsConf); err != nil {
 			return nil, err
 		}
 		clock := d.clock
@@ -106,6 +117,9 @@ func (lim HTTPLimits) withDefaults() HTTPLimits {
 type HTTPListener struct {
 	// Limits bound slow, idle and surplus clients; set before Start.
 	Limits HTTPLimits
+	// TLS, when set before Start, makes the listener serve https:// and
+	// wss:// with it.
+	TLS *tls.Config
 
 	log *slog.Logger
 
@@ -146,6 +160,10 @@ func (l *HTTPListener) Start(ctx context.Context, h transport.Handler) error {
 	l.addr = ln.Addr().String()
 	lim := l.Limits.withDefaults()
 	l.ln = newLimitListener(ln, lim.MaxConns, l.log)
+	var serveLn net.Listener = l.ln
+	if l.TLS != nil {
+		serveLn = tls.NewListener(l.ln, l.TLS)
+	}
 	opts := transport.Options{Logger: l.log}
 	l.ws = ws.NewHandler(h, opts)
 	l.srv = &http.Server{
@@ -158,7 +176,7 @@ func (l *HTTPListener) Start(ctx context.Context, h transport.Handler) error {
 		ErrorLog:    slog.NewLogLogger(l.log.Handler(), slog.LevelDebug),
 	}
 	l.done = make(chan struct{})
-	srv, done, lln := l.srv, l.done, l.ln
+	srv, done, lln := l.srv, l.done, serveLn
 	go func() {
 		defer close(done)
 		_ = srv.Serve(lln)
@@ -189,6 +207,12 @@ func (l *HTTPListener) Stop() error {
 func (l *HTTPListener) Info() []ListenerInfo {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if l.TLS != nil {
+		return []ListenerInfo{
+			{Transport: "https", Addr: "https://" + l.addr + "/rpc"},
+			{Transport: "wss", Addr: "wss://" + l.addr + "/rpc"},
+		}
+	}
 	return []ListenerInfo{
 		{Transport: "http", Addr: "http://" + l.addr + "/rpc"},
 		{Transport: "ws", Addr: "ws://" + l.addr + "/rpc"},
@@ -291,6 +315,8 @@ type MQTTListener struct {
 	embedded     bool
 	embeddedAddr string
 	broker       *mochi.Server
+	brokerTLS    *tls.Config // the embedded broker's listener; nil: plain
+	clientTLS    *tls.Config // the device's connection to its broker
 
 	mu  sync.Mutex
 	url *url.URL
@@ -323,7 +349,7 @@ func (l *MQTTListener) startBroker() error {
 	if err := srv.AddHook(new(allowAll), nil); err != nil {
 		return fmt.Errorf("embedded MQTT broker: %w", err)
 	}
-	tcp := listeners.NewTCP(listeners.Config{ID: "emulator", Address: l.embeddedAddr})
+	tcp := listeners.NewTCP(listeners.Config{ID: "emulator", Address: l.embeddedAddr, TLSConfig: l.brokerTLS})
 	if err := srv.AddListener(tcp); err != nil {
 		return fmt.Errorf("embedded MQTT broker: listening on %s: %w", l.embeddedAddr, err)
 	}
@@ -333,6 +359,9 @@ func (l *MQTTListener) startBroker() error {
 	}
 	l.broker = srv
 	l.url = &url.URL{Scheme: "mqtt", Host: tcp.Address()}
+	if l.brokerTLS != nil {
+		l.url.Scheme = "mqtts"
+	}
 	return nil
 }
 
@@ -348,7 +377,7 @@ func (l *MQTTListener) Start(ctx context.Context, h transport.Handler) error {
 			return err
 		}
 	}
-	srv, err := mqtt.ServeWith(ctx, l.url, l.id, h, transport.Options{Logger: l.log}, l.Connect)
+	srv, err := mqtt.ServeWith(ctx, l.url, l.id, h, transport.Options{Logger: l.log, TLS: l.clientTLS}, l.Connect)
 	if err != nil {
 		return err
 	}
@@ -386,11 +415,36 @@ func (l *MQTTListener) Info() []ListenerInfo {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.url == nil {
-		return []ListenerInfo{{Transport: "mqtt", Addr: "mqtt://" + l.embeddedAddr + "/" + l.id}}
+		scheme := "mqtt"
+		if l.brokerTLS != nil {
+			scheme = "mqtts"
+		}
+		return []ListenerInfo{{Transport: "mqtt", Addr: scheme + "://" + l.embeddedAddr + "/" + l.id}}
 	}
 	u := *l.url
 	u.Path = "/" + l.id
 	return []ListenerInfo{{Transport: "mqtt", Addr: transport.Redact(&u)}}
+}
+
+// setTLS applies the device's TLS settings: an embedded broker listens
+// with the device's certificate (and its client CAs); the device reaches
+// an mqtts:// broker with the configured CA and client certificate.
+func (l *MQTTListener) setTLS(t *deviceTLS) error {
+	if t == nil {
+		return nil
+	}
+	if l.embedded {
+		if t.server != nil {
+			l.brokerTLS = t.embeddedServer()
+			l.clientTLS = t.embeddedClient()
+		}
+		return nil
+	}
+	if t.broker != nil && l.url.Scheme != "mqtts" {
+		return fmt.Errorf("emulator: an MQTT CA or client certificate needs an mqtts:// broker, not %s", transport.Redact(l.url))
+	}
+	l.clientTLS = t.broker
+	return nil
 }
 
 // allowAll lets every client connect and use every topic (the embedded

@@ -34,6 +34,10 @@ type Frame struct {
 	// Args is the legacy name of Params; devices accept either. Use
 	// ParamsOrArgs to read whichever is present.
 	Args json.RawMessage `json:"args,omitempty"`
+	// AuthRaw is the "auth" member as received (Parse sets it, Marshal
+	// ignores it): a device reads its fields as text whatever their JSON
+	// type, and tells a missing field from an empty one.
+	AuthRaw json.RawMessage `json:"-"`
 }
 
 // Error is the error object of a response frame. Code 0 means success.
@@ -127,6 +131,7 @@ func Parse(data []byte) (*Frame, error) {
 		f.Error = e
 	}
 	if len(w.Auth) > 0 && string(w.Auth) != "null" {
+		f.AuthRaw = keep(w.Auth)
 		var a Auth
 		if err := json.Unmarshal(w.Auth, &a); err == nil {
 			f.Auth = &a

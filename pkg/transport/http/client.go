@@ -10,8 +10,6 @@ package httptransport
 import (
 	"bytes"
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -29,11 +27,6 @@ import (
 // serves RPC at /rpc.
 const DefaultPath = "/rpc"
 
-// ErrAuthRequired is wrapped by the error Send returns when the device
-// answers HTTP 401: it wants HTTP digest authentication, which this transport
-// does not do yet.
-var ErrAuthRequired = fmt.Errorf("device requires HTTP authentication: %w", transport.ErrAuth)
-
 // Conn is an HTTP client connection to a device. HTTP is connectionless: each
 // Send is one POST whose reply frame is queued for Recv. It implements
 // transport.Conn.
@@ -41,7 +34,7 @@ type Conn struct {
 	url      *url.URL // request URL: no user info, path defaulted
 	display  string   // URL for messages, secrets redacted
 	opts     transport.Options
-	creds    *transport.Credentials // for HTTP digest auth (not implemented yet)
+	creds    *transport.Credentials // for HTTP digest authentication
 	client   *http.Client
 	tr       *http.Transport
 	closeCtx context.Context // done after Close
@@ -50,6 +43,10 @@ type Conn struct {
 	mu    sync.Mutex
 	queue []*frame.Frame
 	ready chan struct{} // capacity 1: signalled when queue gets a frame
+	// digest is the device's last HTTP digest challenge that c.creds
+	// answered successfully: later requests answer it up front (its nonce
+	// stays valid for an hour on a device), saving a 401 round trip each.
+	digest *transport.DigestChallenge
 }
 
 // Dial returns a Conn that POSTs frames to u (http:// or https://). An empty
@@ -157,7 +154,7 @@ func (c *Conn) Send(ctx context.Context, f *frame.Frame) error {
 	stop := context.AfterFunc(c.closeCtx, cancel)
 	defer stop()
 
-	reply, err := c.post(reqCtx, body)
+	reply, err := c.postAuth(reqCtx, f.Method, body)
 	if err == nil {
 		err = c.checkReply(f, bytes.TrimSpace(reply))
 	}
@@ -205,13 +202,83 @@ func (c *Conn) notRPC(what, reason string, data []byte, hint string) error {
 	return e
 }
 
-// post does one POST of body and returns the reply body of a 200 answer.
-func (c *Conn) post(ctx context.Context, body []byte) ([]byte, error) {
+// postAuth POSTs body and answers the device's HTTP digest challenge
+// (docs/security.md): a 401 with "WWW-Authenticate: Digest …" is answered
+// once with c.creds, and a challenge answered successfully is answered up
+// front on later requests. A 401 to a fresh answer means the credentials
+// were refused. method names the RPC method in errors.
+func (c *Conn) postAuth(ctx context.Context, method string, body []byte) ([]byte, error) {
+	c.mu.Lock()
+	cached := c.digest
+	c.mu.Unlock()
+	authz := ""
+	if cached != nil && c.creds != nil {
+		authz = cached.Authorization(c.creds, http.MethodPost, c.url.RequestURI())
+	}
+	data, err := c.post(ctx, body, authz)
+	var un *unauthorized
+	if !errors.As(err, &un) {
+		return data, err
+	}
+	ch, perr := transport.ParseDigestChallenge(un.www)
+	realm := ""
+	if ch != nil {
+		realm = ch.Realm
+	}
+	switch {
+	case c.creds == nil:
+		return nil, &transport.AuthError{Kind: transport.AuthRequired, Method: method, Where: c.display, How: "HTTP digest", Realm: realm}
+	case perr != nil:
+		return nil, fmt.Errorf("%s: the device at %s answered 401 with a challenge otactl cannot answer (%v): %w", method, c.display, perr, transport.ErrAuth)
+	}
+	if cached != nil {
+		// The nonce went stale, or the device forgot it: a fresh one.
+		c.setDigest(nil)
+	}
+	data, err = c.post(ctx, body, ch.Authorization(c.creds, http.MethodPost, c.url.RequestURI()))
+	if errors.As(err, &un) {
+		return nil, &transport.AuthError{Kind: transport.AuthRefused, User: c.creds.User, Method: method, Where: c.display, How: "HTTP digest", Realm: realm}
+	}
+	if err == nil {
+		c.setDigest(ch)
+	}
+	return data, err
+}
+
+func (c *Conn) setDigest(ch *transport.DigestChallenge) {
+	c.mu.Lock()
+	c.digest = ch
+	c.mu.Unlock()
+}
+
+// AuthenticatedUser returns the user whose HTTP digest answer the device
+// accepted, or "" (transport.AuthenticatedConn).
+func (c *Conn) AuthenticatedUser() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.digest == nil || c.creds == nil {
+		return ""
+	}
+	return c.creds.User
+}
+
+// unauthorized is a 401 answer; www is its WWW-Authenticate header.
+type unauthorized struct{ www string }
+
+func (u *unauthorized) Error() string { return "HTTP 401 Unauthorized" }
+
+// post does one POST of body (with an Authorization header when authz is
+// set) and returns the reply body of a 200 answer; a 401 is an
+// *unauthorized.
+func (c *Conn) post(ctx context.Context, body []byte, authz string) ([]byte, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.url.String(), bytes.NewReader(body))
 	if err != nil {
 		return nil, fmt.Errorf("build HTTP request for %s: %w", c.display, err)
 	}
 	req.Header.Set("Content-Type", "application/json")
+	if authz != "" {
+		req.Header.Set("Authorization", authz)
+	}
 	resp, err := c.client.Do(req)
 	if err != nil {
 		return nil, c.requestError(err)
@@ -220,17 +287,8 @@ func (c *Conn) post(ctx context.Context, body []byte) ([]byte, error) {
 
 	switch {
 	case resp.StatusCode == http.StatusUnauthorized:
-		// HTTP digest authentication (wire-protocol.md §6) goes here: when
-		// resp carries "WWW-Authenticate: Digest ..." and c.creds is set,
-		// answer with an "Authorization: Digest ..." header (uri=/rpc,
-		// nc=00000001, qop=auth, method POST) and resend once; a second
-		// 401 is "authentication failed". Until then, report it.
 		drain(resp.Body)
-		hint := "pass credentials with --rpc-creds user:pass once HTTP digest authentication is supported, or disable rpc.auth on the device"
-		if c.creds != nil {
-			hint = "HTTP digest authentication is not supported yet; use another transport (ws://, serial) or disable HTTP auth on the device"
-		}
-		return nil, fmt.Errorf("%w: device at %s answered HTTP 401 Unauthorized: %s", ErrAuthRequired, c.display, hint)
+		return nil, &unauthorized{www: resp.Header.Get("WWW-Authenticate")}
 	case resp.StatusCode != http.StatusOK:
 		// Something answered, but not with an RPC reply (wire-protocol.md
 		// §3: a non-200 other than 401 is no reply): show what it said.
@@ -265,16 +323,13 @@ func (c *Conn) requestError(err error) error {
 	if errors.As(err, &ue) {
 		err = ue.Err
 	}
-	var unknownCA x509.UnknownAuthorityError
-	var hostErr x509.HostnameError
-	var certErr *tls.CertificateVerificationError
-	switch {
-	case errors.As(err, &unknownCA):
-		return fmt.Errorf("HTTPS to %s: the device's TLS certificate is not trusted (%w): trust the CA certificate that signed it, or use http://", c.display, err)
-	case errors.As(err, &hostErr):
-		return fmt.Errorf("HTTPS to %s: the device's TLS certificate does not match the host name (%w): use the host name the certificate was issued for", c.display, err)
-	case errors.As(err, &certErr):
-		return fmt.Errorf("HTTPS to %s: the device's TLS certificate was refused (%w): check the device certificate and the CA you trust", c.display, err)
+	if errors.Is(err, http.ErrSchemeMismatch) {
+		return &transport.TLSError{Where: c.display, Err: err,
+			Problem: "the TLS handshake failed: the device answered in plain HTTP",
+			Hint:    "use http:// instead of https://"}
+	}
+	if te := transport.ExplainTLS(err, "device", c.display, "http://"); te != nil {
+		return te
 	}
 	return fmt.Errorf("HTTP POST to %s failed: %w: check that the device is powered, on the network, and that the address is right", c.display, err)
 }

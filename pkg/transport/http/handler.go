@@ -159,7 +159,11 @@ func (s *Handler) serveFrame(w http.ResponseWriter, r *http.Request, body []byte
 		http.Error(w, "Invalid request", http.StatusBadRequest)
 		return
 	}
-	reply := s.h.HandleFrame(r.Context(), req)
+	ch := httpChannel(r)
+	reply := s.h.HandleFrame(transport.WithChannel(r.Context(), ch), req)
+	if s.challenged(w, ch) {
+		return
+	}
 	if reply == nil || req.ID == 0 {
 		// No reply, and never one to a request without id.
 		w.Header().Set("Content-Length", "0")
@@ -198,7 +202,11 @@ func (s *Handler) serveMethod(w http.ResponseWriter, r *http.Request, method str
 	if b, err := frame.Marshal(req); err == nil {
 		s.debug("recv", b)
 	}
-	reply := s.h.HandleFrame(r.Context(), req)
+	ch := httpChannel(r)
+	reply := s.h.HandleFrame(transport.WithChannel(r.Context(), ch), req)
+	if s.challenged(w, ch) {
+		return
+	}
 	if reply == nil {
 		w.Header().Set("Content-Length", "0")
 		w.WriteHeader(http.StatusOK)
@@ -264,6 +272,32 @@ func queryArgs(raw string) (json.RawMessage, error) {
 	return frame.ASCII(buf.Bytes()), nil
 }
 
+// httpChannel describes the request for the handler's authorisation check
+// (docs/security.md): an HTTP channel with the request's method, URI and
+// Authorization header.
+func httpChannel(r *http.Request) *transport.Channel {
+	return &transport.Channel{Type: transport.ChannelHTTP, HTTPMethod: r.Method, HTTPURI: r.URL.RequestURI(),
+		Authorization: r.Header.Get("Authorization")}
+}
+
+// challenged answers "401 Unauthorized" with the WWW-Authenticate value the
+// handler set on ch, as a device's HTTP channel does (headers as a device
+// sends them, no body, and the connection closed), and reports whether it
+// did.
+func (s *Handler) challenged(w http.ResponseWriter, ch *transport.Channel) bool {
+	www, ok := ch.Challenged()
+	if !ok {
+		return false
+	}
+	h := w.Header()
+	h.Set("WWW-Authenticate", www)
+	h.Set("Content-Length", "0")
+	h.Set("Connection", "close")
+	w.WriteHeader(http.StatusUnauthorized)
+	s.debug("send", []byte("HTTP 401 WWW-Authenticate: "+www))
+	return true
+}
+
 // writeBody writes body followed by "\r\n", as a device does.
 func writeBody(w http.ResponseWriter, status int, body []byte) {
 	w.Header().Set("Content-Length", fmt.Sprint(len(body)+2))
@@ -274,6 +308,6 @@ func writeBody(w http.ResponseWriter, status int, body []byte) {
 
 func (s *Handler) debug(dir string, data []byte) {
 	if s.opts.Logger != nil {
-		s.opts.Logger.Debug("frame", "transport", "http", "dir", dir, "data", string(data))
+		s.opts.Logger.Debug("frame", "transport", "http", "dir", dir, "data", transport.RedactAuth(string(data)))
 	}
 }

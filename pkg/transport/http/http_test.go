@@ -100,8 +100,11 @@ func TestUntrustedCertificateRefused(t *testing.T) {
 	if !errors.As(err, &ua) {
 		t.Errorf("error does not wrap x509.UnknownAuthorityError: %v", err)
 	}
-	if !strings.Contains(err.Error(), "not trusted") {
-		t.Errorf("error does not say the certificate is not trusted: %v", err)
+	if !strings.Contains(err.Error(), "not signed by a CA otactl trusts") || !strings.Contains(err.Error(), "--ca-cert-file") {
+		t.Errorf("error does not say the certificate is not trusted and what to do: %v", err)
+	}
+	if !errors.Is(err, transport.ErrTLS) {
+		t.Errorf("error is not transport.ErrTLS: %v", err)
 	}
 	if calls.Load() != 0 {
 		t.Error("the device handler ran although the certificate was refused")
@@ -212,7 +215,7 @@ func TestClientNon200(t *testing.T) {
 		{http.StatusInternalServerError, []string{"HTTP 500", "device log"}, false},
 		{http.StatusNotFound, []string{"HTTP 404", "/rpc"}, false},
 		{http.StatusRequestEntityTooLarge, []string{"HTTP 413", "smaller"}, false},
-		{http.StatusUnauthorized, []string{"401", "authentication"}, true},
+		{http.StatusUnauthorized, []string{`refused user "admin"`, "HTTP digest", `realm "dev"`}, true},
 	}
 	for _, tc := range cases {
 		t.Run(http.StatusText(tc.status), func(t *testing.T) {
@@ -237,8 +240,8 @@ func TestClientNon200(t *testing.T) {
 					t.Errorf("error %q does not contain %q", err, w)
 				}
 			}
-			if errors.Is(err, ErrAuthRequired) != tc.auth {
-				t.Errorf("errors.Is(err, ErrAuthRequired) = %v, want %v (err %v)", !tc.auth, tc.auth, err)
+			if errors.Is(err, transport.ErrAuth) != tc.auth {
+				t.Errorf("errors.Is(err, transport.ErrAuth) = %v, want %v (err %v)", !tc.auth, tc.auth, err)
 			}
 			if strings.Contains(err.Error(), secret) {
 				t.Errorf("error leaks the URL password: %v", err)

@@ -32,13 +32,14 @@ func DeviceID(u *url.URL) string {
 //
 // The client id is opts.ClientID, or "otactl-" and 16 random hex digits,
 // new for every connection (two clients with one id knock each other off the
-// broker). Credentials come from the URL user info, else from opts.Creds.
+// broker). The broker's credentials come from the URL user info only
+// (opts.Creds are the device's RPC credentials, never sent to a broker).
 // For mqtts, opts.TLS is used when set (certificates are verified unless the
 // caller's config says otherwise). Dial returns once the reply topic
 // ReplyTopic(deviceID, clientID) is subscribed, so no reply can be missed.
 // ctx bounds the whole dial.
 func Dial(ctx context.Context, u *url.URL, opts transport.Options) (transport.Conn, error) {
-	b, err := parseBroker(u, opts.Creds)
+	b, err := parseBroker(u)
 	if err != nil {
 		return nil, err
 	}

@@ -73,8 +73,11 @@ type broker struct {
 }
 
 // parseBroker checks the scheme, host and port of u and fills in the default
-// port. Credentials come from the URL user info, else from creds.
-func parseBroker(u *url.URL, creds *transport.Credentials) (*broker, error) {
+// port. The broker's credentials come from the URL user info only: the RPC
+// credentials (transport.Options.Creds, --rpc-creds) are the device's, for
+// in-frame digest authentication, and are never sent to a broker (where
+// CONNECT would carry the password itself, in the clear over mqtt://).
+func parseBroker(u *url.URL) (*broker, error) {
 	if u == nil {
 		return nil, fmt.Errorf("%w: no MQTT URL given", transport.ErrBadPort)
 	}
@@ -108,8 +111,6 @@ func parseBroker(u *url.URL, creds *transport.Credentials) (*broker, error) {
 	if u.User != nil {
 		b.user = u.User.Username()
 		b.pass, b.hasPwd = u.User.Password()
-	} else if creds != nil {
-		b.user, b.pass, b.hasPwd = creds.User, creds.Password, creds.Password != ""
 	}
 	return b, nil
 }
@@ -248,12 +249,15 @@ func connect(ctx context.Context, cl paho.Client, d *ctxDialer, b *broker) error
 
 func explainConnectError(b *broker, err error) error {
 	where := transport.Redact(b.u)
+	if te := transport.ExplainTLS(err, "MQTT broker", where, "mqtt://"); te != nil {
+		return te
+	}
 	switch {
 	// Brokers answer bad credentials with either code (mosquitto and mochi
 	// use "not authorised").
 	case errors.Is(err, packets.ErrorRefusedBadUsernameOrPassword), errors.Is(err, packets.ErrorRefusedNotAuthorised):
 		if b.user == "" && !b.hasPwd {
-			return fmt.Errorf("MQTT broker %s refused an anonymous client: it wants a user name and password: put them in the URL (%s://user:pass@%s/…) or use --rpc-creds: %w: %w",
+			return fmt.Errorf("MQTT broker %s refused an anonymous client: it wants a user name and password: put them in the URL (%s://user:pass@%s/…; --rpc-creds are the device's, not the broker's): %w: %w",
 				where, b.u.Scheme, b.u.Host, transport.ErrAuth, err)
 		}
 		return fmt.Errorf("MQTT broker %s refused user %q: wrong user name or password (or the user may not connect): check the credentials: %w: %w", where, b.user, transport.ErrAuth, err)

@@ -151,7 +151,7 @@ type sniffer struct {
 
 func newSniffer(t *testing.T, brokerURL string) *sniffer {
 	t.Helper()
-	b, err := parseBroker(mustURL(t, brokerURL), nil)
+	b, err := parseBroker(mustURL(t, brokerURL))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -380,8 +380,14 @@ func TestCredentials(t *testing.T) {
 	serve(t, good, "dev1", transporttest.NewEchoDevice(), transport.Options{})
 	// Credentials in the URL.
 	echoCall(t, dial(t, good+"/dev1", transport.Options{}), "url creds")
-	// Credentials from the options.
-	echoCall(t, dial(t, bu+"/dev1", transport.Options{Creds: &transport.Credentials{User: user, Password: pass}}), "opt creds")
+	// The RPC credentials (Options.Creds) are the device's: they never go
+	// to the broker, which then sees an anonymous client.
+	if c, err := Dial(ctxT(t), mustURL(t, bu+"/dev1"), transport.Options{Creds: &transport.Credentials{User: user, Password: pass}}); err == nil {
+		c.Close()
+		t.Error("Dial with RPC credentials only was admitted by a broker that wants its own")
+	} else if !strings.Contains(err.Error(), "refused an anonymous client") {
+		t.Errorf("RPC credentials were sent to the broker: %v", err)
+	}
 
 	for _, tc := range []struct {
 		name, url string
@@ -390,7 +396,6 @@ func TestCredentials(t *testing.T) {
 		want      string
 	}{
 		{"wrong password", "mqtt://" + user + ":wrong-HUSH-pass@" + host + "/dev1", nil, "wrong-HUSH-pass", "wrong user name or password"},
-		{"wrong password in options", bu + "/dev1", &transport.Credentials{User: user, Password: "opt-HUSH-pass"}, "opt-HUSH-pass", "wrong user name or password"},
 		{"wrong user", "mqtt://intruder:" + pass + "@" + host + "/dev1", nil, pass, "wrong user name or password"},
 		{"anonymous", bu + "/dev1", nil, "", "wants a user name and password"},
 	} {
@@ -576,7 +581,7 @@ func TestDefaultPorts(t *testing.T) {
 		"mqtts://[::1]/dev":         "[::1]:8883",
 		"MQTT://user:pw@broker/dev": "broker:1883",
 	} {
-		b, err := parseBroker(mustURL(t, in), nil)
+		b, err := parseBroker(mustURL(t, in))
 		if err != nil {
 			t.Errorf("%s: %v", in, err)
 			continue
@@ -585,13 +590,9 @@ func TestDefaultPorts(t *testing.T) {
 			t.Errorf("%s: addr %s, want %s", in, b.addr, want)
 		}
 	}
-	b, _ := parseBroker(mustURL(t, "mqtt://broker/dev"), &transport.Credentials{User: "u", Password: "p"})
-	if b.user != "u" || b.pass != "p" {
-		t.Errorf("creds from options not used: %+v", b)
-	}
-	b, _ = parseBroker(mustURL(t, "mqtt://url:pw@broker/dev"), &transport.Credentials{User: "u", Password: "p"})
+	b, _ := parseBroker(mustURL(t, "mqtt://url:pw@broker/dev"))
 	if b.user != "url" || b.pass != "pw" {
-		t.Errorf("URL creds must win: %+v", b)
+		t.Errorf("URL creds not used: %+v", b)
 	}
 	if got := DeviceID(mustURL(t, "mqtt://b/esp32_ABCDEF/")); got != "esp32_ABCDEF" {
 		t.Errorf("DeviceID = %q", got)
@@ -720,7 +721,7 @@ func TestSendRecvCtx(t *testing.T) {
 func TestRefusedConnectReleasesCtx(t *testing.T) {
 	noLeaks(t)
 	bu := mqtttest.StartAuthBroker(t, "fleet", "right")
-	b, err := parseBroker(mustURL(t, strings.Replace(bu, "mqtt://", "mqtt://fleet:wrong@", 1)), nil)
+	b, err := parseBroker(mustURL(t, strings.Replace(bu, "mqtt://", "mqtt://fleet:wrong@", 1)))
 	if err != nil {
 		t.Fatal(err)
 	}

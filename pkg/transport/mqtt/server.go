@@ -113,7 +113,7 @@ type session struct {
 // dst defaulting to the request's src (and its src to deviceID).
 //
 // The client id is random per Serve. Broker credentials come from the URL
-// user info, else from opts.Creds. When the broker connection breaks, Serve
+// user info. When the broker connection breaks, Serve
 // reconnects with back-off and subscribes again. ctx bounds only the first
 // connection. Serve is ServeWith with the default ServeOptions: it returns
 // an error when the first connection fails.
@@ -125,7 +125,7 @@ func Serve(ctx context.Context, brokerURL *url.URL, deviceID string, h transport
 // returns without a broker connection when the broker cannot be reached,
 // and keeps connecting with back-off.
 func ServeWith(ctx context.Context, brokerURL *url.URL, deviceID string, h transport.Handler, opts transport.Options, so ServeOptions) (*Server, error) {
-	b, err := parseBroker(brokerURL, opts.Creds)
+	b, err := parseBroker(brokerURL)
 	if err != nil {
 		return nil, err
 	}
@@ -150,7 +150,7 @@ func ServeWith(ctx context.Context, brokerURL *url.URL, deviceID string, h trans
 	if s.maxFrame <= 0 {
 		s.maxFrame = frame.MaxSize
 	}
-	s.ctx, s.cancel = context.WithCancel(context.Background())
+	s.ctx, s.cancel = context.WithCancel(transport.WithChannel(context.Background(), &transport.Channel{Type: transport.ChannelMQTT}))
 
 	// The first connection is bounded by the caller's ctx as well (and,
 	// in the background mode, by FirstAttempt).

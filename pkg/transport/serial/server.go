@@ -42,7 +42,7 @@ func Serve(ctx context.Context, rwc io.ReadWriteCloser, h transport.Handler, opt
 	if opts.MaxFrameSize <= 0 {
 		opts.MaxFrameSize = frame.MaxSize
 	}
-	sctx, cancel := context.WithCancel(ctx)
+	sctx, cancel := context.WithCancel(transport.WithChannel(ctx, &transport.Channel{Type: transport.ChannelUART}))
 	s := &Server{
 		rwc:    rwc,
 		h:      h,

@@ -6,8 +6,6 @@ package ws
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -37,9 +35,10 @@ const closeWait = time.Second
 // Conn is a client WebSocket connection to a device. It implements
 // transport.Conn.
 type Conn struct {
-	ws      *websocket.Conn
-	opts    transport.Options
-	display string // URL for messages, secrets redacted
+	ws       *websocket.Conn
+	opts     transport.Options
+	display  string // URL for messages, secrets redacted
+	authUser string // the user the handshake's digest answer established
 
 	wsem chan struct{} // capacity 1: held while writing a message
 
@@ -98,11 +97,29 @@ func Dial(ctx context.Context, u *url.URL, opts transport.Options) (transport.Co
 	if scheme == "wss" && opts.TLS != nil {
 		d.TLSClientConfig = opts.TLS.Clone()
 	}
-	ws, resp, err := d.DialContext(ctx, dialURL.String(), hdr)
-	var body []byte
-	if resp != nil && resp.Body != nil {
-		body, _ = io.ReadAll(io.LimitReader(resp.Body, 4<<10))
-		resp.Body.Close()
+	ws, resp, body, err := handshake(ctx, &d, dialURL.String(), hdr)
+	authUser := ""
+	if err != nil && resp != nil && resp.StatusCode == http.StatusUnauthorized &&
+		strings.HasPrefix(strings.ToLower(resp.Header.Get("WWW-Authenticate")), "digest") {
+		// The device (or its HTTP server) wants HTTP digest authentication
+		// of the handshake: answer it with the credentials.
+		ch, perr := transport.ParseDigestChallenge(resp.Header.Get("WWW-Authenticate"))
+		switch {
+		case opts.Creds == nil:
+			realm := ""
+			if ch != nil {
+				realm = ch.Realm
+			}
+			return nil, &transport.AuthError{Kind: transport.AuthRequired, Where: display, How: "WebSocket handshake, HTTP digest", Realm: realm}
+		case perr != nil:
+			return nil, fmt.Errorf("WebSocket handshake with %s: the device answered 401 with a challenge otactl cannot answer (%v): %w", display, perr, transport.ErrAuth)
+		}
+		hdr.Set("Authorization", ch.Authorization(opts.Creds, http.MethodGet, dialURL.RequestURI()))
+		ws, resp, body, err = handshake(ctx, &d, dialURL.String(), hdr)
+		if err != nil && resp != nil && resp.StatusCode == http.StatusUnauthorized {
+			return nil, &transport.AuthError{Kind: transport.AuthRefused, User: opts.Creds.User, Where: display, How: "WebSocket handshake, HTTP digest", Realm: ch.Realm}
+		}
+		authUser = opts.Creds.User
 	}
 	if err != nil {
 		return nil, dialError(ctx, display, resp, body, err)
@@ -120,6 +137,7 @@ func Dial(ctx context.Context, u *url.URL, opts transport.Options) (transport.Co
 		ws:       ws,
 		opts:     opts,
 		display:  display,
+		authUser: authUser,
 		wsem:     make(chan struct{}, 1),
 		in:       make(chan incoming, 16),
 		readDone: make(chan struct{}),
@@ -128,6 +146,22 @@ func Dial(ctx context.Context, u *url.URL, opts transport.Options) (transport.Co
 	go c.readLoop()
 	return c, nil
 }
+
+// handshake dials once and reads (a little of) the body of a refused
+// handshake's answer.
+func handshake(ctx context.Context, d *websocket.Dialer, u string, hdr http.Header) (*websocket.Conn, *http.Response, []byte, error) {
+	ws, resp, err := d.DialContext(ctx, u, hdr)
+	var body []byte
+	if resp != nil && resp.Body != nil {
+		body, _ = io.ReadAll(io.LimitReader(resp.Body, 4<<10))
+		resp.Body.Close()
+	}
+	return ws, resp, body, err
+}
+
+// AuthenticatedUser returns the user whose digest answer the handshake
+// carried, or "" (transport.AuthenticatedConn).
+func (c *Conn) AuthenticatedUser() string { return c.authUser }
 
 // dialError explains a failed handshake. It never includes the token: the
 // display URL is redacted and gorilla's errors do not carry the header.
@@ -139,7 +173,7 @@ func dialError(ctx context.Context, display string, resp *http.Response, body []
 		hint := "check that the URL points at the device's RPC endpoint (ws://HOST/rpc) and that the firmware includes the rpc-ws library"
 		switch resp.StatusCode {
 		case http.StatusUnauthorized, http.StatusForbidden:
-			hint = "the device refused the credentials: check the token in the URL (ws://TOKEN@HOST/rpc)"
+			hint = "the device refused the credentials: check the token in the URL (ws://TOKEN@HOST/rpc), or pass --rpc-creds user:pass for HTTP digest authentication"
 		case http.StatusServiceUnavailable:
 			hint = "WebSocket RPC is disabled on the device: set rpc.ws.enable=true or use http://"
 		}
@@ -152,16 +186,8 @@ func dialError(ctx context.Context, display string, resp *http.Response, body []
 		e.Hint = hint
 		return e
 	}
-	var unknownCA x509.UnknownAuthorityError
-	var hostErr x509.HostnameError
-	var certErr *tls.CertificateVerificationError
-	switch {
-	case errors.As(err, &unknownCA):
-		return fmt.Errorf("WebSocket TLS to %s: the device's certificate is not trusted (%w): trust the CA certificate that signed it, or use ws://", display, err)
-	case errors.As(err, &hostErr):
-		return fmt.Errorf("WebSocket TLS to %s: the device's certificate does not match the host name (%w): use the host name the certificate was issued for", display, err)
-	case errors.As(err, &certErr):
-		return fmt.Errorf("WebSocket TLS to %s: the device's certificate was refused (%w): check the device certificate and the CA you trust", display, err)
+	if te := transport.ExplainTLS(err, "device", display, "ws://"); te != nil {
+		return te
 	}
 	return fmt.Errorf("WebSocket connection to %s failed: %w: check that the device is powered, on the network, and that the address is right", display, err)
 }

@@ -79,7 +79,11 @@ func (s *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// dropped below, much larger messages break the connection.
 	ws.SetReadLimit(int64(max(s.max*4, transport.DefaultMaxFrameSize)))
 
-	ctx, cancel := context.WithCancel(r.Context())
+	ch := &transport.Channel{Type: transport.ChannelWS}
+	if a, ok := s.h.(transport.HandshakeAuthenticator); ok {
+		ch.User = a.AuthenticateHandshake(r.Method, r.URL.RequestURI(), r.Header.Get("Authorization"))
+	}
+	ctx, cancel := context.WithCancel(transport.WithChannel(r.Context(), ch))
 	c := &serverConn{ws: ws, cancel: cancel, done: make(chan struct{})}
 	s.mu.Lock()
 	s.conns[c] = struct{}{}

@@ -151,7 +151,7 @@ func TestUntrustedCertificateRefused(t *testing.T) {
 		t.Fatal("Dial to a server with an untrusted certificate succeeded")
 	}
 	var ua x509.UnknownAuthorityError
-	if !errors.As(err, &ua) || !strings.Contains(err.Error(), "not trusted") {
+	if !errors.As(err, &ua) || !strings.Contains(err.Error(), "not signed by a CA otactl trusts") || !errors.Is(err, transport.ErrTLS) {
 		t.Errorf("error does not clearly say the certificate is not trusted: %v", err)
 	}
 	if strings.Contains(err.Error(), secret) {
