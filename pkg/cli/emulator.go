@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/otactl/otactl/pkg/device/emulator"
 	"github.com/otactl/otactl/pkg/ota/bundle"
@@ -36,6 +37,9 @@ type EmulatorOptions struct {
 	// SigReqMask its update.sig_req_mask (--sig-req-mask).
 	UpdateKeys []string
 	SigReqMask string
+	// Security: RPC auth, ACL and TLS (--auth-file, --acl, --tls-cert…).
+	Security emulatorSecurity
+	flags    *pflag.FlagSet
 }
 
 // NewCmdEmulator builds `otactl emulator`.
@@ -66,7 +70,16 @@ prints one line per way to reach it. See docs/emulator.md.`,
   otactl bundle keygen -o k0.pem
   otactl emulator --state-dir /tmp/dev1 --listen 127.0.0.1:8080 --update-key k0.pub.pem --sig-req-mask 1 &
   otactl bundle create -o fw.zip --platform esp32 --version 1.2.0 --sign-key k0.pem app:src=app.bin
-  otactl --port http://127.0.0.1:8080/rpc update --file fw.zip --pubkey k0.pub.pem --commit`,
+  otactl --port http://127.0.0.1:8080/rpc update --file fw.zip --pubkey k0.pub.pem --commit
+
+  # a secured device: users, an ACL, TLS with client certificates, signed bundles
+  printf 'admin:RPC:%s\n' "$(printf admin:RPC:s3cret | md5sum | cut -d' ' -f1)" > users.htdigest
+  otactl emulator --state-dir /tmp/dev1 --listen 127.0.0.1:8443 \
+    --auth-file users.htdigest --acl '[{"method":"Sys.GetInfo","acl":"*"},{"method":"*","acl":"+admin"}]' \
+    --tls-cert dev.pem --tls-key dev.key --tls-client-ca ca.pem \
+    --update-key k0.pub.pem --sig-req-mask 1 &
+  otactl --port https://127.0.0.1:8443/rpc --rpc-creds admin:s3cret --ca-cert-file ca.pem \
+    --cert-file me.pem --key-file me.key update --file fw.zip --pubkey k0.pub.pem --commit`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if o.StateDir == "" {
@@ -98,6 +111,8 @@ prints one line per way to reach it. See docs/emulator.md.`,
 	fl.StringVar(&o.ReadyFile, "ready-file", "", "once reachable, write the listeners as JSON to this file (for scripts)")
 	fl.BoolVarP(&o.Quiet, "quiet", "q", false, "do not print the device log on stderr")
 	fl.StringArrayVar(&o.UpdateKeys, "update-key", nil, "[N:]PUB.pem or base64 DER: the device's update.keyN, for signed bundles (repeatable: key0, key1, … in order)")
+	o.Security.addFlags(fl)
+	o.flags = fl
 	fl.StringVar(&o.SigReqMask, "sig-req-mask", "-1", "the device's update.sig_req_mask: -1 ignores signatures, 0 refuses every update, else each bit N requires sigN to verify with keyN (1, 0b11, 0x3)")
 	return cmd
 }
@@ -127,7 +142,13 @@ func runEmulator(ctx context.Context, o *EmulatorOptions) error {
 	if err != nil {
 		return err
 	}
+	auth, tlsConf, err := o.Security.config(o.flags)
+	if err != nil {
+		return err
+	}
 	cfg := emulator.Config{
+		Auth:        auth,
+		TLS:         tlsConf,
 		Signing:     signing,
 		StateDir:    o.StateDir,
 		ID:          o.ID,
@@ -152,6 +173,7 @@ func runEmulator(ctx context.Context, o *EmulatorOptions) error {
 	st := d.State()
 	fmt.Fprintf(ios.Out, "emulator %s (%s, %d slots): running %s %s from slot %d, %s; flash in %s\n",
 		o.ID, o.Platform, o.Slots, st.App, st.Version, st.RunningSlot, committedWord(st.Boot.IsCommitted), o.StateDir)
+	o.Security.describe(ios.Out, auth, tlsConf)
 	if signing != nil {
 		fmt.Fprintf(ios.Out, "signed updates: update.sig_req_mask %d (%s)\n", signing.ReqMask, maskWord(signing.ReqMask))
 	}

@@ -17,7 +17,7 @@ const (
 	ExitFailure     = 1 // any other failure, an answer that is not an RPC frame, two devices answering
 	ExitUsage       = 2 // bad flag, argument or --port value
 	ExitRPCError    = 3 // the device returned an RPC error
-	ExitAuth        = 4 // authentication failed
+	ExitAuth        = 4 // authentication failed, ACL refused the call, TLS failed
 	ExitUnreachable = 5 // device unreachable or timed out
 	ExitUpdate      = 6 // the update did not take (rejected, failed, rolled back)
 )
@@ -101,6 +101,12 @@ func ExitCode(err error) int {
 	if errors.Is(err, rpc.ErrDuplicateReply) {
 		return ExitFailure
 	}
+	// Refused credentials, an ACL's 403 and a TLS failure are exit 4 even
+	// where an update step wrapped them: the device refused the caller,
+	// not the bundle.
+	if errors.Is(err, rpc.ErrAuth) {
+		return ExitAuth
+	}
 	// Refused or failed updates wrap the device's *rpc.Error too: the
 	// update outcome wins.
 	if errors.Is(err, ota.ErrUpdateFailed) {
@@ -110,9 +116,6 @@ func ExitCode(err error) int {
 	// check of the same condition.
 	if errors.Is(err, ota.ErrAlreadyCommitted) {
 		return ExitRPCError
-	}
-	if errors.Is(err, rpc.ErrAuth) {
-		return ExitAuth
 	}
 	var re *rpc.Error
 	if errors.As(err, &re) {

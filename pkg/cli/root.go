@@ -5,8 +5,6 @@ package cli
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -69,11 +67,15 @@ type Globals struct {
 	CACertFile string
 	CertFile   string
 	KeyFile    string
-	JSON       bool
-	Verbose    bool
-	NoColor    bool
-	BaudRate   int
-	HWFlow     bool
+	// Insecure skips TLS verification (--insecure); TLSServerName is the
+	// name the device's certificate is checked against (--tls-server-name).
+	Insecure      bool
+	TLSServerName string
+	JSON          bool
+	Verbose       bool
+	NoColor       bool
+	BaudRate      int
+	HWFlow        bool
 }
 
 // Factory holds what commands need from the outside world; tests replace
@@ -86,6 +88,8 @@ type Factory struct {
 	// timeoutSet is true when --timeout (or its environment variable) was
 	// given, rather than defaulted.
 	timeoutSet bool
+	// insecureWarned is set once --insecure was warned about.
+	insecureWarned bool
 }
 
 // Main runs otactl with args (without the program name) and returns the
@@ -253,10 +257,12 @@ over serial, HTTP, WebSocket or MQTT, wire-compatible with 'mos call OTA.*'.`,
 	pf.StringVar(&g.Port, "port", "", "device address: serial path (/dev/ttyUSB0, COM3), http://host/rpc, ws://host/rpc, mqtt://broker/DEVICE_ID, or the TLS forms (env OTACTL_PORT, then MOS_PORT)")
 	g.Timeout = 20 * time.Second
 	pf.Var(secondsFlag{&g.Timeout}, "timeout", "how long to wait for the device to answer (seconds, or 1m)")
-	pf.StringVar(&g.RPCCreds, "rpc-creds", "", "RPC credentials user:pass, or @FILE holding them")
+	pf.StringVar(&g.RPCCreds, "rpc-creds", "", "RPC credentials user:pass, or @FILE holding them (env OTACTL_RPC_CREDS): answer the device's digest challenge (in-frame, HTTP, WebSocket handshake)")
 	pf.StringVar(&g.CACertFile, "ca-cert-file", "", "CA certificate(s) (PEM) to verify the device or broker (TLS ports)")
 	pf.StringVar(&g.CertFile, "cert-file", "", "client certificate (PEM) for TLS ports")
 	pf.StringVar(&g.KeyFile, "key-file", "", "client private key (PEM) for --cert-file")
+	pf.BoolVar(&g.Insecure, "insecure", false, "do not verify the TLS certificate of the device or broker (tests only: anyone on the path can then read and change the traffic)")
+	pf.StringVar(&g.TLSServerName, "tls-server-name", "", "check the device's TLS certificate against this name (for a device addressed by IP whose certificate names a host)")
 	pf.BoolVar(&g.JSON, "json", false, "machine-readable output: one JSON document on stdout")
 	pf.BoolVarP(&g.Verbose, "verbose", "v", false, "show frames and device log lines on stderr")
 	pf.BoolVar(&g.NoColor, "no-color", false, "no colour in output (also: NO_COLOR env)")
@@ -358,36 +364,6 @@ func parseCreds(s string) (*transport.Credentials, error) {
 	return &transport.Credentials{User: user, Password: pass}, nil
 }
 
-func (f *Factory) tlsConfig() (*tls.Config, error) {
-	g := f.G
-	if g.CACertFile == "" && g.CertFile == "" && g.KeyFile == "" {
-		return nil, nil
-	}
-	conf := &tls.Config{MinVersion: tls.VersionTLS12}
-	if g.CACertFile != "" {
-		pem, err := os.ReadFile(g.CACertFile)
-		if err != nil {
-			return nil, usageErrorf("--ca-cert-file: %v", err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, usageErrorf("--ca-cert-file %s holds no PEM certificate", g.CACertFile)
-		}
-		conf.RootCAs = pool
-	}
-	if (g.CertFile == "") != (g.KeyFile == "") {
-		return nil, usageErrorf("--cert-file and --key-file go together")
-	}
-	if g.CertFile != "" {
-		cert, err := tls.LoadX509KeyPair(g.CertFile, g.KeyFile)
-		if err != nil {
-			return nil, usageErrorf("loading --cert-file/--key-file: %v", err)
-		}
-		conf.Certificates = []tls.Certificate{cert}
-	}
-	return conf, nil
-}
-
 // Connect dials the device named by --port and returns an RPC client.
 func (f *Factory) Connect(ctx context.Context) (*rpc.Client, error) {
 	opts, err := f.transportOptions()
@@ -396,12 +372,14 @@ func (f *Factory) Connect(ctx context.Context) (*rpc.Client, error) {
 	}
 	conn, err := f.Registry.Dial(ctx, f.G.Port, opts)
 	if err != nil {
-		if errors.Is(err, transport.ErrBadPort) {
+		if errors.Is(err, transport.ErrBadPort) || errors.Is(err, transport.ErrAuth) {
+			// A usage error, refused credentials or a TLS failure say
+			// what they are themselves.
 			return nil, err
 		}
 		return nil, &UnreachableError{Err: fmt.Errorf("cannot reach the device at %s: %w", transport.RedactString(f.G.Port), err)}
 	}
-	return rpc.NewClient(conn, rpc.ClientOptions{Creds: opts.Creds, Logger: opts.Logger}), nil
+	return rpc.NewClient(conn, rpc.ClientOptions{Creds: opts.Creds, Logger: opts.Logger, Where: transport.RedactString(f.G.Port)}), nil
 }
 
 // palette returns colour functions for stderr, honouring --no-color,

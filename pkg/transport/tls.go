@@ -49,8 +49,8 @@ func (e *TLSError) Reason() string { return "tls" }
 // TLS, a client certificate the peer wants or refuses), else nil. where is
 // the address (redacted), peer what is there ("device", "MQTT broker"),
 // plain the scheme to suggest when the peer speaks no TLS (http://, ws://,
-// mqtt://).
-func ExplainTLS(err error, peer, where, plain string) *TLSError {
+// mqtt://); haveCert says whether a client certificate was configured.
+func ExplainTLS(err error, peer, where, plain string, haveCert bool) *TLSError {
 	if err == nil {
 		return nil
 	}
@@ -83,6 +83,9 @@ func ExplainTLS(err error, peer, where, plain string) *TLSError {
 			e.Problem = "the TLS handshake failed: the other end answered in plain HTTP"
 		}
 		e.Hint = fmt.Sprintf("if the "+peer+" serves no TLS on this port, use %s instead", plain)
+	case remoteAlert(err, "certificate required") && haveCert:
+		e.Problem = "the " + peer + " requires a client certificate signed by a CA it trusts, and the one given is not (so none was sent)"
+		e.Hint = "use a certificate (--cert-file, --key-file) signed by a CA the " + peer + " trusts for clients"
 	case remoteAlert(err, "certificate required"):
 		e.Problem = "the " + peer + " requires a client certificate (mutual TLS) and none was sent"
 		e.Hint = "pass your certificate and key with --cert-file CERT.pem --key-file KEY.pem"

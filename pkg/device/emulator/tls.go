@@ -115,6 +115,10 @@ func (t *deviceTLS) embeddedServer() *tls.Config {
 		return conf
 	}
 	cas, own := conf.ClientCAs, t.leaf
+	// The CAs are not announced (a client would then withhold a
+	// certificate they did not sign, the device's own included): every
+	// client sends its certificate, checked below.
+	conf.ClientCAs = nil
 	conf.ClientAuth = tls.RequireAnyClientCert
 	conf.VerifyConnection = func(cs tls.ConnectionState) error {
 		if len(cs.PeerCertificates) == 0 {

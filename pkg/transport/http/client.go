@@ -328,7 +328,7 @@ func (c *Conn) requestError(err error) error {
 			Problem: "the TLS handshake failed: the device answered in plain HTTP",
 			Hint:    "use http:// instead of https://"}
 	}
-	if te := transport.ExplainTLS(err, "device", c.display, "http://"); te != nil {
+	if te := transport.ExplainTLS(err, "device", c.display, "http://", c.opts.TLS != nil && len(c.opts.TLS.Certificates) > 0); te != nil {
 		return te
 	}
 	return fmt.Errorf("HTTP POST to %s failed: %w: check that the device is powered, on the network, and that the address is right", c.display, err)

@@ -20,11 +20,13 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/url"
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
@@ -194,6 +196,13 @@ func (d *ctxDialer) open(_ *url.URL, _ paho.ClientOptions) (net.Conn, error) {
 		tc := tls.Client(c, conf)
 		if err := tc.HandshakeContext(d.ctx); err != nil {
 			c.Close()
+			if d.ctx.Err() == nil && (errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET)) {
+				// A broker without TLS on this port reads the TLS hello as
+				// a broken MQTT packet and hangs up.
+				return nil, &transport.TLSError{Peer: "MQTT broker", Where: transport.Redact(d.b.u), Err: err,
+					Problem: "the TLS handshake failed: the broker closed the connection (it may not speak TLS on this port)",
+					Hint:    "if the broker serves no TLS on this port, use mqtt:// (default port 1883)"}
+			}
 			return nil, fmt.Errorf("TLS handshake: %w", err)
 		}
 		c = tc
@@ -238,7 +247,7 @@ func connect(ctx context.Context, cl paho.Client, d *ctxDialer, b *broker) error
 		if ctx.Err() != nil {
 			return fmt.Errorf("connect to MQTT broker %s: %w", transport.Redact(b.u), ctx.Err())
 		}
-		return explainConnectError(b, err)
+		return explainConnectError(b, err, d.tls != nil && len(d.tls.Certificates) > 0)
 	}
 	if !d.release() {
 		disconnect(cl)
@@ -247,9 +256,9 @@ func connect(ctx context.Context, cl paho.Client, d *ctxDialer, b *broker) error
 	return nil
 }
 
-func explainConnectError(b *broker, err error) error {
+func explainConnectError(b *broker, err error, haveCert bool) error {
 	where := transport.Redact(b.u)
-	if te := transport.ExplainTLS(err, "MQTT broker", where, "mqtt://"); te != nil {
+	if te := transport.ExplainTLS(err, "MQTT broker", where, "mqtt://", haveCert); te != nil {
 		return te
 	}
 	switch {

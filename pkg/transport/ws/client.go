@@ -122,7 +122,7 @@ func Dial(ctx context.Context, u *url.URL, opts transport.Options) (transport.Co
 		authUser = opts.Creds.User
 	}
 	if err != nil {
-		return nil, dialError(ctx, display, resp, body, err)
+		return nil, dialError(ctx, display, resp, body, err, opts.TLS != nil && len(opts.TLS.Certificates) > 0)
 	}
 	if got := ws.Subprotocol(); got != "" && got != Subprotocol {
 		ws.Close()
@@ -165,7 +165,7 @@ func (c *Conn) AuthenticatedUser() string { return c.authUser }
 
 // dialError explains a failed handshake. It never includes the token: the
 // display URL is redacted and gorilla's errors do not carry the header.
-func dialError(ctx context.Context, display string, resp *http.Response, body []byte, err error) error {
+func dialError(ctx context.Context, display string, resp *http.Response, body []byte, err error, haveCert bool) error {
 	if ctx.Err() != nil {
 		return fmt.Errorf("WebSocket connection to %s: %w", display, ctx.Err())
 	}
@@ -186,7 +186,7 @@ func dialError(ctx context.Context, display string, resp *http.Response, body []
 		e.Hint = hint
 		return e
 	}
-	if te := transport.ExplainTLS(err, "device", display, "ws://"); te != nil {
+	if te := transport.ExplainTLS(err, "device", display, "ws://", haveCert); te != nil {
 		return te
 	}
 	return fmt.Errorf("WebSocket connection to %s failed: %w: check that the device is powered, on the network, and that the address is right", display, err)
