@@ -10,7 +10,13 @@ import (
 	"testing"
 	"time"
 
+	paho "github.com/eclipse/paho.mqtt.golang"
+
 	"github.com/otactl/otactl/pkg/device/emulator"
+	"github.com/otactl/otactl/pkg/rpc"
+	"github.com/otactl/otactl/pkg/rpc/frame"
+	"github.com/otactl/otactl/pkg/transport"
+	"github.com/otactl/otactl/pkg/transport/mqtt"
 	"github.com/otactl/otactl/pkg/transport/transporttest"
 )
 
@@ -349,5 +355,86 @@ func TestTLSFlagErrors(t *testing.T) {
 		if strings.Contains(r.stderr, "PRIVATE KEY") {
 			t.Errorf("%v: key material in the error: %s", args, r.stderr)
 		}
+	}
+}
+
+// The protocol's known weakness, pinned: the digest answer covers neither
+// the method nor its arguments, so an "auth" object captured on the way
+// (here by a client subscribed to the device's request topic on the
+// broker) can be replayed with any call for as long as its nonce is valid
+// — and is refused once the nonce is stale. docs/security.md recommends
+// TLS and brokers that do not let others read the request topic.
+func TestReplayedAuthRefusedOnceStale(t *testing.T) {
+	clock := emulator.NewManualClock(time.Date(2025, 3, 1, 12, 0, 0, 0, time.UTC))
+	sd := startSecured(t, "MD5", `[{"method": "OTA.GetBootState", "acl": "+admin,+viewer"}, {"method": "*", "acl": "+admin"}]`,
+		func(c *emulator.Config) { c.Clock = clock })
+	port := sd.ports["mqtt"]
+	brokerURL := strings.TrimSuffix(port, "/dev1")
+
+	// Eve reads the device's request topic.
+	o := paho.NewClientOptions().AddBroker(strings.Replace(brokerURL, "mqtt://", "tcp://", 1)).SetClientID("eve-listens")
+	eve := paho.NewClient(o)
+	if tok := eve.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatalf("eavesdropper: %v", tok.Error())
+	}
+	t.Cleanup(func() { eve.Disconnect(100) })
+	captured := make(chan []byte, 16)
+	if tok := eve.Subscribe("dev1/rpc", 1, func(_ paho.Client, m paho.Message) {
+		captured <- append([]byte(nil), m.Payload()...)
+	}); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatalf("subscribe: %v", tok.Error())
+	}
+
+	r := run(t, nil, "--port", port, "--rpc-creds", "viewer:"+viewerPW, "call", "OTA.GetBootState")
+	if r.code != 0 {
+		t.Fatalf("exit %d: %s", r.code, r.stderr)
+	}
+	var stolen *frame.Auth
+	for stolen == nil {
+		select {
+		case b := <-captured:
+			f, err := frame.Parse(b)
+			if err == nil && f.Auth != nil {
+				stolen = f.Auth
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("no request with an auth object seen on the broker")
+		}
+	}
+
+	replay := func(method string) *frame.Frame {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		conn, err := mqtt.Dial(ctx, transporttest.MustParseURL(t, port), transport.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		req := &frame.Frame{ID: rpc.NewID(), Method: method, Auth: stolen}
+		if err := conn.Send(ctx, req); err != nil {
+			t.Fatal(err)
+		}
+		f, err := conn.Recv(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return f
+	}
+	// Within the hour the replay works, for the method the answer was
+	// made for and, as the response covers no method, for another one
+	// the same user may call.
+	if f := replay("OTA.GetBootState"); f.Error != nil {
+		t.Fatalf("replay within the nonce's validity: %+v (the device takes it)", f.Error)
+	}
+	if f := replay("OTA.Commit"); f.Error == nil || f.Error.Code != 403 {
+		t.Fatalf("replayed viewer answer on OTA.Commit: %+v, want 403 (the ACL still applies)", f.Error)
+	}
+	clock.Advance(emulator.DefaultNonceValidity)
+	if f := replay("OTA.GetBootState"); f.Error == nil || f.Error.Code != 401 {
+		t.Fatalf("replay after an hour: %+v, want 401 (a fresh challenge)", f.Error)
+	}
+	if sd.count("challenged", "stale_nonce") == 0 {
+		t.Fatal("the device did not see a stale nonce")
 	}
 }
