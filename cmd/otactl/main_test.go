@@ -214,6 +214,9 @@ func TestScripts(t *testing.T) {
 			"treehash":    cmdTreeHash,
 			"manifestout": cmdManifestOut,
 			"setsig":      cmdSetSig,
+			// secured devices (secured_cmds_test.go)
+			"mkpki":    cmdMkPKI,
+			"htdigest": cmdHTDigest,
 		},
 	})
 }

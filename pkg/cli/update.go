@@ -232,6 +232,9 @@ func (o *UpdateOptions) interruptedDownload() string {
 // updateRejected turns a refused or failed transfer into exit code 6 while
 // keeping the device's words.
 func updateRejected(err error, timeout time.Duration) error {
+	if errors.Is(err, rpc.ErrAuth) { // the device refused the caller (exit 4), not the bundle
+		return fmt.Errorf("%w; its boot state is unchanged", err)
+	}
 	if errors.Is(err, ota.ErrBusy) { // already says what to do, and that the boot state stays
 		return &ExitError{Code: ExitUpdate, Err: err}
 	}

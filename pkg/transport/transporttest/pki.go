@@ -11,7 +11,6 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"testing"
 	"time"
 )
 
@@ -31,8 +30,15 @@ type PKI struct {
 // Path returns the path of one of the PKI's files.
 func (p *PKI) Path(name string) string { return filepath.Join(p.Dir, name) }
 
+// Fataler is the part of testing.TB the PKI helpers use (a testscript
+// command can provide it too).
+type Fataler interface {
+	Helper()
+	Fatal(args ...any)
+}
+
 // NewPKI writes a fresh PKI to dir (created if needed).
-func NewPKI(t testing.TB, dir string) *PKI {
+func NewPKI(t Fataler, dir string) *PKI {
 	t.Helper()
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		t.Fatal(err)
@@ -57,7 +63,7 @@ func nextSerial() *big.Int {
 	return n
 }
 
-func (p *PKI) ca(t testing.TB, name, file string) (*x509.Certificate, *ecdsa.PrivateKey) {
+func (p *PKI) ca(t Fataler, name, file string) (*x509.Certificate, *ecdsa.PrivateKey) {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -86,7 +92,7 @@ func (p *PKI) ca(t testing.TB, name, file string) (*x509.Certificate, *ecdsa.Pri
 	return cert, key
 }
 
-func (p *PKI) leaf(t testing.TB, name string, ca *x509.Certificate, caKey *ecdsa.PrivateKey, usage x509.ExtKeyUsage, dns []string, ips []net.IP) {
+func (p *PKI) leaf(t Fataler, name string, ca *x509.Certificate, caKey *ecdsa.PrivateKey, usage x509.ExtKeyUsage, dns []string, ips []net.IP) {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -114,7 +120,7 @@ func (p *PKI) leaf(t testing.TB, name string, ca *x509.Certificate, caKey *ecdsa
 	writePEM(t, p.Path(name+".key"), "EC PRIVATE KEY", kd)
 }
 
-func writePEM(t testing.TB, path, typ string, der []byte) {
+func writePEM(t Fataler, path, typ string, der []byte) {
 	t.Helper()
 	if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
 		t.Fatal(err)
