@@ -355,7 +355,8 @@ func parseCreds(s string) (*transport.Credentials, error) {
 		if err != nil {
 			return nil, usageErrorf("--rpc-creds: cannot read %s: %v", s[1:], errors.Unwrap(err))
 		}
-		s = strings.TrimSpace(string(b))
+		s, _, _ = strings.Cut(string(b), "\n") // the first line, as in a netrc-style file
+		s = strings.TrimSpace(s)
 	}
 	user, pass, ok := strings.Cut(s, ":")
 	if !ok || user == "" {
