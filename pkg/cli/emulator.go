@@ -51,7 +51,10 @@ func NewCmdEmulator(f *Factory, runF func(context.Context, *EmulatorOptions) err
 		Long: `Run an emulated Mongoose OS device: the OTA slot state machine of a real one
 (streaming bundle checks, uncommitted first boot, commit timer, rollback,
 snapshots), served over HTTP and WebSocket (--listen), a serial pty
-(--serial-link) and MQTT (--mqtt-broker), any of them at once.
+(--serial-link) and MQTT (--mqtt-broker), any of them at once; secured like a
+device in the field if you like: RPC users and ACLs (--auth-file, --acl), TLS
+(--tls-cert, --tls-client-ca) and signed bundles (--update-key); see
+docs/security.md.
 
 Its flash lives in --state-dir: killing the process is a power cut, starting
 it again on the same directory is a boot. A new directory gets a factory

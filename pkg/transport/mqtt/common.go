@@ -198,10 +198,9 @@ func (d *ctxDialer) open(_ *url.URL, _ paho.ClientOptions) (net.Conn, error) {
 			c.Close()
 			if d.ctx.Err() == nil && (errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET)) {
 				// A broker without TLS on this port reads the TLS hello as
-				// a broken MQTT packet and hangs up.
-				return nil, &transport.TLSError{Peer: "MQTT broker", Where: transport.Redact(d.b.u), Err: err,
-					Problem: "the TLS handshake failed: the broker closed the connection (it may not speak TLS on this port)",
-					Hint:    "if the broker serves no TLS on this port, use mqtt:// (default port 1883)"}
+				// a broken MQTT packet and hangs up; so does a network
+				// that drops the connection, so this stays a link error.
+				return nil, fmt.Errorf("TLS handshake: the broker closed the connection (%w): if it serves no TLS on this port, use mqtt:// (default port 1883)", err)
 			}
 			return nil, fmt.Errorf("TLS handshake: %w", err)
 		}
