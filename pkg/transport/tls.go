@@ -5,8 +5,11 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"strings"
+	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -49,8 +52,9 @@ func (e *TLSError) Reason() string { return "tls" }
 // TLS, a client certificate the peer wants or refuses), else nil. where is
 // the address (redacted), peer what is there ("device", "MQTT broker"),
 // plain the scheme to suggest when the peer speaks no TLS (http://, ws://,
-// mqtt://); haveCert says whether a client certificate was configured.
-func ExplainTLS(err error, peer, where, plain string, haveCert bool) *TLSError {
+// mqtt://); cw, when set, says whether a client certificate was configured
+// and whether the peer asked for one that was not sent.
+func ExplainTLS(err error, peer, where, plain string, cw *CertWatch) *TLSError {
 	if err == nil {
 		return nil
 	}
@@ -59,6 +63,7 @@ func ExplainTLS(err error, peer, where, plain string, haveCert bool) *TLSError {
 		return te
 	}
 	e := &TLSError{Peer: peer, Where: where, Err: err}
+	haveCert := cw.HaveCert()
 	var unknownCA x509.UnknownAuthorityError
 	var hostErr x509.HostnameError
 	var invalid x509.CertificateInvalidError
@@ -83,6 +88,17 @@ func ExplainTLS(err error, peer, where, plain string, haveCert bool) *TLSError {
 			e.Problem = "the TLS handshake failed: the other end answered in plain HTTP"
 		}
 		e.Hint = fmt.Sprintf("if the "+peer+" serves no TLS on this port, use %s instead", plain)
+	case cw.Missing() && !remoteAlert(err, "") && dropped(err):
+		// TLS 1.3: the handshake ends on our side before the peer checks
+		// our (missing) certificate; its alert and close then race our
+		// first write, which may see only a reset.
+		if haveCert {
+			e.Problem = "the " + peer + " asked for a client certificate signed by a CA it trusts, none of those given is, so none was sent, and it closed the connection"
+			e.Hint = "use a certificate (--cert-file, --key-file) signed by a CA the " + peer + " trusts for clients"
+		} else {
+			e.Problem = "the " + peer + " requires a client certificate (mutual TLS) and none was sent"
+			e.Hint = "pass your certificate and key with --cert-file CERT.pem --key-file KEY.pem"
+		}
 	case remoteAlert(err, "certificate required") && haveCert:
 		e.Problem = "the " + peer + " requires a client certificate signed by a CA it trusts, and the one given is not (so none was sent)"
 		e.Hint = "use a certificate (--cert-file, --key-file) signed by a CA the " + peer + " trusts for clients"
@@ -106,6 +122,53 @@ func ExplainTLS(err error, peer, where, plain string, haveCert bool) *TLSError {
 	}
 	return e
 }
+
+// dropped reports whether err is the connection closed or reset by the
+// other end.
+func dropped(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
+}
+
+// CertWatch records, for the connections made with the config Watch
+// returns, whether the peer asked for a client certificate and none was
+// sent. The zero value is ready; a nil *CertWatch reports nothing.
+type CertWatch struct {
+	have    bool
+	missing atomic.Bool
+}
+
+// Watch returns a copy of conf (nil: a default config) that chooses the
+// client certificate as crypto/tls does (the first of Certificates the
+// peer accepts) and records when it had none to send.
+func (w *CertWatch) Watch(conf *tls.Config) *tls.Config {
+	if conf == nil {
+		conf = &tls.Config{MinVersion: tls.VersionTLS12}
+	} else {
+		conf = conf.Clone()
+	}
+	if conf.GetClientCertificate != nil {
+		return conf
+	}
+	certs := conf.Certificates
+	w.have = len(certs) > 0
+	conf.GetClientCertificate = func(cri *tls.CertificateRequestInfo) (*tls.Certificate, error) {
+		for i := range certs {
+			if cri.SupportsCertificate(&certs[i]) == nil {
+				return &certs[i], nil
+			}
+		}
+		w.missing.Store(true)
+		return &tls.Certificate{}, nil
+	}
+	return conf
+}
+
+// Missing reports whether a peer asked for a client certificate that was
+// not sent.
+func (w *CertWatch) Missing() bool { return w != nil && w.missing.Load() }
+
+// HaveCert reports whether the watched config had client certificates.
+func (w *CertWatch) HaveCert() bool { return w != nil && w.have }
 
 // remoteAlert reports whether err is a TLS alert from the other end
 // containing text (any alert for "").

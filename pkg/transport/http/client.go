@@ -37,7 +37,8 @@ type Conn struct {
 	creds    *transport.Credentials // for HTTP digest authentication
 	client   *http.Client
 	tr       *http.Transport
-	closeCtx context.Context // done after Close
+	certs    *transport.CertWatch // whether the device asked for a client certificate we lacked
+	closeCtx context.Context      // done after Close
 	cancel   context.CancelFunc
 
 	mu    sync.Mutex
@@ -108,8 +109,9 @@ func Dial(ctx context.Context, u *url.URL, opts transport.Options) (transport.Co
 		MaxIdleConns:      4,
 		IdleConnTimeout:   0,
 	}
-	if scheme == "https" && opts.TLS != nil {
-		tr.TLSClientConfig = opts.TLS.Clone()
+	cw := &transport.CertWatch{}
+	if scheme == "https" {
+		tr.TLSClientConfig = cw.Watch(opts.TLS)
 	}
 	closeCtx, cancel := context.WithCancel(context.Background())
 	shown := reqURL
@@ -121,6 +123,7 @@ func Dial(ctx context.Context, u *url.URL, opts transport.Options) (transport.Co
 		opts:    opts,
 		creds:   creds,
 		tr:      tr,
+		certs:   cw,
 		client: &http.Client{
 			Transport: tr,
 			// A device does not redirect; following one could send frames
@@ -328,7 +331,7 @@ func (c *Conn) requestError(err error) error {
 			Problem: "the TLS handshake failed: the device answered in plain HTTP",
 			Hint:    "use http:// instead of https://"}
 	}
-	if te := transport.ExplainTLS(err, "device", c.display, "http://", c.opts.TLS != nil && len(c.opts.TLS.Certificates) > 0); te != nil {
+	if te := transport.ExplainTLS(err, "device", c.display, "http://", c.certs); te != nil {
 		return te
 	}
 	return fmt.Errorf("HTTP POST to %s failed: %w: check that the device is powered, on the network, and that the address is right", c.display, err)

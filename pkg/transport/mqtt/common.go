@@ -170,6 +170,9 @@ type ctxDialer struct {
 	ctx context.Context
 	b   *broker
 	tls *tls.Config // for mqtts; nil means system roots
+	// certs records whether the broker asked for a client certificate
+	// that was not sent.
+	certs transport.CertWatch
 
 	mu   sync.Mutex
 	stop func() bool // stops closing the open connection when ctx ends
@@ -186,10 +189,7 @@ func (d *ctxDialer) open(_ *url.URL, _ paho.ClientOptions) (net.Conn, error) {
 		return nil, err
 	}
 	if d.b.tls {
-		conf := &tls.Config{MinVersion: tls.VersionTLS12}
-		if d.tls != nil {
-			conf = d.tls.Clone()
-		}
+		conf := d.certs.Watch(d.tls)
 		if conf.ServerName == "" {
 			conf.ServerName = d.b.host
 		}
@@ -246,7 +246,7 @@ func connect(ctx context.Context, cl paho.Client, d *ctxDialer, b *broker) error
 		if ctx.Err() != nil {
 			return fmt.Errorf("connect to MQTT broker %s: %w", transport.Redact(b.u), ctx.Err())
 		}
-		return explainConnectError(b, err, d.tls != nil && len(d.tls.Certificates) > 0)
+		return explainConnectError(b, err, &d.certs)
 	}
 	if !d.release() {
 		disconnect(cl)
@@ -255,9 +255,9 @@ func connect(ctx context.Context, cl paho.Client, d *ctxDialer, b *broker) error
 	return nil
 }
 
-func explainConnectError(b *broker, err error, haveCert bool) error {
+func explainConnectError(b *broker, err error, cw *transport.CertWatch) error {
 	where := transport.Redact(b.u)
-	if te := transport.ExplainTLS(err, "MQTT broker", where, "mqtt://", haveCert); te != nil {
+	if te := transport.ExplainTLS(err, "MQTT broker", where, "mqtt://", cw); te != nil {
 		return te
 	}
 	switch {

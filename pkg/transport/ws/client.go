@@ -94,8 +94,9 @@ func Dial(ctx context.Context, u *url.URL, opts transport.Options) (transport.Co
 		NetDialContext: (&net.Dialer{}).DialContext,
 		Subprotocols:   []string{Subprotocol},
 	}
-	if scheme == "wss" && opts.TLS != nil {
-		d.TLSClientConfig = opts.TLS.Clone()
+	cw := &transport.CertWatch{}
+	if scheme == "wss" {
+		d.TLSClientConfig = cw.Watch(opts.TLS)
 	}
 	ws, resp, body, err := handshake(ctx, &d, dialURL.String(), hdr)
 	authUser := ""
@@ -122,7 +123,7 @@ func Dial(ctx context.Context, u *url.URL, opts transport.Options) (transport.Co
 		authUser = opts.Creds.User
 	}
 	if err != nil {
-		return nil, dialError(ctx, display, resp, body, err, opts.TLS != nil && len(opts.TLS.Certificates) > 0)
+		return nil, dialError(ctx, display, resp, body, err, cw)
 	}
 	if got := ws.Subprotocol(); got != "" && got != Subprotocol {
 		ws.Close()
@@ -165,7 +166,7 @@ func (c *Conn) AuthenticatedUser() string { return c.authUser }
 
 // dialError explains a failed handshake. It never includes the token: the
 // display URL is redacted and gorilla's errors do not carry the header.
-func dialError(ctx context.Context, display string, resp *http.Response, body []byte, err error, haveCert bool) error {
+func dialError(ctx context.Context, display string, resp *http.Response, body []byte, err error, cw *transport.CertWatch) error {
 	if ctx.Err() != nil {
 		return fmt.Errorf("WebSocket connection to %s: %w", display, ctx.Err())
 	}
@@ -186,7 +187,7 @@ func dialError(ctx context.Context, display string, resp *http.Response, body []
 		e.Hint = hint
 		return e
 	}
-	if te := transport.ExplainTLS(err, "device", display, "ws://", haveCert); te != nil {
+	if te := transport.ExplainTLS(err, "device", display, "ws://", cw); te != nil {
 		return te
 	}
 	return fmt.Errorf("WebSocket connection to %s failed: %w: check that the device is powered, on the network, and that the address is right", display, err)
