@@ -146,8 +146,10 @@ func SignatureExtraField(data []byte) ([]byte, error) {
 }
 
 // replaceExtra returns extra with the field id removed and, when field is
-// not nil, the whole record field appended. Malformed trailing bytes are
-// kept as they are.
+// not nil, the whole record field added after the well-formed records.
+// Malformed trailing bytes (a record shorter than its length says, or
+// fewer than 4 bytes) are kept after it: a reader stops at them, so the
+// field must come first to be found.
 func replaceExtra(extra []byte, id uint16, field []byte) []byte {
 	var out []byte
 	rest := extra
@@ -162,8 +164,8 @@ func replaceExtra(extra []byte, id uint16, field []byte) []byte {
 		}
 		rest = rest[4+n:]
 	}
-	out = append(out, rest...)
-	return append(out, field...)
+	out = append(out, field...)
+	return append(out, rest...)
 }
 
 // SignManifest signs the manifest bytes with key (an ECDSA P-256 private

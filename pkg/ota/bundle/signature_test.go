@@ -549,3 +549,51 @@ func rawBundleF(f *testing.F, man, field, app []byte) []byte {
 	zw.Close()
 	return buf.Bytes()
 }
+
+// Found by FuzzManifest: manifest.json's extra data ending in a malformed
+// record (shorter than its length says, or fewer than 4 bytes) made
+// RewriteSignatures append the new signature field after it, where no
+// reader finds it, so `otactl bundle sign` wrote a bundle that a device
+// takes as unsigned. The field now goes before the malformed tail.
+func TestRewriteSignaturesMalformedExtraTail(t *testing.T) {
+	app := []byte("app")
+	man := mosManifest(app)
+	sig := []byte{0x30, 6, 2, 1, 1, 2, 1, 2}
+	for _, tail := range [][]byte{{0x01, 0x00, 0x09, 0x00, 'a', 'b'}, {0xca, 0xfe}} {
+		var buf bytes.Buffer
+		zw := zip.NewWriter(&buf)
+		for _, e := range []struct {
+			name        string
+			data, extra []byte
+		}{{ManifestName, man, append([]byte{0x0a, 0x00, 0x01, 0x00, 'k'}, tail...)}, {"app.bin", app, nil}} {
+			w, err := zw.CreateRaw(&zip.FileHeader{Name: e.name, Method: zip.Store, CRC32: crc32.ChecksumIEEE(e.data),
+				CompressedSize64: uint64(len(e.data)), UncompressedSize64: uint64(len(e.data)), Extra: e.extra})
+			if err != nil {
+				t.Fatal(err)
+			}
+			w.Write(e.data)
+		}
+		if err := zw.Close(); err != nil {
+			t.Fatal(err)
+		}
+		var out bytes.Buffer
+		err := RewriteSignatures(bytes.NewReader(buf.Bytes()), int64(buf.Len()), &out, func(_ []byte, s *Signatures) error {
+			s.Sig[2] = sig
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		rd, err := NewReader(bytes.NewReader(out.Bytes()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		s, err := ParseSignatures(rd.Signatures())
+		if err != nil || !bytes.Equal(s.Sig[2], sig) {
+			t.Fatalf("tail %q: the signed bundle's signature field is %q (%v)", tail, rd.Signatures(), err)
+		}
+		if _, err := Verify(bytes.NewReader(out.Bytes())); err != nil {
+			t.Fatalf("tail %q: the signed bundle does not verify: %v", tail, err)
+		}
+	}
+}
