@@ -397,7 +397,7 @@ func (d *Device) initFlash() error {
 		Version: d.cfg.FactoryVersion, BuildID: "factory", BuildTimestamp: "2024-01-01T00:00:00Z",
 		Parts: map[string]*bundle.Part{"app": {Type: "app", Src: "app.bin"}},
 	}
-	pw, err := d.fl.create(d.fl.partPath(0, "app", m.Parts["app"]))
+	pw, err := d.fl.create(d.fl.partPath(0, "app", m.Parts["app"]), "part")
 	if err != nil {
 		return err
 	}

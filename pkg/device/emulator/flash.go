@@ -25,18 +25,32 @@ type BootState struct {
 	CommitTimeout int  `json:"commit_timeout"`
 }
 
+// PageSize is the unit of the emulated flash's data writes: file data (a
+// part, a file copied by a snapshot or the first boot's merge) reaches the
+// flash one page at a time, the sector size of an ESP32's SPI flash, each
+// page one FlashWrite. So a flow makes the same writes however its bytes
+// arrive (see docs/reliability.md, "Power loss").
+const PageSize = 4096
+
 // FlashWrite describes one write to the emulated flash; Hooks.FlashWrite
-// sees every one before it happens.
+// sees every one before it happens. A power cut at a write (ErrPowerCut)
+// means it did not happen; a torn write (ErrTornWrite) happened in part.
 type FlashWrite struct {
 	// Seq numbers the writes of this Device from 1.
 	Seq int
-	// Kind is one of "erase" (a slot is cleared), "part" (a chunk of part
-	// data), "manifest" (a slot's manifest), "fs" (a filesystem file
-	// copied), "bootstate" (the boot state's temporary file) and
-	// "bootstate-commit" (its rename over the old one).
+	// Kind is one of "erase" (a slot is cleared), "part" (a page of part
+	// data, written by an update or copied by a snapshot), "manifest" (a
+	// slot's manifest: its temporary file, then its rename), "fs" (a file
+	// the first boot copies from the old slot's filesystem: a page of its
+	// data, or the rename that puts it in place), "bootstate" (the boot
+	// state's temporary file) and "bootstate-commit" (its rename over the
+	// old one).
 	Kind string
 	// Path is relative to Config.StateDir.
 	Path string
+	// Data is true for a page of file data (kinds "part" and "fs"), false
+	// for the writes that erase, create metadata or rename.
+	Data bool
 }
 
 // ErrPowerCut is returned by a FlashWrite hook to cut the device's power at
@@ -44,6 +58,13 @@ type FlashWrite struct {
 // transport at once without replying, and nothing more is written. Start a
 // new Device on the same StateDir to "power it on again".
 var ErrPowerCut = errors.New("power cut")
+
+// ErrTornWrite is returned by a FlashWrite hook to cut the power in the
+// middle of that write: half of a data page or of a temporary file reaches
+// the flash, and an erase removes the slot's manifest but not its data. A
+// rename happens whole or not at all, so there it is a plain power cut.
+// errors.Is(ErrTornWrite, ErrPowerCut) holds.
+var ErrTornWrite = fmt.Errorf("%w in the middle of a write", ErrPowerCut)
 
 // Hooks inject faults. Nil hooks do nothing.
 type Hooks struct {
@@ -90,7 +111,9 @@ type flash struct {
 	dead  atomic.Bool
 }
 
-func (f *flash) op(kind, path string) error {
+func (f *flash) op(kind, path string) error { return f.write(kind, path, false) }
+
+func (f *flash) write(kind, path string, data bool) error {
 	if f.dead.Load() {
 		return ErrPowerCut
 	}
@@ -100,7 +123,7 @@ func (f *flash) op(kind, path string) error {
 		if err != nil {
 			rel = path
 		}
-		if err := f.hook(FlashWrite{Seq: seq, Kind: kind, Path: rel}); err != nil {
+		if err := f.hook(FlashWrite{Seq: seq, Kind: kind, Path: rel, Data: data}); err != nil {
 			if errors.Is(err, ErrPowerCut) {
 				f.cut()
 			}
@@ -158,6 +181,9 @@ func (f *flash) saveBoot(bs BootState) error {
 func (f *flash) writeAtomic(path string, data []byte, kind string) error {
 	tmp := path + ".tmp"
 	if err := f.op(kind, tmp); err != nil {
+		if errors.Is(err, ErrTornWrite) {
+			writeSync(tmp, data[:len(data)/2])
+		}
 		return err
 	}
 	if err := writeSync(tmp, data); err != nil {
@@ -209,6 +235,10 @@ func syncDir(dir string) error {
 func (f *flash) eraseSlot(n int) error {
 	dir := f.slotDir(n)
 	if err := f.op("erase", dir); err != nil {
+		if errors.Is(err, ErrTornWrite) {
+			os.Remove(f.manifestPath(n))
+			syncDir(dir)
+		}
 		return err
 	}
 	if err := os.Remove(f.manifestPath(n)); err != nil && !errors.Is(err, os.ErrNotExist) {
@@ -253,14 +283,17 @@ func (f *flash) loadManifest(n int) (*bundle.Manifest, error) {
 	return m, nil
 }
 
-// partWriter writes part data, one flash write per chunk.
+// partWriter writes file data one page (PageSize bytes) at a time, each
+// page one flash write of its kind; Close writes the last, shorter page.
 type partWriter struct {
 	f    *flash
+	kind string
 	path string
 	fh   *os.File
+	page []byte
 }
 
-func (f *flash) create(path string) (*partWriter, error) {
+func (f *flash) create(path, kind string) (*partWriter, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return nil, err
 	}
@@ -268,7 +301,7 @@ func (f *flash) create(path string) (*partWriter, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &partWriter{f: f, path: path, fh: fh}, nil
+	return &partWriter{f: f, kind: kind, path: path, fh: fh, page: make([]byte, 0, PageSize)}, nil
 }
 
 // createNew creates path as a new regular file, replacing whatever is
@@ -281,18 +314,49 @@ func createNew(path string) (*os.File, error) {
 }
 
 func (w *partWriter) Write(p []byte) (int, error) {
-	if err := w.f.op("part", w.path); err != nil {
-		return 0, err
+	n := 0
+	for len(p) > 0 {
+		k := min(len(p), PageSize-len(w.page))
+		w.page = append(w.page, p[:k]...)
+		p, n = p[k:], n+k
+		if len(w.page) == PageSize {
+			if err := w.flush(); err != nil {
+				return 0, err
+			}
+		}
 	}
-	return w.fh.Write(p)
+	return n, nil
 }
 
-func (w *partWriter) Close() error {
-	if err := w.fh.Sync(); err != nil {
-		w.fh.Close()
+// flush writes the buffered page. A page that fails is dropped, so that
+// Close does not write it again.
+func (w *partWriter) flush() error {
+	if len(w.page) == 0 {
+		return nil
+	}
+	page := w.page
+	w.page = w.page[:0]
+	if err := w.f.write(w.kind, w.path, true); err != nil {
+		if errors.Is(err, ErrTornWrite) {
+			w.fh.Write(page[:len(page)/2])
+			w.fh.Sync()
+		}
 		return err
 	}
-	return w.fh.Close()
+	_, err := w.fh.Write(page)
+	return err
+}
+
+// Close writes the last page, syncs and closes the file.
+func (w *partWriter) Close() error {
+	err := w.flush()
+	if err == nil {
+		err = w.fh.Sync()
+	}
+	if cerr := w.fh.Close(); err == nil {
+		err = cerr
+	}
+	return err
 }
 
 // digestFile reads a file back and returns its size and hex digests.
@@ -310,36 +374,20 @@ func digestFile(path string) (int64, string, string, error) {
 	return n, hex.EncodeToString(h1.Sum(nil)), hex.EncodeToString(h256.Sum(nil)), nil
 }
 
-// copyFile copies src to dst through flash writes of kind.
+// copyFile copies src to dst through page writes of kind.
 func (f *flash) copyFile(src, dst, kind string) error {
 	in, err := os.Open(src)
 	if err != nil {
 		return err
 	}
 	defer in.Close()
-	if err := f.op(kind, dst); err != nil {
-		return err
-	}
-	out, err := f.create(dst)
+	out, err := f.create(dst, kind)
 	if err != nil {
 		return err
 	}
-	buf := make([]byte, 32<<10)
-	for {
-		n, rerr := in.Read(buf)
-		if n > 0 {
-			if _, err := out.Write(buf[:n]); err != nil {
-				out.fh.Close()
-				return err
-			}
-		}
-		if rerr == io.EOF {
-			break
-		}
-		if rerr != nil {
-			out.fh.Close()
-			return rerr
-		}
+	if _, err := io.CopyBuffer(out, in, make([]byte, 32<<10)); err != nil {
+		out.fh.Close()
+		return err
 	}
 	return out.Close()
 }
@@ -365,19 +413,36 @@ func listFiles(dir string) ([]string, error) {
 }
 
 // mergeFS copies files that exist in slot from's filesystem but not in
-// slot to's; existing files are never overwritten.
+// slot to's; existing files are never overwritten. Each file is copied to a
+// temporary file outside the filesystem, then renamed into place, so that
+// a power cut leaves it whole or absent: a later merge into the slot (its
+// first boot again, after OTA.SetBootState) copies an absent file, where it
+// would keep a half-written one.
 func (f *flash) mergeFS(from, to int) error {
 	files, err := listFiles(f.fsDir(from))
 	if err != nil {
 		return err
 	}
+	tmp := filepath.Join(f.slotDir(to), "merge.tmp")
 	for _, rel := range files {
 		dst := filepath.Join(f.fsDir(to), rel)
 		if _, err := os.Lstat(dst); err == nil {
 			continue
 		}
-		if err := f.copyFile(filepath.Join(f.fsDir(from), rel), dst, "fs"); err != nil {
+		if err := f.copyFile(filepath.Join(f.fsDir(from), rel), tmp, "fs"); err != nil {
 			return fmt.Errorf("copying %s: %w", rel, err)
+		}
+		if err := f.op("fs", dst); err != nil {
+			return fmt.Errorf("copying %s: %w", rel, err)
+		}
+		if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+			return err
+		}
+		if err := os.Rename(tmp, dst); err != nil {
+			return fmt.Errorf("copying %s: %w", rel, err)
+		}
+		if err := syncDir(filepath.Dir(dst)); err != nil {
+			return err
 		}
 	}
 	return nil

@@ -267,7 +267,7 @@ func (d *Device) apply(u *update, src io.Reader) (int, error) {
 		}
 		p := m.Parts[name]
 		path := d.fl.partPath(target, name, p)
-		w, err := d.fl.create(path)
+		w, err := d.fl.create(path, "part")
 		if err != nil {
 			return 0, &statusError{msg: "Failed to write part", err: err}
 		}
