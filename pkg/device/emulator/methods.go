@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha1"
 	"encoding/hex"
+	"fmt"
 	"time"
 
 	"github.com/otactl/otactl/pkg/rpc"
@@ -116,6 +117,12 @@ func (d *Device) otaSetBootState(_ context.Context, req *rpc.Request) (any, erro
 	if !d.fl.validSlot(st.ActiveSlot) || !d.fl.validSlot(st.RevertSlot) {
 		return nil, rpc.Errorf(-3, "")
 	}
+	if u := d.upd; u != nil && (st.ActiveSlot == u.target || !st.IsCommitted && st.RevertSlot == u.target) {
+		// The slot holds half an update: booting it after a power cut
+		// would find nothing.
+		d.log.Error(fmt.Sprintf("Slot %d is being written by an update: not setting the boot state to it", u.target))
+		return nil, rpc.Errorf(-3, "")
+	}
 	if ct >= 0 {
 		st.CommitTimeout = int(ct)
 	}
@@ -156,6 +163,10 @@ func (d *Device) otaCreateSnapshot(_ context.Context, req *rpc.Request) (any, er
 		return nil, rpc.Errorf(-1, msgSnapFailed)
 	}
 	target := d.spareSlot()
+	if target < 0 {
+		d.log.Error(nextBootMsg(d.mem.ActiveSlot, "a snapshot"))
+		return nil, rpc.Errorf(-1, msgSnapFailed)
+	}
 	if err := d.fl.copySlot(d.running, target); err != nil {
 		d.log.Error("snapshot failed", "err", err)
 		return nil, rpc.Errorf(-1, msgSnapFailed)
@@ -179,9 +190,24 @@ func (d *Device) otaCreateSnapshot(_ context.Context, req *rpc.Request) (any, er
 	return map[string]int{"slot": target}, nil
 }
 
-// spareSlot is the slot an update or a snapshot writes: the one after the
-// running slot.
-func (d *Device) spareSlot() int { return (d.running + 1) % d.cfg.Slots }
+// spareSlot is the slot an update or a snapshot writes: the first one
+// after the running slot that the next boot does not use. It is -1 when
+// there is none (OTA.SetBootState pointed the next boot at the only other
+// slot): erasing the slot the next boot uses would leave nothing to boot
+// after a power cut, so the device refuses until it has booted that slot
+// (docs/emulator.md, "Snapshots and boot state").
+func (d *Device) spareSlot() int {
+	for i := 1; i < d.cfg.Slots; i++ {
+		if s := (d.running + i) % d.cfg.Slots; s != d.mem.ActiveSlot {
+			return s
+		}
+	}
+	return -1
+}
+
+func nextBootMsg(slot int, what string) string {
+	return fmt.Sprintf("The next boot uses slot %d, the slot %s would write: reboot first", slot, what)
+}
 
 func (d *Device) sysGetInfo(context.Context, *rpc.Request) (any, error) {
 	up := d.uptime()

@@ -18,6 +18,7 @@ import (
 // update is one running update.
 type update struct {
 	d       *Device
+	target  int // the slot written
 	ctx     context.Context
 	cancel  context.CancelCauseFunc
 	timeout time.Duration
@@ -137,12 +138,17 @@ func (d *Device) beginUpdate(timeout, commitTimeout int64, total int64, push boo
 		d.log.Error("Previous update has not been committed yet")
 		return nil, rpc.Errorf(-1, msgInitFailed)
 	}
+	target := d.spareSlot()
+	if target < 0 {
+		d.log.Error(nextBootMsg(d.mem.ActiveSlot, "an update"))
+		return nil, rpc.Errorf(-1, msgInitFailed)
+	}
 	to := DefaultUpdateTimeout
 	if timeout > 0 {
 		to = time.Duration(timeout) * time.Second
 	}
 	ctx, cancel := context.WithCancelCause(d.epoch)
-	u := &update{d: d, ctx: ctx, cancel: cancel, timeout: to, ct: int(max(commitTimeout, 0)), done: make(chan struct{}), push: push}
+	u := &update{d: d, target: target, ctx: ctx, cancel: cancel, timeout: to, ct: int(max(commitTimeout, 0)), done: make(chan struct{}), push: push}
 	if total > 0 {
 		u.total.Store(total)
 	}
@@ -244,9 +250,7 @@ func (d *Device) apply(u *update, src io.Reader) (int, error) {
 	// names are flat file names (flash.partPath stores parts by name), and
 	// each src belongs to one part.
 	bySrc := m.DataParts()
-	d.mu.Lock()
-	target := d.spareSlot()
-	d.mu.Unlock()
+	target := u.target
 	if err := d.fl.eraseSlot(target); err != nil {
 		return 0, &statusError{msg: "Failed to erase slot", err: err}
 	}
