@@ -4,7 +4,7 @@ BIN     := bin/otactl
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X github.com/otactl/otactl/pkg/cli.Version=$(VERSION)
 
-.PHONY: all build test test-short bench demo lint fuzz man clean
+.PHONY: all build test test-short bench demo lint fuzz powercut man clean
 
 all: build
 
@@ -24,12 +24,23 @@ test-short:
 bench:
 	$(GO) test -run='^$$' -bench=. -benchmem ./...
 
-# Long fuzzing (CI runs only the seed corpora, as part of `make test`).
+# Long fuzzing, one target after the other (CI runs only the seed corpora,
+# as part of `make test`). FUZZFLAGS=-parallel=1 keeps it to one core.
 FUZZTIME ?= 2m
+FUZZFLAGS ?=
+FUZZ = $(GO) test -run='^$$' -fuzztime=$(FUZZTIME) -timeout=0 $(FUZZFLAGS)
 fuzz:
-	$(GO) test -run='^$$' -fuzz='^FuzzParse$$' -fuzztime=$(FUZZTIME) ./pkg/rpc/frame
-	$(GO) test -run='^$$' -fuzz='^FuzzDecoder$$' -fuzztime=$(FUZZTIME) ./pkg/transport/serial
-	$(GO) test -run='^$$' -fuzz='^FuzzReader$$' -fuzztime=$(FUZZTIME) ./pkg/ota/bundle
+	$(FUZZ) -fuzz='^FuzzParse$$' ./pkg/rpc/frame
+	$(FUZZ) -fuzz='^FuzzDecoder$$' ./pkg/transport/serial
+	$(FUZZ) -fuzz='^FuzzReader$$' ./pkg/ota/bundle
+	$(FUZZ) -fuzz='^FuzzManifest$$' ./pkg/ota/bundle
+	$(FUZZ) -fuzz='^FuzzRewriteSignatures$$' ./pkg/ota/bundle
+	$(FUZZ) -fuzz='^FuzzParsePort$$' ./pkg/transport
+
+# The whole power-cut matrix (docs/reliability.md): every flash write of
+# every flow, cut and torn. `make test` runs a subset of it.
+powercut:
+	OTACTL_POWERCUT=all $(GO) test -race -count=1 -run='^TestPowerCutMatrix$$' -v ./pkg/device/emulator
 
 demo: build
 	scripts/demo.sh

@@ -16,9 +16,11 @@
 // build_id "factory") in slot 0, committed. Every write to the boot state
 // goes to a temporary file that is fsynced, renamed over the old one, and
 // the directory fsynced, so a power cut at any instant leaves the old or
-// the new state. Every flash write of the running device (not the factory
-// image) passes Hooks.FlashWrite first; returning ErrPowerCut from it (see
-// PowerCutAt) cuts the power at that write.
+// the new state. File data reaches the flash one page (PageSize) at a
+// time. Every flash write of the running device (not the factory image)
+// passes Hooks.FlashWrite first; returning ErrPowerCut from it (see
+// PowerCutAt) cuts the power at that write, ErrTornWrite in the middle of
+// it. An update or a snapshot never writes the slot the next boot uses.
 //
 // The running firmware's identity (Sys.GetInfo app, fw_version, fw_id)
 // comes from the manifest of the slot it booted.
