@@ -47,8 +47,14 @@ func ParsePort(port string) (*url.URL, error) {
 	if port == "" {
 		return nil, fmt.Errorf("%w: no port given: pass --port (for example --port /dev/ttyUSB0 or --port http://192.168.4.1/rpc) or set OTACTL_PORT", ErrBadPort)
 	}
-	if !strings.Contains(port, "://") {
+	i := strings.Index(port, "://")
+	if i < 0 {
 		return &url.URL{Scheme: "serial", Path: port}, nil
+	}
+	if !validScheme(port[:i]) {
+		// "/://user:pass@host" or "a:://…" would parse as a relative or
+		// opaque URL, whose userinfo Redact would not find.
+		return nil, fmt.Errorf("%w: %q has no valid scheme before \"://\": use for example http://192.168.4.1/rpc, or a serial device path", ErrBadPort, RedactString(port))
 	}
 	u, err := url.Parse(port)
 	if err != nil {
@@ -57,6 +63,18 @@ func ParsePort(port string) (*url.URL, error) {
 	}
 	u.Scheme = strings.ToLower(u.Scheme)
 	return u, nil
+}
+
+// validScheme reports whether s is a URL scheme (RFC 3986): a letter, then
+// letters, digits, '+', '-' or '.'.
+func validScheme(s string) bool {
+	for i, c := range s {
+		letter := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z'
+		if !letter && (i == 0 || !(c >= '0' && c <= '9' || c == '+' || c == '-' || c == '.')) {
+			return false
+		}
+	}
+	return s != ""
 }
 
 // Dial parses port and opens a connection with the transport of its scheme.
@@ -95,9 +113,11 @@ func Redact(u *url.URL) string {
 // RedactString hides the password in a URL-looking string, even one that
 // does not parse: "mqtt://u:secret@h/x" becomes "mqtt://u:xxxxx@h/x".
 func RedactString(s string) string {
-	if u, err := url.Parse(s); err == nil && u.User != nil {
+	if u, err := url.Parse(s); err == nil && u.User != nil && u.Scheme != "" {
 		return Redact(u)
 	}
+	// Not an absolute URL with credentials as url.Parse sees it ("//@://u:p@h"
+	// is a relative one): hide what follows "://" up to the last '@'.
 	i := strings.Index(s, "://")
 	if i < 0 {
 		return s
