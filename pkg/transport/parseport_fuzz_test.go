@@ -172,3 +172,18 @@ func TestParsePortURLWithoutScheme(t *testing.T) {
 		}
 	}
 }
+
+// Found by FuzzParsePort: a URL --port with bytes that are not UTF-8 (here
+// in an IPv6 zone) was accepted, but printed (escaped) it no longer parsed.
+// A port is text: such bytes are a usage error.
+func TestParsePortNotUTF8(t *testing.T) {
+	for _, port := range []string{"A://[::%25\xf0]", "http://h\xff/rpc", "mqtt://u:p\xfe@h/d"} {
+		u, err := ParsePort(port)
+		if !errors.Is(err, ErrBadPort) || !strings.Contains(err.Error(), "UTF-8") {
+			t.Fatalf("ParsePort(%q) = %v, %v; want ErrBadPort saying the port is not UTF-8", port, u, err)
+		}
+		if strings.Contains(err.Error(), "p\xfe") || strings.Contains(err.Error(), `p\xfe`) {
+			t.Fatalf("ParsePort(%q): the error shows the password: %v", port, err)
+		}
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"net/url"
 	"sort"
 	"strings"
+	"unicode/utf8"
 )
 
 // DialFunc opens a client connection to the device named by u.
@@ -50,6 +51,11 @@ func ParsePort(port string) (*url.URL, error) {
 	i := strings.Index(port, "://")
 	if i < 0 {
 		return &url.URL{Scheme: "serial", Path: port}, nil
+	}
+	if !utf8.ValidString(port) {
+		// Text only: url.Parse takes some raw bytes it then cannot read
+		// back once escaped.
+		return nil, fmt.Errorf("%w: %q is not UTF-8 text: type the URL, percent-escaping bytes that are not text", ErrBadPort, RedactString(port))
 	}
 	if !validScheme(port[:i]) {
 		// "/://user:pass@host" or "a:://…" would parse as a relative or
