@@ -131,20 +131,22 @@ func printed(port string) string {
 	return Redact(u)
 }
 
-// twin returns s with every letter and digit replaced by another of its
-// kind, so that a URL parser treats both alike.
+// twin returns s with every ASCII letter and digit replaced by another of
+// its kind, and every other byte kept, so that a URL parser treats both
+// alike.
 func twin(s string) string {
-	return strings.Map(func(r rune) rune {
+	b := []byte(s)
+	for i, c := range b {
 		switch {
-		case r >= 'a' && r <= 'z':
-			return 'a' + (r-'a'+1)%26
-		case r >= 'A' && r <= 'Z':
-			return 'A' + (r-'A'+1)%26
-		case r >= '0' && r <= '9':
-			return '0' + (r-'0'+1)%10
+		case c >= 'a' && c <= 'z':
+			b[i] = 'a' + (c-'a'+1)%26
+		case c >= 'A' && c <= 'Z':
+			b[i] = 'A' + (c-'A'+1)%26
+		case c >= '0' && c <= '9':
+			b[i] = '0' + (c-'0'+1)%10
 		}
-		return r
-	}, s)
+	}
+	return string(b)
 }
 
 func sameUser(a, b *url.Userinfo) bool {
