@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"math"
 	"strconv"
 	"strings"
 	"time"
@@ -83,13 +85,22 @@ func (v *commitTimeoutValue) String() string {
 
 func (v *commitTimeoutValue) Set(s string) error {
 	d, err := parseSeconds(s)
+	if err == nil && d > ota.MaxTimeout {
+		err = errTooLong
+	}
 	if err != nil {
-		return err
+		return fmt.Errorf("%v: the commit timeout %s, or 0 (commit at boot)", err, commitRange)
 	}
 	// The device counts whole seconds; round a fraction up, never to 0.
 	v.d, v.set = (d + time.Second - 1).Truncate(time.Second), true
 	return nil
 }
+
+// commitRange names the commit timeouts a device can hold.
+var commitRange = fmt.Sprintf("must be from 1 to %d seconds (about 24 days: the device arms its timer in milliseconds in a signed 32-bit number)", ota.MaxTimeoutSeconds)
+
+// errTooLong is parseSeconds' verdict on a value beyond what a device holds.
+var errTooLong = errors.New("too long")
 
 func (v *commitTimeoutValue) Type() string { return "seconds" }
 
@@ -113,23 +124,42 @@ func (v *commitTimeoutValue) seconds() int {
 	return int(v.d / time.Second)
 }
 
-// parseSeconds reads "300" (seconds) or a Go duration ("5m", "90s").
+// parseSeconds reads "300" (seconds) or a Go duration ("5m", "90s"). A
+// value that does not fit a time.Duration is an error, never a wrapped
+// number.
 func parseSeconds(s string) (time.Duration, error) {
 	s = strings.TrimSpace(s)
-	if n, err := strconv.ParseInt(s, 10, 64); err == nil {
-		if n < 0 {
-			return 0, fmt.Errorf("must not be negative")
+	if n, err := strconv.ParseInt(s, 10, 64); err == nil || errors.Is(err, strconv.ErrRange) {
+		switch {
+		case err != nil && strings.HasPrefix(s, "-"), n < 0:
+			return 0, errors.New("must not be negative")
+		case err != nil, n > int64(math.MaxInt64/time.Second):
+			return 0, errTooLong
 		}
 		return time.Duration(n) * time.Second, nil
 	}
 	d, err := time.ParseDuration(s)
 	if err != nil {
+		if strings.Contains(err.Error(), "invalid duration") && looksLikeDuration(s) {
+			return 0, errTooLong // time.ParseDuration's overflow
+		}
 		return 0, fmt.Errorf("want seconds (300) or a duration (5m)")
 	}
 	if d < 0 {
 		return 0, fmt.Errorf("must not be negative")
 	}
 	return d, nil
+}
+
+// looksLikeDuration reports whether s is made of what a Go duration is made
+// of (digits, a dot, unit letters), so that an error parsing it can only be
+// an overflow.
+func looksLikeDuration(s string) bool {
+	s = strings.TrimPrefix(s, "+")
+	if s == "" || s[0] == '-' {
+		return false
+	}
+	return strings.Trim(s, "0123456789.nsuµmh") == "" && strings.ContainsAny(s, "0123456789")
 }
 
 // humanDuration prints 4m52s, 12s, 1h2m.
@@ -169,8 +199,14 @@ func preciseDuration(d time.Duration) string {
 }
 
 // secondsFlag is a duration flag that also takes plain seconds: "600",
-// "90s" and "10m" all work.
-type secondsFlag struct{ d *time.Duration }
+// "90s" and "10m" all work. A non-zero max bounds it (a value the device
+// must hold).
+type secondsFlag struct {
+	d   *time.Duration
+	max time.Duration
+	// rangeText says what is accepted, for the error.
+	rangeText string
+}
 
 func (s secondsFlag) String() string {
 	if s.d == nil {
@@ -181,6 +217,12 @@ func (s secondsFlag) String() string {
 
 func (s secondsFlag) Set(v string) error {
 	d, err := parseSeconds(v)
+	if err == nil && s.max > 0 && d > s.max {
+		err = errTooLong
+	}
+	if err != nil && s.rangeText != "" {
+		return fmt.Errorf("%v: %s", err, s.rangeText)
+	}
 	if err != nil {
 		return err
 	}

@@ -93,7 +93,7 @@ func ExitCode(err error) int {
 		return ee.Code
 	}
 	var ue *UsageError
-	if errors.As(err, &ue) || errors.Is(err, transport.ErrBadPort) {
+	if errors.As(err, &ue) || errors.Is(err, transport.ErrBadPort) || errors.Is(err, ota.ErrTimeoutRange) {
 		return ExitUsage
 	}
 	// More than one device answers at this address: nothing else the

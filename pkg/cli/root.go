@@ -256,7 +256,7 @@ over serial, HTTP, WebSocket or MQTT, wire-compatible with 'mos call OTA.*'.`,
 	pf := root.PersistentFlags()
 	pf.StringVar(&g.Port, "port", "", "device address: serial path (/dev/ttyUSB0, COM3), http://host/rpc, ws://host/rpc, mqtt://broker/DEVICE_ID, or the TLS forms (env OTACTL_PORT, then MOS_PORT)")
 	g.Timeout = 20 * time.Second
-	pf.Var(secondsFlag{&g.Timeout}, "timeout", "how long to wait for the device to answer (seconds, or 1m)")
+	pf.Var(secondsFlag{d: &g.Timeout}, "timeout", "how long to wait for the device to answer (seconds, or 1m)")
 	pf.StringVar(&g.RPCCreds, "rpc-creds", "", "RPC credentials user:pass, or @FILE holding them (env OTACTL_RPC_CREDS): answer the device's digest challenge (in-frame, HTTP, WebSocket handshake)")
 	pf.StringVar(&g.CACertFile, "ca-cert-file", "", "CA certificate(s) (PEM) to verify the device or broker (TLS ports)")
 	pf.StringVar(&g.CertFile, "cert-file", "", "client certificate (PEM) for TLS ports")

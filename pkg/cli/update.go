@@ -43,13 +43,16 @@ func addOutcomeFlags(cmd *cobra.Command, o *UpdateOptions) {
 	fl := cmd.Flags()
 	fl.Var(&o.CommitTimeout, "commit-timeout", "seconds the new firmware waits for 'otactl commit' before the device rolls back (0 = commit at boot, needs --force)")
 	o.UpdateTimeout = ota.DefaultUpdateTimeout
-	fl.Var(secondsFlag{&o.UpdateTimeout}, "update-timeout", "device watchdog: abort the update if it makes no progress for this long (seconds, or 10m)")
+	fl.Var(secondsFlag{d: &o.UpdateTimeout, max: ota.MaxTimeout, rangeText: updateRange}, "update-timeout", "device watchdog: abort the update if it makes no progress for this long (seconds, or 10m)")
 	fl.BoolVar(&o.Commit, "commit", false, "commit once the new firmware answers (after --health-method, if given)")
 	fl.BoolVar(&o.NoWait, "no-wait", false, "return when the device accepted the bundle, like mos, without waiting for the reboot")
 	fl.StringVar(&o.HealthMethod, "health-method", "", "with --commit: RPC method the new firmware must answer without error before it is committed")
 	fl.BoolVar(&o.Force, "force", false, "allow --commit-timeout 0 (the new firmware commits itself at boot: no rollback)")
 	o.Sig.add(fl)
 }
+
+// updateRange names the update watchdogs a device can hold.
+var updateRange = fmt.Sprintf("must be from 1 to %d seconds (about 24 days: the device arms its watchdog in milliseconds in a signed 32-bit number)", ota.MaxTimeoutSeconds)
 
 func (o *UpdateOptions) check() error {
 	if o.CommitTimeout.set && o.CommitTimeout.d == 0 && !o.Force {
@@ -62,7 +65,7 @@ func (o *UpdateOptions) check() error {
 		return usageErrorf("--commit needs to wait for the new firmware: drop --no-wait")
 	}
 	if o.UpdateTimeout < time.Second {
-		return usageErrorf("--update-timeout must be at least 1s")
+		return usageErrorf("--update-timeout %s", updateRange)
 	}
 	return nil
 }

@@ -59,7 +59,47 @@ const (
 // safety net if it misbehaves after boot. Zero means DefaultCommitTimeout.
 const AutoCommit time.Duration = -1
 
-// commitSeconds converts a commit-timeout option to the wire value.
+// MaxTimeoutSeconds is the longest commit timeout or update watchdog a
+// device can hold: it keeps both as a signed 32-bit int of seconds and arms
+// its timers with that number times 1000 as a signed 32-bit int of
+// milliseconds (ota-common: mgos_set_timer(commit_timeout * 1000, …)), so
+// anything above 2147483 s (about 24 days 20 h) wraps on the device, to a
+// negative or zero timer — and a commit timeout that reads as 0 or less
+// makes the new firmware commit itself at boot, without rollback.
+const MaxTimeoutSeconds = 2147483
+
+// MaxTimeout is MaxTimeoutSeconds as a duration.
+const MaxTimeout = MaxTimeoutSeconds * time.Second
+
+// ErrTimeoutRange is wrapped by the error for a commit timeout or update
+// watchdog outside what the device can hold (1..MaxTimeoutSeconds seconds;
+// a commit timeout may also be AutoCommit). Nothing is sent then.
+var ErrTimeoutRange = fmt.Errorf("must be from 1 to %d seconds (about 24 days: the device arms its timers in milliseconds in a signed 32-bit number)", MaxTimeoutSeconds)
+
+// CheckTimeouts returns an error wrapping ErrTimeoutRange unless the commit
+// timeout (0 = default, AutoCommit) and the update watchdog (0 = default)
+// fit the device.
+func CheckTimeouts(commit, update time.Duration) error {
+	if commit != AutoCommit && (commit < 0 || commit > MaxTimeout) {
+		return fmt.Errorf("commit timeout %v: %w", commit, ErrTimeoutRange)
+	}
+	if update < 0 || update > MaxTimeout {
+		return fmt.Errorf("update timeout %v: %w", update, ErrTimeoutRange)
+	}
+	return nil
+}
+
+// checkWireSeconds checks a commit timeout already in seconds (snapshot,
+// boot state): 0 is allowed there (commit at boot), negative is not.
+func checkWireSeconds(what string, s int) error {
+	if s < 0 || s > MaxTimeoutSeconds {
+		return fmt.Errorf("%s %d s: %w (or 0)", what, s, ErrTimeoutRange)
+	}
+	return nil
+}
+
+// commitSeconds converts a commit-timeout option to the wire value. Check
+// it with CheckTimeouts first.
 func commitSeconds(d time.Duration) int64 {
 	switch {
 	case d < 0:
@@ -214,6 +254,11 @@ func (d *Device) SetBootState(ctx context.Context, c BootStateChange) error {
 	if c.Empty() {
 		return errors.New("OTA.SetBootState: nothing to set: give at least one of active slot, revert slot, committed, commit timeout")
 	}
+	if c.CommitTimeout != nil {
+		if err := checkWireSeconds("OTA.SetBootState: commit timeout", *c.CommitTimeout); err != nil {
+			return err
+		}
+	}
 	_, err := d.c.Call(ctx, "OTA.SetBootState", c)
 	return err
 }
@@ -249,6 +294,11 @@ func (d *Device) Revert(ctx context.Context) error {
 // as its fallback; commitTimeout (seconds) is then set too unless negative.
 // The device refuses while the running firmware is uncommitted.
 func (d *Device) CreateSnapshot(ctx context.Context, setAsRevert bool, commitTimeout int) (int, error) {
+	if commitTimeout >= 0 {
+		if err := checkWireSeconds("OTA.CreateSnapshot: commit timeout", commitTimeout); err != nil {
+			return 0, err
+		}
+	}
 	args := struct {
 		SetAsRevert   bool `json:"set_as_revert"`
 		CommitTimeout *int `json:"commit_timeout,omitempty"`

@@ -218,6 +218,9 @@ func (d *Device) Push(ctx context.Context, r io.ReaderAt, size int64, opts PushO
 	if err := opts.defaults(size); err != nil {
 		return res, fmt.Errorf("push: %w", err)
 	}
+	if err := CheckTimeouts(opts.CommitTimeout, opts.Timeout); err != nil {
+		return res, fmt.Errorf("push: %w", err)
+	}
 	res.ChunkSize = opts.ChunkSize
 	report := func(sent int64) {
 		if opts.Progress != nil {

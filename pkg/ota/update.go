@@ -53,6 +53,9 @@ func (d *Device) Update(ctx context.Context, args UpdateArgs) (Accepted, error) 
 	if args.URL == "" {
 		return Accepted{}, fmt.Errorf("OTA.Update: no bundle URL given")
 	}
+	if err := CheckTimeouts(args.CommitTimeout, args.Timeout); err != nil {
+		return Accepted{}, fmt.Errorf("OTA.Update: %w", err)
+	}
 	if params.Timeout == 0 {
 		params.Timeout = seconds(DefaultUpdateTimeout)
 	}
