@@ -2,12 +2,12 @@ package cli
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"math"
+	"strings"
 	"text/tabwriter"
-	"time"
 
 	"github.com/spf13/cobra"
 
@@ -19,11 +19,14 @@ import (
 func NewCmdBootState(f *Factory) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "bootstate",
-		Short: "Show which slot runs, whether it is committed, and what boots next",
-		Long: `Show the device's boot state (OTA.GetBootState) in words: which slot runs,
-whether it is committed, and, for an uncommitted firmware, when the device
-falls back to the previous one unless you commit. With --json, the device's
-object as it sent it.`,
+		Short: "Show what runs now, whether it is committed, and what boots next",
+		Long: `Show what runs now (Sys.GetInfo) and what boots next (OTA.GetBootState:
+active_slot is the slot the NEXT boot starts), whether it is committed, and,
+for a firmware on trial, when the device falls back unless you commit.
+With --json: the device's active_slot, revert_slot, is_committed and
+commit_timeout, plus "running" (slot, app, version, build_id), "next_boot"
+(slot, committed, same_firmware) and, on trial, "falls_back_to" and
+"commit_timeout_left_seconds".`,
 		Example: `  otactl --port /dev/ttyUSB0 bootstate
   otactl --port http://192.168.4.1/rpc bootstate --json | jq .is_committed`,
 		Args: noArgs,
@@ -37,38 +40,117 @@ object as it sent it.`,
 
 func runBootState(ctx context.Context, f *Factory) error {
 	return f.withDevice(ctx, func(ctx context.Context, c *rpc.Client, d *ota.Device) error {
-		bs, done, err := f.readBootState(ctx, c)
-		if done || err != nil {
+		bs, info, err := readBoot(ctx, d)
+		if err != nil {
 			return err
 		}
-		// Sys.GetInfo gives the running version and the uptime, which
-		// tells how long an uncommitted firmware has left.
-		var info *ota.SysInfo
-		if i, err := d.GetInfo(ctx); err == nil {
-			info = &i
+		if f.G.JSON {
+			return writeJSON(f.IO.Out, bootStateDoc(bs, info))
 		}
 		f.describeBootState(f.IO.Out, bs, info)
 		return nil
 	})
 }
 
-// describeBootState writes the boot state as a sentence and a table.
+// readBoot reads the boot state and Sys.GetInfo (the running firmware and
+// its uptime). A device without Sys.GetInfo (an RPC error) leaves info nil;
+// a reply that lacks what is needed is an error.
+func readBoot(ctx context.Context, d *ota.Device) (ota.BootState, *ota.SysInfo, error) {
+	i, err := d.GetInfo(ctx)
+	var info *ota.SysInfo
+	var re *rpc.Error
+	switch {
+	case err == nil:
+		info = &i
+	case errors.As(err, &re) && re.Code != 401:
+	default:
+		return ota.BootState{}, nil, err
+	}
+	bs, err := d.GetBootState(ctx)
+	return bs, info, err
+}
+
+// bootRunning is the running firmware in `bootstate --json`.
+type bootRunning struct {
+	// Slot is null when the device does not say which slot it runs.
+	Slot    *int   `json:"slot"`
+	App     string `json:"app,omitempty"`
+	Version string `json:"version,omitempty"`
+	BuildID string `json:"build_id,omitempty"`
+}
+
+// bootNext is what the next boot does in `bootstate --json`.
+type bootNext struct {
+	Slot      int  `json:"slot"`
+	Committed bool `json:"committed"`
+	// SameFirmware: the next boot starts the firmware that runs now.
+	SameFirmware bool `json:"same_firmware"`
+}
+
+// bootDoc is `bootstate --json`: the device's four fields, then what runs
+// and what boots next.
+type bootDoc struct {
+	ota.BootState
+	Running *bootRunning `json:"running,omitempty"`
+	Next    bootNext     `json:"next_boot"`
+	// FallbackSlot and FallbackIn: for a running firmware on trial.
+	FallbackSlot *int     `json:"falls_back_to,omitempty"`
+	FallbackIn   *float64 `json:"commit_timeout_left_seconds,omitempty"`
+}
+
+func bootStateDoc(bs ota.BootState, info *ota.SysInfo) bootDoc {
+	v := ota.ViewBoot(bs, info)
+	doc := bootDoc{BootState: bs, Next: bootNext{Slot: v.Next, Committed: v.NextCommitted, SameFirmware: v.NextIsRunning && v.RunningSlot != nil}}
+	if info != nil {
+		doc.Running = &bootRunning{Slot: v.RunningSlot, App: info.App, Version: info.FWVersion, BuildID: info.FWID}
+	}
+	if v.OnTrial {
+		fb := v.Fallback
+		doc.FallbackSlot = &fb
+		if v.FallbackIn != nil {
+			s := math.Round(v.FallbackIn.Seconds()*10) / 10
+			doc.FallbackIn = &s
+		}
+	}
+	return doc
+}
+
+// describeBootState writes what runs now and what boots next, in words,
+// then the boot state as a table.
 func (f *Factory) describeBootState(w io.Writer, bs ota.BootState, info *ota.SysInfo) {
 	p := f.outPalette()
-	version := ""
-	if info != nil && info.FWVersion != "" {
-		version = fmt.Sprintf(" (%s %s)", info.App, info.FWVersion)
+	v := ota.ViewBoot(bs, info)
+	name := "firmware not reported (no Sys.GetInfo)"
+	if info != nil {
+		name = strings.TrimSpace(info.App + " " + v.Running.String())
 	}
-	if bs.IsCommitted {
-		fmt.Fprintf(w, "slot %d is running%s, %s; it boots again on every restart.\n", bs.ActiveSlot, version, p.green("committed"))
-	} else {
+	switch {
+	case v.RunningSlot != nil:
+		fmt.Fprintf(w, "running:    slot %d, %s", *v.RunningSlot, name)
+	default:
+		fmt.Fprintf(w, "running:    %s (the device does not say from which slot: slot %d, unless its boot state was changed since it booted)", name, bs.ActiveSlot)
+	}
+	switch {
+	case v.OnTrial:
+		fmt.Fprintf(w, ", %s\n", p.yellow("not yet committed"))
+	case v.NextIsRunning && bs.IsCommitted:
+		fmt.Fprintf(w, ", %s\n", p.green("committed"))
+	default:
+		fmt.Fprintln(w)
+	}
+	switch {
+	case v.OnTrial:
 		left := ""
-		if info != nil && bs.CommitTimeout > 0 {
-			remaining := time.Duration(bs.CommitTimeout)*time.Second - time.Duration(info.Uptime*float64(time.Second))
-			left = " in " + humanDuration(remaining)
+		if v.FallbackIn != nil {
+			left = " in " + humanDuration(*v.FallbackIn)
 		}
-		fmt.Fprintf(w, "slot %d is running%s, %s; the device falls back to slot %d%s unless you run `otactl commit` (any reboot before that also falls back).\n",
-			bs.ActiveSlot, version, p.yellow("not yet committed"), bs.RevertSlot, left)
+		fmt.Fprintf(w, "next boot:  slot %d (the fallback)%s unless you run `otactl commit`: any reboot before that also falls back\n", v.Fallback, left)
+	case v.NextIsRunning:
+		fmt.Fprintf(w, "next boot:  slot %d again, committed: it boots on every restart\n", v.Next)
+	case v.NextCommitted:
+		fmt.Fprintf(w, "next boot:  %s, committed (the boot state was changed since this firmware booted; it takes effect at the next reboot)\n", p.bold(fmt.Sprintf("slot %d", v.Next)))
+	default:
+		fmt.Fprintf(w, "next boot:  %s on trial, uncommitted: it falls back to slot %d unless committed within %ds of that boot (the boot state was changed since this firmware booted)\n", p.bold(fmt.Sprintf("slot %d", v.Next)), v.Fallback, bs.CommitTimeout)
 	}
 	writeBootStateTable(w, bs)
 }
@@ -78,22 +160,6 @@ func writeBootStateTable(w io.Writer, bs ota.BootState) {
 	fmt.Fprintf(tw, "active slot\t%d\nrevert slot\t%d\ncommitted\t%s\ncommit timeout\t%ds\n",
 		bs.ActiveSlot, bs.RevertSlot, yesNo(bs.IsCommitted), bs.CommitTimeout)
 	tw.Flush()
-}
-
-// readBootState calls OTA.GetBootState. With --json it prints the device's
-// object as is and reports done.
-func (f *Factory) readBootState(ctx context.Context, c *rpc.Client) (bs ota.BootState, done bool, err error) {
-	raw, err := c.Call(ctx, "OTA.GetBootState", nil)
-	if err != nil {
-		return bs, false, err
-	}
-	if f.G.JSON {
-		return bs, true, writeJSON(f.IO.Out, rawJSON(raw))
-	}
-	if err := json.Unmarshal(raw, &bs); err != nil {
-		return bs, false, fmt.Errorf("OTA.GetBootState: unexpected result %.200s", raw)
-	}
-	return bs, false, nil
 }
 
 func yesNo(b bool) string {
@@ -162,12 +228,15 @@ func runBootStateSet(ctx context.Context, f *Factory, ch ota.BootStateChange) er
 			}
 			return err
 		}
-		bs, done, err := f.readBootState(ctx, c)
-		if done || err != nil {
+		bs, info, err := readBoot(ctx, d)
+		if err != nil {
 			return err
 		}
+		if f.G.JSON {
+			return writeJSON(f.IO.Out, bootStateDoc(bs, info))
+		}
 		f.out("boot state changed; it takes effect at the next boot. Now:")
-		writeBootStateTable(f.IO.Out, bs)
+		f.describeBootState(f.IO.Out, bs, info)
 		return nil
 	})
 }

@@ -195,9 +195,19 @@ type SysInfo struct {
 	Arch string `json:"arch"`
 	// Uptime is in seconds; zero when the device did not say.
 	Uptime float64 `json:"uptime"`
+	// RunningSlot is the slot the running firmware was booted from, when
+	// the device says (RunningSlotField); nil otherwise.
+	RunningSlot *int `json:"ota_slot,omitempty"`
 	// Raw is the whole result as the device sent it.
 	Raw json.RawMessage `json:"-"`
 }
+
+// RunningSlotField is the Sys.GetInfo field that names the slot the
+// running firmware was booted from. Mongoose OS firmware does not report
+// it (its Sys.GetInfo has no slot); otactl's emulator does. Without it,
+// the running slot is known only while the boot state cannot have changed
+// since boot (see BootState.ActiveSlot).
+const RunningSlotField = "ota_slot"
 
 // Firmware returns the identity of the running firmware.
 func (i SysInfo) Firmware() Firmware { return Firmware{Version: i.FWVersion, BuildID: i.FWID} }
@@ -237,15 +247,11 @@ func (f Firmware) String() string {
 
 // GetBootState calls OTA.GetBootState.
 func (d *Device) GetBootState(ctx context.Context) (BootState, error) {
-	var bs BootState
 	res, err := d.c.Call(ctx, "OTA.GetBootState", nil)
 	if err != nil {
-		return bs, err
+		return BootState{}, err
 	}
-	if err := json.Unmarshal(res, &bs); err != nil {
-		return bs, fmt.Errorf("OTA.GetBootState: unexpected result %.200s: %w", res, err)
-	}
-	return bs, nil
+	return ParseBootState(res)
 }
 
 // SetBootState calls OTA.SetBootState with the fields of c that are set. It
@@ -306,57 +312,31 @@ func (d *Device) CreateSnapshot(ctx context.Context, setAsRevert bool, commitTim
 	if commitTimeout >= 0 {
 		args.CommitTimeout = &commitTimeout
 	}
-	var res struct {
-		Slot *int `json:"slot"`
-	}
 	raw, err := d.c.Call(ctx, "OTA.CreateSnapshot", args)
 	if err != nil {
 		return 0, err
 	}
-	if err := json.Unmarshal(raw, &res); err != nil || res.Slot == nil {
-		return 0, fmt.Errorf("OTA.CreateSnapshot: unexpected result %.200s (want {\"slot\": N})", raw)
-	}
-	return *res.Slot, nil
+	o := decodeObject("OTA.CreateSnapshot", raw, SnapshotRequired...)
+	slot := o.int("slot")
+	return slot, o.Err()
 }
 
 // Status calls OTA.Status.
 func (d *Device) Status(ctx context.Context) (Status, error) {
-	var st Status
 	raw, err := d.c.Call(ctx, "OTA.Status", nil)
 	if err != nil {
-		return st, err
+		return Status{}, err
 	}
-	if err := json.Unmarshal(raw, &st); err != nil {
-		return st, fmt.Errorf("OTA.Status: unexpected result %.200s: %w", raw, err)
-	}
-	st.Raw = raw
-	return st, nil
+	return ParseStatus(raw)
 }
 
 // GetInfo calls Sys.GetInfo.
 func (d *Device) GetInfo(ctx context.Context) (SysInfo, error) {
-	var info SysInfo
 	raw, err := d.c.Call(ctx, "Sys.GetInfo", nil)
 	if err != nil {
-		return info, err
+		return SysInfo{}, err
 	}
-	// Decode leniently: a field of an unexpected type is left zero.
-	var m map[string]json.RawMessage
-	if err := json.Unmarshal(raw, &m); err != nil {
-		return info, fmt.Errorf("Sys.GetInfo: unexpected result %.200s: %w", raw, err)
-	}
-	str := func(k string) string {
-		var s string
-		_ = json.Unmarshal(m[k], &s)
-		return s
-	}
-	info.ID, info.App, info.Arch = str("id"), str("app"), str("arch")
-	info.FWVersion, info.FWID = str("fw_version"), str("fw_id")
-	if u, ok := m["uptime"]; ok {
-		_ = json.Unmarshal(u, &info.Uptime)
-	}
-	info.Raw = raw
-	return info, nil
+	return ParseSysInfo(raw)
 }
 
 // Reboot calls Sys.Reboot; the device restarts after delay.

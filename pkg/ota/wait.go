@@ -227,7 +227,7 @@ func WaitOutcome(ctx context.Context, opts WaitOptions) (*Outcome, *rpc.Client, 
 		attempts++
 		c, p, err := attempt(ctx, opts)
 		if err != nil {
-			if errors.Is(err, rpc.ErrAuth) || isCode(err, 401) {
+			if errors.Is(err, rpc.ErrAuth) || isCode(err, 401) || errors.Is(err, ErrBadReply) {
 				return nil, nil, fmt.Errorf("reconnecting after the update: %w", err)
 			}
 			if ctx.Err() != nil {
