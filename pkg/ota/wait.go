@@ -174,6 +174,15 @@ func (p probe) describe() string {
 	return s
 }
 
+// CodeShuttingDown is the error code a Mongoose OS device answers every
+// call with between scheduling its reboot and rebooting (~100 ms; the
+// message says "shutting down in N ms"): it is about to go away.
+const CodeShuttingDown = 418
+
+// ErrShuttingDown is wrapped by the error of a wait attempt that the
+// device answered with CodeShuttingDown: not back yet.
+var ErrShuttingDown = errors.New("the device is shutting down to reboot")
+
 // errRebootedDuringProbe fails an attempt whose calls were answered by two
 // different boots of the device.
 var errRebootedDuringProbe = errors.New("the device rebooted while it was being read")
@@ -222,6 +231,10 @@ func WaitOutcome(ctx context.Context, opts WaitOptions) (*Outcome, *rpc.Client, 
 		// device still downloading is not "not rebooting").
 		quietSince = start
 		lastSeen   string // what the last undecided probe showed
+		// finalized: the device confirmed the update, or was seen with it
+		// finalized and its reboot pending; only then can coming back on
+		// the old firmware be a rollback.
+		finalized = opts.Accepted
 	)
 	for {
 		attempts++
@@ -238,6 +251,8 @@ func WaitOutcome(ctx context.Context, opts WaitOptions) (*Outcome, *rpc.Client, 
 			}
 			lastErr = err
 			if wentAway.IsZero() {
+				// The link went away, or the device said it is shutting
+				// down (418): a later answer comes from a new boot.
 				wentAway = time.Now()
 			}
 			emit(opts.OnEvent, Event{Kind: EventWaiting, Attempt: attempts, Err: err,
@@ -252,7 +267,11 @@ func WaitOutcome(ctx context.Context, opts WaitOptions) (*Outcome, *rpc.Client, 
 		if p.statusOK && p.status.State == StateProgress {
 			quietSince = p.at
 		}
-		o := decide(opts, p, wentAway, quietSince)
+		o := decide(opts, p, evidence{wentAway: wentAway, quietSince: quietSince, finalized: finalized})
+		if o == nil && pendingReboot(opts.Before, p) {
+			// Seen before its reboot: the device had finalized the update.
+			finalized = true
+		}
 		if o != nil {
 			o.Attempts, o.Elapsed = attempts, time.Since(start)
 			emit(opts.OnEvent, Event{Kind: EventBack, Attempt: attempts, Info: &o.Info, Boot: &o.After,
@@ -314,13 +333,21 @@ func attempt(ctx context.Context, opts WaitOptions) (*rpc.Client, probe, error) 
 	}
 	if err == nil {
 		// OTA.Status is optional (old devices): without it, fewer clues.
-		if call(func(ctx context.Context) (err error) { p.status, err = d.Status(ctx); return err }) == nil {
+		switch serr := call(func(ctx context.Context) (err error) { p.status, err = d.Status(ctx); return err }); {
+		case serr == nil:
 			p.statusOK = true
+		case isCode(serr, CodeShuttingDown):
+			err = serr
 		}
-		err = call(func(ctx context.Context) (err error) { p.info, err = d.GetInfo(ctx); return err })
+		if err == nil {
+			err = call(func(ctx context.Context) (err error) { p.info, err = d.GetInfo(ctx); return err })
+		}
 	}
 	if err != nil {
 		c.Close()
+		if isCode(err, CodeShuttingDown) {
+			err = fmt.Errorf("%w: %w", ErrShuttingDown, err)
+		}
 		return nil, probe{}, err
 	}
 	p.at = time.Now()
@@ -345,9 +372,53 @@ func sameBoot(a SysInfo, aAt time.Time, b SysInfo, bAt time.Time) bool {
 	return diff.Abs() <= uptimeSlack
 }
 
+// evidence is what the wait saw besides the current probe.
+type evidence struct {
+	// wentAway is when an attempt first failed (link down, no answer, or
+	// a 418 "shutting down"): an answer after it may come from a new boot.
+	wentAway time.Time
+	// quietSince starts the RebootTimeout clock.
+	quietSince time.Time
+	// finalized: the device confirmed the update (Accepted), or a probe
+	// saw it finalized with its reboot pending. Without it, the device
+	// never installed anything, so coming back on the old firmware is not
+	// a rollback.
+	finalized bool
+}
+
+// pendingReboot reports whether p shows an update finalized and waiting
+// for its reboot: OTA.Status "success", or another slot set to boot next
+// on trial, on the instance that was running before.
+func pendingReboot(before Observation, p probe) bool {
+	if p.statusOK && p.status.State == StateSuccess {
+		return true
+	}
+	return p.boot.ActiveSlot != before.Boot.ActiveSlot && !p.boot.IsCommitted && p.info.Firmware() == before.Info.Firmware()
+}
+
+// rebootedSince reports whether p comes from a boot after the reference
+// observation, on evidence only: the running firmware changed, the uptime
+// says it booted later, or it answers after the link went away (and, when
+// it reports an uptime, booted after that). A device that answers in its
+// pre-reboot window, normally or not, shows none of these.
+func rebootedSince(before Observation, p probe, wentAway time.Time) bool {
+	oldFW, nowFW := before.Info.Firmware(), p.info.Firmware()
+	if (oldFW.Version != nowFW.Version && oldFW.Version != "" && nowFW.Version != "") ||
+		(oldFW.BuildID != nowFW.BuildID && oldFW.BuildID != "" && nowFW.BuildID != "") {
+		return true
+	}
+	if p.info.Uptime > 0 || before.Info.Uptime > 0 {
+		booted := p.at.Add(-secondsDur(p.info.Uptime))
+		if booted.After(before.At.Add(-secondsDur(before.Info.Uptime)).Add(uptimeSlack)) {
+			return true
+		}
+		return !wentAway.IsZero() && !booted.Before(wentAway.Add(-uptimeSlack))
+	}
+	return !wentAway.IsZero() // no uptime to tell: having been away must do
+}
+
 // decide returns the outcome that p shows, or nil to keep waiting.
-// quietSince starts the RebootTimeout clock.
-func decide(opts WaitOptions, p probe, wentAway, quietSince time.Time) *Outcome {
+func decide(opts WaitOptions, p probe, ev evidence) *Outcome {
 	before := opts.Before
 	o := &Outcome{Before: before.Boot, After: p.boot, BeforeInfo: before.Info, Info: p.info}
 	oldFW, nowFW := before.Info.Firmware(), p.info.Firmware()
@@ -356,46 +427,21 @@ func decide(opts WaitOptions, p probe, wentAway, quietSince time.Time) *Outcome 
 	expected := opts.Expect.Matches(nowFW)
 	newSlot := p.boot.ActiveSlot != before.Boot.ActiveSlot
 	busy := p.statusOK && (p.status.State == StateProgress || p.status.State == StateSuccess)
-
-	// Reboot evidence: the firmware changed, the device booted after the
-	// reference observation, or after it was last seen away.
-	rebooted := idChanged
-	if p.info.Uptime > 0 || before.Info.Uptime > 0 {
-		booted := p.at.Add(-secondsDur(p.info.Uptime))
-		if booted.After(before.At.Add(-secondsDur(before.Info.Uptime)).Add(uptimeSlack)) {
-			rebooted = true
-		}
-		if !wentAway.IsZero() && !booted.Before(wentAway.Add(-uptimeSlack)) {
-			rebooted = true
-		}
-	} else if !wentAway.IsZero() {
-		rebooted = true // no uptime to tell: having been away must do
-	}
-	// A device that booted within the uptime slack of the reference
-	// observation (it had just rebooted when the update started) leaves no
-	// uptime evidence, and a serial link may never look away. A device that
-	// accepted an update shows OTA.Status "success" until it reboots, so a
-	// new slot active with no update pending can only come from a boot.
-	// (Without an accepted update this proves nothing: OTA.Revert and
-	// OTA.SetBootState point the boot state at another slot before any
-	// reboot.)
-	if !rebooted && opts.Accepted && newSlot && p.statusOK && p.status.State == StateIdle {
-		rebooted = true
-	}
+	rebooted := rebootedSince(before, p, ev.wentAway)
 	if busy && !idChanged {
 		rebooted = false // an update is still running or waits for its reboot
 	}
 	// Another firmware than before runs, yet the device boots the old slot
 	// next, committed, as it falls back (revert_slot = active_slot): after
-	// an update it accepted, or with the new firmware running, that is the
+	// an update it finalized, or with the new firmware running, that is the
 	// commit timer that has just expired (or a revert), and the device is
 	// about to reboot into its old firmware. Not an update that took: wait
 	// for the reboot.
 	rollingBack := idChanged && !newSlot && p.boot.IsCommitted && p.boot.RevertSlot == p.boot.ActiveSlot &&
-		(opts.Accepted || expected)
+		(ev.finalized || expected)
 
 	switch {
-	case rollingBack && time.Since(quietSince) <= opts.RebootTimeout:
+	case rollingBack && time.Since(ev.quietSince) <= opts.RebootTimeout:
 		return nil
 	case rollingBack:
 		o.Result = RolledBack
@@ -427,11 +473,21 @@ func decide(opts WaitOptions, p probe, wentAway, quietSince time.Time) *Outcome 
 		o.Result = NotApplied
 		o.Reason = fmt.Sprintf("the device rebooted into %s in slot %d, not the expected %s", nowFW, p.boot.ActiveSlot, opts.Expect)
 		return o
-	case !newSlot && !busy && (rebooted || opts.Accepted):
+	case !newSlot && !busy && ev.finalized:
+		// (Even without a reboot seen: it had finalized the update, so its
+		// boot state pointed at the new slot; the old one active again
+		// means it booted the new firmware and fell back faster than a
+		// probe.)
 		o.Result = RolledBack
 		o.Reason = fmt.Sprintf("the device came back on its old firmware %s in slot %d: the new firmware did not start or did not stay up, so the device rolled back", nowFW, p.boot.ActiveSlot)
 		return o
-	case !newSlot && !opts.Accepted && p.statusOK && p.status.State == StateError:
+	case !newSlot && !busy && rebooted:
+		// It restarted before it finalized the update (a reset or power
+		// loss during the download): nothing was installed.
+		o.Result = NotApplied
+		o.Reason = fmt.Sprintf("the device restarted before it had installed the update (it never confirmed it), and runs its old firmware %s in slot %d with its boot state unchanged", nowFW, p.boot.ActiveSlot)
+		return o
+	case !newSlot && !ev.finalized && p.statusOK && p.status.State == StateError:
 		o.Result = NotApplied
 		msg := p.status.Msg
 		if msg == "" {
@@ -439,7 +495,7 @@ func decide(opts WaitOptions, p probe, wentAway, quietSince time.Time) *Outcome 
 		}
 		o.Reason = fmt.Sprintf("the update failed on the device (%s); it still runs %s in slot %d", msg, nowFW, p.boot.ActiveSlot)
 		return o
-	case time.Since(quietSince) > opts.RebootTimeout:
+	case time.Since(ev.quietSince) > opts.RebootTimeout:
 		o.Result = NotApplied
 		o.Reason = fmt.Sprintf("the device did not reboot within %s; it still runs %s in slot %d", opts.RebootTimeout, nowFW, p.boot.ActiveSlot)
 		if newSlot {

@@ -113,6 +113,16 @@ func TestWaitOutcomeRolledBack(t *testing.T) {
 				t.Fatal("no client with the outcome")
 			}
 			c.Close()
+			if !accepted {
+				// Without the device's confirmation (nor a finalized update
+				// seen) nothing says it installed anything: a reset during
+				// the transfer looks just like this, and is not a rollback.
+				if !errors.Is(err, ota.ErrUpdateFailed) || o == nil || o.Result != ota.NotApplied {
+					t.Fatalf("accepted=%v: outcome %+v, err %v", accepted, o, err)
+				}
+				contains(t, err, "restarted before it had installed the update", "old firmware", "slot 0")
+				return
+			}
 			if !errors.Is(err, ota.ErrUpdateFailed) || o == nil || o.Result != ota.RolledBack || o.Info.FWVersion != "1.0" {
 				t.Fatalf("accepted=%v: outcome %+v, err %v", accepted, o, err)
 			}
@@ -338,10 +348,80 @@ func TestWaitOutcomeTransientFailureBeforeReboot(t *testing.T) {
 	})
 }
 
-// The device had booted half a second before the update started (say, just
-// after an earlier rollback) and comes back on the same link without ever
-// looking away (serial): uptime cannot tell the reboot apart, but a new
-// slot active with no update pending can.
+// commitRecorder makes OTA.Commit record which firmware instance got it.
+func (d *fakeDev) commitRecorder() *[]ota.Firmware {
+	var got []ota.Firmware
+	d.srv.Handle("OTA.Commit", func(context.Context, *rpc.Request) (any, error) {
+		d.mu.Lock()
+		defer d.mu.Unlock()
+		got = append(got, d.fw)
+		if d.boot.IsCommitted {
+			return nil, &rpc.Error{Code: -1}
+		}
+		d.boot.IsCommitted = true
+		return nil, nil
+	})
+	return &got
+}
+
+// inWindow makes the device, which finalized an update, answer normally
+// for `window` — the old instance still up (same firmware, same uptime),
+// the new boot state already written, OTA.Status idle, no 418 — then
+// reboot into fw without the link ever going away (a serial port, an MQTT
+// broker).
+func (d *fakeDev) inWindow(window time.Duration, fw ota.Firmware) {
+	d.mu.Lock()
+	d.status = ota.Status{State: ota.StateIdle}
+	d.mu.Unlock()
+	done := make(chan struct{})
+	d.t.Cleanup(func() { <-done })
+	go func() {
+		defer close(done)
+		time.Sleep(window)
+		d.mu.Lock()
+		d.fw, d.bootedAt = fw, time.Now()
+		d.status = ota.Status{State: ota.StateIdle}
+		d.mu.Unlock()
+	}()
+}
+
+// A device that still answers in the moments between its last reply and
+// its reboot is not rebooted: the outcome waits for evidence of the reboot
+// (here the uptime), so the commit that follows reaches the new firmware,
+// not the old instance that is about to go away.
+func TestWaitOutcomeWaitsOutThePreRebootWindow(t *testing.T) {
+	for _, fw := range []string{"new firmware", "same firmware"} {
+		bubble(t, func(t *testing.T, ctx context.Context) {
+			d := newFakeDev(t)
+			before, res := pushed(t, ctx, d, 0)
+			next := d.newFW
+			if fw == "same firmware" {
+				next = d.fw
+			}
+			commits := d.commitRecorder()
+			start := time.Now()
+			d.inWindow(3*time.Second, next)
+			o, c, err := ota.WaitOutcome(ctx, ota.WaitOptions{Dial: d.dial(t), Before: before, Accepted: res.Confirmed})
+			if err != nil {
+				t.Fatalf("%s: %v (outcome %+v)", fw, err, o)
+			}
+			defer c.Close()
+			if o.Result != ota.UpdatedUncommitted || o.Info.Firmware() != next || time.Since(start) < 3*time.Second {
+				t.Fatalf("%s: decided after %v: %+v", fw, time.Since(start), o)
+			}
+			if _, err := ota.New(c).CommitAfterHealthCheck(ctx, "", nil); err != nil {
+				t.Fatal(err)
+			}
+			if len(*commits) != 1 || (*commits)[0] != next {
+				t.Fatalf("%s: OTA.Commit reached %v", fw, *commits)
+			}
+		})
+	}
+}
+
+// The same window on a device that had booted moments before the update:
+// whole-second uptimes tell the two boots apart only once they are more
+// than the slack apart, and nothing else may stand in for that evidence.
 func TestWaitOutcomeFreshlyBootedDevice(t *testing.T) {
 	bubble(t, func(t *testing.T, ctx context.Context) {
 		d := newFakeDev(t)
@@ -358,14 +438,47 @@ func TestWaitOutcomeFreshlyBootedDevice(t *testing.T) {
 			t.Fatal(err)
 		}
 		c.Close()
-		d.rebootInto(0, d.fw, ota.BootState{ActiveSlot: 1, RevertSlot: 0, CommitTimeout: 300})
+		start := time.Now()
+		d.inWindow(3*time.Second, d.fw)
 		o, c2, err := ota.WaitOutcome(ctx, ota.WaitOptions{Dial: d.dial(t), Before: before, Accepted: res.Confirmed})
 		if err != nil {
 			t.Fatalf("%v (outcome %+v)", err, o)
 		}
 		c2.Close()
-		if o.Result != ota.UpdatedUncommitted || o.After.ActiveSlot != 1 {
-			t.Fatalf("outcome %+v", o)
+		if o.Result != ota.UpdatedUncommitted || o.After.ActiveSlot != 1 || time.Since(start) < 3*time.Second {
+			t.Fatalf("outcome %+v after %v", o, time.Since(start))
+		}
+	})
+}
+
+// A device answering 418 "shutting down" is rebooting, not back: the next
+// normal answer comes from the new boot, even from a device that reports
+// no uptime and a link that never looks away.
+func TestWaitOutcomeShuttingDownIsNotBack(t *testing.T) {
+	bubble(t, func(t *testing.T, ctx context.Context) {
+		d := newFakeDev(t)
+		before, res := pushed(t, ctx, d, 0)
+		d.srv.Handle("Sys.GetInfo", func(context.Context, *rpc.Request) (any, error) {
+			d.mu.Lock()
+			defer d.mu.Unlock()
+			if d.fw != d.newFW {
+				return nil, rpc.Errorf(418, "Shutting down in 100 ms")
+			}
+			return map[string]any{"id": "esp32_0A1B2C", "arch": "esp32", "fw_version": d.fw.Version, "fw_id": d.fw.BuildID}, nil
+		})
+		commits := d.commitRecorder()
+		d.inWindow(time.Second, d.newFW)
+		ev := &events{}
+		o, c, err := ota.WaitOutcome(ctx, ota.WaitOptions{Dial: d.dial(t), Before: before, Accepted: res.Confirmed, OnEvent: ev.fn})
+		if err != nil {
+			t.Fatalf("%v (outcome %+v)", err, o)
+		}
+		defer c.Close()
+		if o.Result != ota.UpdatedUncommitted || o.Info.FWVersion != "1.1" || ev.count(ota.EventWaiting) == 0 {
+			t.Fatalf("outcome %+v, events %v", o, ev.kinds())
+		}
+		if _, err := ota.New(c).CommitAfterHealthCheck(ctx, "", nil); err != nil || len(*commits) != 1 || (*commits)[0] != d.newFW {
+			t.Fatalf("commit %v reached %v", err, *commits)
 		}
 	})
 }
