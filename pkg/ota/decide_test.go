@@ -22,7 +22,7 @@ func TestDecideTable(t *testing.T) {
 	now := time.Now() // probes are recent, so RebootTimeout has not passed
 	const (
 		sameInstance = 3600 + 30 // uptime of the old instance 30 s later
-		newBoot      = 5          // uptime of a fresh boot
+		newBoot      = 5         // uptime of a fresh boot
 	)
 	for _, tc := range []struct {
 		name      string
@@ -82,4 +82,3 @@ func TestDecideTable(t *testing.T) {
 		}
 	}
 }
-
