@@ -64,6 +64,7 @@ func stateWord(msg string) bool {
 // NewCmdCommit builds `otactl commit`.
 func NewCmdCommit(f *Factory) *cobra.Command {
 	var health string
+	grace := ota.DefaultHealthGrace
 	cmd := &cobra.Command{
 		Use:   "commit",
 		Short: "Keep the firmware that runs uncommitted after an update",
@@ -71,13 +72,22 @@ func NewCmdCommit(f *Factory) *cobra.Command {
 runs uncommitted and the device falls back to the previous one when its
 commit timeout passes or at any reboot. Commit makes it permanent, then
 checks the boot state to confirm. With --health-method, that method must
-answer without error first, or nothing is committed (exit 6).`,
+answer without error first — it is retried for --health-grace (default 30s)
+— or nothing is committed (exit 6; the firmware then falls back at its
+commit timeout, or run 'otactl revert').`,
 		Example: `  otactl --port /dev/ttyUSB0 commit
   otactl commit --health-method App.Health`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return f.withDevice(cmd.Context(), func(ctx context.Context, c *rpc.Client, d *ota.Device) error {
-				bs, err := d.CommitAfterHealthCheck(ctx, health, nil)
+			timeout := f.G.Timeout
+			if health != "" {
+				if grace < time.Second {
+					return usageErrorf("--health-grace must be at least 1s")
+				}
+				timeout += grace // the health check's retries, then the commit
+			}
+			return f.withDeviceTimeout(cmd.Context(), timeout, func(ctx context.Context, c *rpc.Client, d *ota.Device) error {
+				bs, err := d.CommitAfterHealthCheck(ctx, ota.HealthOptions{Method: health, Grace: grace, CallTimeout: min(f.G.Timeout, 5*time.Second)})
 				if err != nil {
 					return err
 				}
@@ -90,6 +100,7 @@ answer without error first, or nothing is committed (exit 6).`,
 		},
 	}
 	cmd.Flags().StringVar(&health, "health-method", "", "RPC method that must answer without error before committing")
+	cmd.Flags().Var(secondsFlag{d: &grace, max: ota.MaxTimeout, rangeText: "must be from 1s to 2147483s"}, "health-grace", "how long --health-method may fail or stay silent (retried) before the firmware counts as unhealthy")
 	return cmd
 }
 

@@ -24,15 +24,20 @@ import (
 // (update and push call it for their pre-check): two devices with one id
 // stop the command with exit 1 (docs/transports.md, "More than one device").
 func (f *Factory) withDevice(ctx context.Context, fn func(ctx context.Context, c *rpc.Client, d *ota.Device) error) error {
-	tctx, cancel := context.WithTimeout(ctx, f.G.Timeout)
+	return f.withDeviceTimeout(ctx, f.G.Timeout, fn)
+}
+
+// withDeviceTimeout is withDevice with another bound than --timeout.
+func (f *Factory) withDeviceTimeout(ctx context.Context, timeout time.Duration, fn func(ctx context.Context, c *rpc.Client, d *ota.Device) error) error {
+	tctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	c, err := f.Connect(tctx)
 	if err != nil {
-		return deviceErr(err, f.G.Timeout)
+		return deviceErr(err, timeout)
 	}
 	defer c.Close()
 	if !c.Shared() {
-		return deviceErr(fn(tctx, c, ota.New(c)), f.G.Timeout)
+		return deviceErr(fn(tctx, c, ota.New(c)), timeout)
 	}
 	out := f.IO.Out
 	var held bytes.Buffer
@@ -43,7 +48,7 @@ func (f *Factory) withDevice(ctx context.Context, fn func(ctx context.Context, c
 		return dup
 	}
 	if err != nil {
-		return deviceErr(err, f.G.Timeout)
+		return deviceErr(err, timeout)
 	}
 	if err := c.Settle(ctx, c.SettleTime()); err != nil {
 		return err

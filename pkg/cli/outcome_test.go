@@ -24,6 +24,8 @@ type scriptedDevice struct {
 	state    int
 	onUpdate func(d *scriptedDevice) // under mu
 	onBoot   func(d *scriptedDevice) // under mu, before answering OTA.GetBootState
+	// handlers adds methods (health checks, OTA.Revert…).
+	handlers map[string]rpc.HandlerFunc
 }
 
 func (d *scriptedDevice) start(t *testing.T) string {
@@ -63,6 +65,9 @@ func (d *scriptedDevice) start(t *testing.T) string {
 		d.boot["is_committed"] = true
 		return nil, nil
 	})
+	for name, h := range d.handlers {
+		s.Handle(name, h)
+	}
 	srv := httptest.NewServer(httptransport.NewHandler(s, httptransport.HandlerOptions{}))
 	t.Cleanup(srv.Close)
 	return srv.URL + "/rpc"

@@ -97,10 +97,10 @@ func TestNoProgressBarWithVerbose(t *testing.T) {
 // Only a rollback is called one: an update the device never switched to
 // (it failed there, or the device did not reboot) was not applied.
 func TestFailedUpdateLabel(t *testing.T) {
-	if got := failedLabel(ota.RolledBack); got != "ROLLED BACK:" {
+	if got := failedLabel(string(ota.RolledBack)); got != "ROLLED BACK:" {
 		t.Errorf("rolled_back: %q", got)
 	}
-	if got := failedLabel(ota.NotApplied); got != "NOT APPLIED:" {
+	if got := failedLabel(string(ota.NotApplied)); got != "NOT APPLIED:" {
 		t.Errorf("not_applied: %q", got)
 	}
 }

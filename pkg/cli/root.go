@@ -90,6 +90,8 @@ type Factory struct {
 	timeoutSet bool
 	// insecureWarned is set once --insecure was warned about.
 	insecureWarned bool
+	// upd is the --json document of an update or push in progress.
+	upd *updateResult
 }
 
 // Main runs otactl with args (without the program name) and returns the
@@ -130,17 +132,18 @@ func mainContext(ctx context.Context, args []string, ios *IOStreams, getenv func
 	}
 	code := ExitCode(err)
 	if (f.G.JSON || wantsJSON(args, getenv)) && stdout.n == 0 {
-		// Scripts read one JSON document on stdout, whatever happened.
-		doc := map[string]any{"error": err.Error(), "exit_code": code}
-		var re *rpc.Error
-		if errors.As(err, &re) {
-			doc["rpc_error"] = map[string]any{"code": re.Code, "message": re.Message}
+		// Scripts read one JSON document on stdout, whatever happened:
+		// for update and push, an update document with result and reason.
+		if c, _, ferr := root.Find(args); f.upd != nil || (ferr == nil && c != nil && updateCommands[c.Name()] && c.Parent() == root) {
+			_ = f.writeUpdateDoc(f.updateDoc(), err)
+		} else {
+			doc := map[string]any{"error": err.Error(), "exit_code": code, "reason": reasonFor(err)}
+			var re *rpc.Error
+			if errors.As(err, &re) {
+				doc["rpc_error"] = map[string]any{"code": re.Code, "message": re.Message}
+			}
+			_ = writeJSON(stdout, doc)
 		}
-		var rs interface{ Reason() string }
-		if errors.As(err, &rs) {
-			doc["reason"] = rs.Reason()
-		}
-		_ = writeJSON(stdout, doc)
 	}
 	var ee *ExitError
 	if !(errors.As(err, &ee) && ee.Silent) {

@@ -2,17 +2,10 @@ package cli
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
-	"net/http"
 	"net/url"
-	"os"
 	"strings"
-	"sync/atomic"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -20,7 +13,6 @@ import (
 	"github.com/otactl/otactl/pkg/ota"
 	"github.com/otactl/otactl/pkg/ota/bundle"
 	"github.com/otactl/otactl/pkg/rpc"
-	"github.com/otactl/otactl/pkg/transport"
 )
 
 // UpdateOptions are the inputs shared by `otactl update` and `otactl push`.
@@ -33,21 +25,36 @@ type UpdateOptions struct {
 	Commit        bool
 	NoWait        bool
 	HealthMethod  string
+	HealthGrace   time.Duration
+	OnHealthFail  string
 	ServeAddr     string
 	Force         bool
 	ChunkSize     int
 	Sig           sigCheckFlags // --pubkey, --sig-req-mask (signature.go)
+
+	// stopServing, when set, ends the bundle server of --file once the
+	// update is decided.
+	stopServing func()
 }
+
+// What --on-health-fail takes.
+const (
+	healthFailRevert = "revert"
+	healthFailWait   = "wait"
+)
 
 func addOutcomeFlags(cmd *cobra.Command, o *UpdateOptions) {
 	fl := cmd.Flags()
-	fl.Var(&o.CommitTimeout, "commit-timeout", "seconds the new firmware waits for 'otactl commit' before the device rolls back (0 = commit at boot, needs --force)")
+	fl.Var(&o.CommitTimeout, "commit-timeout", "seconds the new firmware waits for 'otactl commit' before the device rolls back, up to 2147483 (0 = commit at boot, needs --force)")
 	o.UpdateTimeout = ota.DefaultUpdateTimeout
 	fl.Var(secondsFlag{d: &o.UpdateTimeout, max: ota.MaxTimeout, rangeText: updateRange}, "update-timeout", "device watchdog: abort the update if it makes no progress for this long (seconds, or 10m)")
 	fl.BoolVar(&o.Commit, "commit", false, "commit once the new firmware answers (after --health-method, if given)")
 	fl.BoolVar(&o.NoWait, "no-wait", false, "return when the device accepted the bundle, like mos, without waiting for the reboot")
 	fl.StringVar(&o.HealthMethod, "health-method", "", "with --commit: RPC method the new firmware must answer without error before it is committed")
-	fl.BoolVar(&o.Force, "force", false, "allow --commit-timeout 0 (the new firmware commits itself at boot: no rollback)")
+	o.HealthGrace = ota.DefaultHealthGrace
+	fl.Var(secondsFlag{d: &o.HealthGrace, max: ota.MaxTimeout, rangeText: "must be from 1s to 2147483s"}, "health-grace", "how long --health-method may fail or stay silent (retried) before the firmware counts as unhealthy")
+	fl.StringVar(&o.OnHealthFail, "on-health-fail", healthFailRevert, "when the health check fails: 'revert' (OTA.Revert at once) or 'wait' (leave it uncommitted: it falls back at its commit timeout)")
+	fl.BoolVar(&o.Force, "force", false, "allow --commit-timeout 0 (the new firmware commits itself at boot: no rollback), and send a bundle whose platform differs from the device's")
 	o.Sig.add(fl)
 }
 
@@ -55,7 +62,8 @@ func addOutcomeFlags(cmd *cobra.Command, o *UpdateOptions) {
 var updateRange = fmt.Sprintf("must be from 1 to %d seconds (about 24 days: the device arms its watchdog in milliseconds in a signed 32-bit number)", ota.MaxTimeoutSeconds)
 
 func (o *UpdateOptions) check() error {
-	if o.CommitTimeout.set && o.CommitTimeout.d == 0 && !o.Force {
+	autoCommit := o.CommitTimeout.set && o.CommitTimeout.d == 0
+	if autoCommit && !o.Force {
 		return usageErrorf("--commit-timeout 0 makes the new firmware commit itself at boot, so a bad firmware cannot roll back; add --force if you mean it")
 	}
 	if o.HealthMethod != "" && !o.Commit {
@@ -67,7 +75,32 @@ func (o *UpdateOptions) check() error {
 	if o.UpdateTimeout < time.Second {
 		return usageErrorf("--update-timeout %s", updateRange)
 	}
+	if o.OnHealthFail != healthFailRevert && o.OnHealthFail != healthFailWait {
+		return usageErrorf("--on-health-fail takes 'revert' or 'wait', not %q", o.OnHealthFail)
+	}
+	if o.HealthMethod != "" {
+		if autoCommit {
+			return usageErrorf("--health-method cannot gate a firmware that commits itself at boot (--commit-timeout 0): give a commit timeout")
+		}
+		if o.HealthGrace < time.Second {
+			return usageErrorf("--health-grace must be at least 1s")
+		}
+		if ct := time.Duration(o.CommitTimeout.seconds()) * time.Second; o.HealthGrace >= ct {
+			return usageErrorf("--health-grace %s must be shorter than the commit timeout (%s), or the device falls back while otactl still checks its health", humanDuration(o.HealthGrace), humanDuration(ct))
+		}
+	}
 	return nil
+}
+
+// healthOptions are the health check of --health-method.
+func (o *UpdateOptions) healthOptions() ota.HealthOptions {
+	f := o.F
+	return ota.HealthOptions{Method: o.HealthMethod, Grace: o.HealthGrace, CallTimeout: min(f.G.Timeout, 5*time.Second),
+		OnEvent: func(ev ota.Event) {
+			if f.G.Verbose && ev.Attempt > 1 {
+				f.note("health check: try %d of %s (last: %v)", ev.Attempt, o.HealthMethod, ev.Err)
+			}
+		}}
 }
 
 // NewCmdUpdate builds `otactl update`.
@@ -81,16 +114,21 @@ slot, checks it, and reboots into it, uncommitted. otactl then waits until the
 device answers again and tells what booted:
 
   - the new firmware, uncommitted: with --commit otactl commits it (after
-    --health-method, if given); without, it says how long the device waits for
-    'otactl commit' before it rolls back by itself;
+    --health-method answered within --health-grace, if given; if it does not,
+    otactl reverts at once, or with --on-health-fail wait leaves the device to
+    fall back at its commit timeout); without, it says how long the device
+    waits for 'otactl commit' before it rolls back by itself;
   - the old firmware: the update did not take (exit 6).
 
 --file serves a local bundle to the device from a one-shot HTTP server on this
 machine (--serve-addr, default: this machine's address on the route to the
-device, any free port). --no-wait returns when the device accepted the bundle.`,
+device, any free port): one download, at an unguessable path, until the update
+is decided. --no-wait returns when the device accepted the bundle.
+A --file bundle for another platform than the device's is refused before
+anything is sent (exit 6, reason wrong_platform) unless --force.`,
 		Example: `  otactl --port http://192.168.4.1/rpc update --file fw.zip --commit
   otactl --port mqtt://broker/esp32_0A1B2C update --url https://fw.example.com/2.0.0/fw.zip --commit-timeout 600
-  otactl update --file fw.zip --commit --health-method App.Health --json`,
+  otactl update --file fw.zip --commit --health-method App.Health --health-grace 1m --json`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if (o.URL == "") == (o.File == "") {
@@ -119,18 +157,24 @@ func localBundle(path string) (*bundle.Report, error) {
 	defer fh.Close()
 	rep, err := bundle.Inspect(fh)
 	if err != nil {
-		return nil, &ExitError{Code: ExitUpdate, Err: fmt.Errorf("%s is not a valid bundle, nothing was sent: %w", path, err)}
+		return nil, &ExitError{Code: ExitUpdate, Err: ota.WithReason(ota.ReasonCorruptBundle, fmt.Errorf("%s is not a valid bundle, nothing was sent: %w", path, err))}
 	}
 	if len(rep.Problems) > 0 {
-		return nil, &ExitError{Code: ExitUpdate, Err: fmt.Errorf("%s is corrupt, nothing was sent: %w (check with 'otactl bundle verify')", path, rep.Problems[0])}
+		return nil, &ExitError{Code: ExitUpdate, Err: ota.WithReason(ota.ReasonCorruptBundle, fmt.Errorf("%s is corrupt, nothing was sent: %w (check with 'otactl bundle verify')", path, rep.Problems[0]))}
 	}
 	return rep, nil
 }
 
 // prepare reads the device's state before an update and refuses what the
-// device would refuse, with the reason in words.
+// device would refuse, and what otactl refuses on top (a bundle for
+// another platform), with the reason in words. Once it returns without
+// error, the update may be sent.
 func (o *UpdateOptions) prepare(ctx context.Context, man *bundle.Manifest) (ota.Observation, error) {
 	f := o.F
+	doc := f.updateDoc()
+	if man != nil {
+		doc.Attempted = &ota.Firmware{Version: man.Version, BuildID: man.BuildID}
+	}
 	var before ota.Observation
 	err := f.withDevice(ctx, func(ctx context.Context, c *rpc.Client, d *ota.Device) error {
 		var err error
@@ -140,14 +184,19 @@ func (o *UpdateOptions) prepare(ctx context.Context, man *bundle.Manifest) (ota.
 	if err != nil {
 		return before, err
 	}
+	doc.Before, doc.FromVersion = &before.Boot, before.Info.FWVersion
 	if !before.Boot.IsCommitted {
-		return before, &ExitError{Code: ExitUpdate, Err: fmt.Errorf("%w: the device runs uncommitted firmware on slot %d: run 'otactl commit' to keep it or 'otactl revert' to go back, then update", ota.ErrUpdateFailed, before.Boot.ActiveSlot)}
+		return before, &ExitError{Code: ExitUpdate, Err: fmt.Errorf("%w: %w: the device runs uncommitted firmware on slot %d: run 'otactl commit' to keep it or 'otactl revert' to go back, then update", ota.ErrUpdateFailed, ota.ErrUncommitted, before.Boot.ActiveSlot)}
 	}
-	if man != nil && before.Info.Arch != "" {
-		if err := man.CheckPlatform(before.Info.Arch); err != nil {
-			return before, &ExitError{Code: ExitUpdate, Err: fmt.Errorf("%w: the bundle is for %s but the device is %s; nothing was sent", ota.ErrUpdateFailed, man.Platform, before.Info.Arch)}
+	if man != nil && before.Info.Arch != "" && !ota.SamePlatform(man.Platform, before.Info.Arch) {
+		if !o.Force {
+			return before, &ExitError{Code: ExitUpdate, Err: ota.WithReason(ota.ReasonWrongPlatform, fmt.Errorf(
+				"%w: the bundle is for platform %q but the device is %q; nothing was sent (a device takes any bundle whose platform starts with its own, so it would install this one: --force sends it anyway)",
+				ota.ErrUpdateFailed, man.Platform, before.Info.Arch))}
 		}
+		f.progressNote("warning: the bundle is for platform %q, the device is %q: sending it anyway (--force)", man.Platform, before.Info.Arch)
 	}
+	doc.sent = true
 	return before, nil
 }
 
@@ -187,9 +236,10 @@ func runUpdate(ctx context.Context, o *UpdateOptions) error {
 			return err
 		}
 		defer srv.Close()
+		o.stopServing = func() { _ = srv.Close() }
 		updateURL = srv.URL
 		served = true
-		f.progressNote("serving %s at %s", o.File, srv.URL)
+		f.progressNote("serving %s at %s (one download)", o.File, srv.URL)
 	}
 
 	var accepted ota.Accepted
@@ -214,6 +264,10 @@ func runUpdate(ctx context.Context, o *UpdateOptions) error {
 		return err
 	}()
 	bar.Done()
+	if err != nil || accepted.Confirmed {
+		// Decided (or the device has the whole bundle): no more serving.
+		o.stopServingNow()
+	}
 	if err != nil {
 		if ctx.Err() != nil {
 			return &InterruptedError{Err: err, Msg: o.interruptedDownload()}
@@ -221,6 +275,13 @@ func runUpdate(ctx context.Context, o *UpdateOptions) error {
 		return updateRejected(err, o.UpdateTimeout+f.G.Timeout)
 	}
 	return o.finish(ctx, before, accepted, expect, nil)
+}
+
+func (o *UpdateOptions) stopServingNow() {
+	if o.stopServing != nil {
+		o.stopServing()
+		o.stopServing = nil
+	}
 }
 
 // interruptedDownload says what becomes of an OTA.Update that otactl
@@ -238,15 +299,22 @@ func updateRejected(err error, timeout time.Duration) error {
 	if errors.Is(err, rpc.ErrAuth) { // the device refused the caller (exit 4), not the bundle
 		return fmt.Errorf("%w; its boot state is unchanged", err)
 	}
+	var ge *ota.GaveUpError
+	if errors.As(err, &ge) { // says what the device does and what ends it
+		return &UnreachableError{Err: err}
+	}
 	if errors.Is(err, ota.ErrBusy) { // already says what to do, and that the boot state stays
 		return &ExitError{Code: ExitUpdate, Err: err}
 	}
 	if errors.Is(err, ota.ErrUpdateFailed) { // already says the update did not take
+		if strings.Contains(err.Error(), "boot state is unchanged") {
+			return &ExitError{Code: ExitUpdate, Err: err}
+		}
 		return &ExitError{Code: ExitUpdate, Err: fmt.Errorf("%w; its boot state is unchanged", err)}
 	}
 	var re *rpc.Error
 	if errors.As(err, &re) {
-		return &ExitError{Code: ExitUpdate, Err: fmt.Errorf("the device did not take the update: %w; its boot state is unchanged", err)}
+		return &ExitError{Code: ExitUpdate, Err: fmt.Errorf("%w: the device did not take the update: %w; its boot state is unchanged", ota.ErrUpdateFailed, err)}
 	}
 	return deviceErr(err, timeout)
 }
@@ -261,30 +329,21 @@ type transferInfo struct {
 	BytesPerS float64 `json:"bytes_per_second"`
 }
 
-// updateResult is the --json document of update and push.
-type updateResult struct {
-	Result         string          `json:"result"`
-	Committed      bool            `json:"committed"`
-	Reason         string          `json:"reason,omitempty"`
-	Before         ota.BootState   `json:"before"`
-	After          *ota.BootState  `json:"after,omitempty"`
-	FromVersion    string          `json:"from_version"`
-	Version        string          `json:"version,omitempty"`
-	BuildID        string          `json:"build_id,omitempty"`
-	CommitDeadline *time.Time      `json:"commit_deadline,omitempty"`
-	CommitIn       *float64        `json:"commit_timeout_left_seconds,omitempty"`
-	Transfer       *transferInfo   `json:"transfer,omitempty"`
-	Info           json.RawMessage `json:"info,omitempty"`
-}
-
 // finish waits for the device to come back after an accepted update, says
 // what booted, and commits when asked.
 func (o *UpdateOptions) finish(ctx context.Context, before ota.Observation, accepted ota.Accepted, expect ota.Firmware, tr *transferInfo) error {
 	f := o.F
-	res := updateResult{Result: "accepted", Before: before.Boot, FromVersion: before.Info.FWVersion, Transfer: tr}
+	res := f.updateDoc()
+	res.Transfer = tr
+	if res.Attempted == nil && !expect.IsZero() {
+		res.Attempted = &expect
+	}
 	if o.NoWait {
+		o.stopServingNow()
+		res.Result, res.Reason = "accepted", ota.ReasonOK
+		res.Message = "the device accepted the update and is rebooting into it (not waiting)"
 		if f.G.JSON {
-			return writeJSON(f.IO.Out, res)
+			return f.writeUpdateDoc(res, nil)
 		}
 		f.out("the device accepted the update and is rebooting into it (not waiting: check with 'otactl bootstate').")
 		return nil
@@ -301,6 +360,7 @@ func (o *UpdateOptions) finish(ctx context.Context, before ota.Observation, acce
 			}
 		},
 	})
+	o.stopServingNow()
 	if c != nil {
 		defer c.Close()
 	}
@@ -314,76 +374,20 @@ func (o *UpdateOptions) finish(ctx context.Context, before ota.Observation, acce
 		}
 		return deviceErr(fmt.Errorf("the device did not come back after the update: %w", err), f.rebootTimeout())
 	}
-	res.Result = string(out.Result)
-	res.Reason = out.Reason
-	res.After = &out.After
-	res.Version = out.Info.FWVersion
-	res.BuildID = out.Info.FWID
-	res.Info = rawJSON(out.Info.Raw)
-	res.Committed = out.After.IsCommitted
+	res.setOutcome(out)
+	if res.Attempted == nil && out.Result.Took() {
+		fw := out.Info.Firmware()
+		res.Attempted = &fw
+	}
 	p := f.outPalette()
 
 	if !out.Result.Took() {
-		if f.G.JSON {
-			if err := writeJSON(f.IO.Out, res); err != nil {
-				return err
-			}
-		} else {
-			// Reason says which firmware runs, on which slot, and why.
-			f.out("%s %s", p.red(failedLabel(out.Result)), out.Reason)
-		}
-		return &ExitError{Code: ExitUpdate, Err: out.Err(), Silent: !f.G.JSON}
+		return f.updateFailed(res, out.Err())
 	}
 
 	if out.Result == ota.UpdatedUncommitted && o.Commit {
-		if o.HealthMethod != "" {
-			f.progressNote("new firmware answers; checking health with %s…", o.HealthMethod)
-		}
-		cctx, ccancel := context.WithTimeout(ctx, f.G.Timeout)
-		bs, err := ota.New(c).CommitAfterHealthCheck(cctx, o.HealthMethod, nil)
-		ccancel()
-		if errors.Is(err, ota.ErrAlreadyCommitted) && bs.ActiveSlot == out.After.ActiveSlot && bs.IsCommitted {
-			err = nil // it committed itself meanwhile: the same slot, committed
-		}
-		if errors.Is(err, ota.ErrAlreadyCommitted) {
-			// Between the outcome and the commit, the device fell back:
-			// the commit timeout expired first (or someone reverted).
-			// (bs is still the uncommitted state when the device could not
-			// be read again after refusing OTA.Commit.)
-			res.Result, res.Committed = string(ota.RolledBack), true
-			if bs.IsCommitted {
-				res.After = &bs
-			}
-			res.Version, res.BuildID, res.Info = before.Info.FWVersion, before.Info.FWID, nil
-			res.Reason = fmt.Sprintf("slot %d ran %s uncommitted, but its commit timeout expired before otactl could commit it: the device falls back to slot %d", out.After.ActiveSlot, out.Info.Firmware(), out.After.RevertSlot)
-			if f.G.JSON {
-				if err := writeJSON(f.IO.Out, res); err != nil {
-					return err
-				}
-			} else {
-				f.out("%s %s", p.red(failedLabel(ota.RolledBack)), res.Reason)
-			}
-			return &ExitError{Code: ExitUpdate, Err: fmt.Errorf("%w: %s", ota.ErrUpdateFailed, res.Reason), Silent: !f.G.JSON}
-		}
-		if err != nil {
-			if errors.Is(err, ota.ErrHealthCheck) {
-				res.Result, res.Reason = "health_check_failed", err.Error()
-				if f.G.JSON {
-					_ = writeJSON(f.IO.Out, res)
-				}
-				// err already says that nothing was committed and what
-				// happens next.
-				return &ExitError{Code: ExitUpdate, Err: err}
-			}
-			if ctx.Err() != nil {
-				return &InterruptedError{Err: err, Msg: "the new firmware runs, but otactl may not have committed it: check with 'otactl bootstate', and run 'otactl commit' if it is not committed"}
-			}
-			return deviceErr(err, f.G.Timeout)
-		}
-		res.Result, res.Committed, res.After = string(ota.UpdatedCommitted), true, &bs
-		res.Reason = fmt.Sprintf("slot %d runs %s, committed", bs.ActiveSlot, out.Info.Firmware())
-		if o.HealthMethod != "" {
-			res.Reason += " after " + o.HealthMethod + " answered"
+		if err := o.commit(ctx, c, out, before, res); err != nil {
+			return err
 		}
 	}
 	if !res.Committed && !out.CommitDeadline.IsZero() {
@@ -393,7 +397,7 @@ func (o *UpdateOptions) finish(ctx context.Context, before ota.Observation, acce
 		res.CommitIn = &left
 	}
 	if f.G.JSON {
-		return writeJSON(f.IO.Out, res)
+		return f.writeUpdateDoc(res, nil)
 	}
 	name := strings.TrimSpace(out.Info.App + " " + out.Info.FWVersion)
 	if res.Committed {
@@ -409,12 +413,121 @@ func (o *UpdateOptions) finish(ctx context.Context, before ota.Observation, acce
 	return nil
 }
 
+// commit runs the health check (with its grace period) and commits the new
+// firmware, filling res; a failure is returned after res was reported.
+func (o *UpdateOptions) commit(ctx context.Context, c *rpc.Client, out *ota.Outcome, before ota.Observation, res *updateResult) error {
+	f := o.F
+	if o.HealthMethod != "" {
+		f.progressNote("new firmware answers; checking its health with %s (for up to %s)…", o.HealthMethod, humanDuration(o.HealthGrace))
+	}
+	h := o.healthOptions()
+	if !out.CommitDeadline.IsZero() {
+		// Never check past the moment the device falls back by itself.
+		if room := time.Until(out.CommitDeadline) - 2*time.Second; room < h.Grace {
+			h.Grace = max(room, time.Second)
+		}
+	}
+	// The health check has its own grace period; the rest of the commit
+	// the usual --timeout.
+	cctx, ccancel := context.WithTimeout(ctx, h.Grace+f.G.Timeout)
+	bs, err := ota.New(c).CommitAfterHealthCheck(cctx, h)
+	ccancel()
+	if errors.Is(err, ota.ErrAlreadyCommitted) && bs.ActiveSlot == out.After.ActiveSlot && bs.IsCommitted {
+		err = nil // it committed itself meanwhile: the same slot, committed
+	}
+	switch {
+	case err == nil:
+		res.Result, res.Reason, res.Committed, res.After = string(ota.UpdatedCommitted), ota.ReasonOK, true, &bs
+		res.Message = fmt.Sprintf("slot %d runs %s, committed", bs.ActiveSlot, out.Info.Firmware())
+		if o.HealthMethod != "" {
+			res.Message += " after " + o.HealthMethod + " answered"
+		}
+		return nil
+	case errors.Is(err, ota.ErrAlreadyCommitted):
+		// Between the outcome and the commit, the device fell back: the
+		// commit timeout expired first (or someone reverted). (bs is still
+		// the uncommitted state when the device could not be read again
+		// after refusing OTA.Commit.)
+		res.Result, res.Reason, res.Committed = string(ota.RolledBack), ota.ReasonRolledBack, true
+		if bs.IsCommitted {
+			res.After = &bs
+		}
+		res.Version, res.BuildID, res.Info = before.Info.FWVersion, before.Info.FWID, nil
+		res.Message = fmt.Sprintf("slot %d ran %s uncommitted, but its commit timeout expired before otactl could commit it: the device falls back to slot %d", out.After.ActiveSlot, out.Info.Firmware(), out.After.RevertSlot)
+		return f.updateFailed(res, fmt.Errorf("%w: %s", ota.ErrUpdateFailed, res.Message))
+	case errors.Is(err, ota.ErrHealthCheck):
+		return o.healthFailed(ctx, c, out, res, err)
+	case ctx.Err() != nil:
+		return &InterruptedError{Err: err, Msg: "the new firmware runs, but otactl may not have committed it: check with 'otactl bootstate', and run 'otactl commit' if it is not committed"}
+	}
+	return deviceErr(err, f.G.Timeout)
+}
+
+// healthFailed reverts a new firmware whose health check failed (or, with
+// --on-health-fail wait, leaves it to fall back by itself) and reports it.
+func (o *UpdateOptions) healthFailed(ctx context.Context, c *rpc.Client, out *ota.Outcome, res *updateResult, herr error) error {
+	f := o.F
+	var he *ota.HealthError
+	why := herr.Error()
+	if errors.As(herr, &he) {
+		why = he.Error()
+	}
+	res.Reason = ota.ReasonHealthFailed
+	res.HealthChecks = 0
+	if he != nil {
+		res.HealthChecks = he.Tries
+	}
+	if o.OnHealthFail == healthFailWait {
+		res.Result = "health_check_failed"
+		res.Message = fmt.Sprintf("%s; not committed: slot %d falls back to slot %d", why, out.After.ActiveSlot, out.After.RevertSlot)
+		if !out.CommitDeadline.IsZero() {
+			d := out.CommitDeadline
+			res.CommitDeadline = &d
+			left := time.Until(d).Seconds()
+			res.CommitIn = &left
+			res.Message += fmt.Sprintf(" when its commit timeout expires, at about %s (in %s),", d.Format(time.TimeOnly), humanDuration(time.Until(d)))
+		}
+		res.Message += " or at any reboot before that (--on-health-fail wait)"
+		return f.updateFailed(res, ota.WithReason(ota.ReasonHealthFailed, fmt.Errorf("%w: %s", ota.ErrUpdateFailed, res.Message)))
+	}
+	f.progressNote("%s; reverting to slot %d…", why, out.After.RevertSlot)
+	wctx, cancel := context.WithTimeout(ctx, min(revertRebootTimeout, f.rebootTimeout())+verdictMargin)
+	defer cancel()
+	rout, rc, err := ota.RevertAndWait(wctx, c, ota.WaitOptions{Dial: f.dialer(), RebootTimeout: min(revertRebootTimeout, f.rebootTimeout())})
+	if rc != nil {
+		rc.Close()
+	}
+	if rout != nil && rout.Result == ota.RolledBack {
+		res.Result, res.Committed = string(ota.RolledBack), true
+		res.After = &rout.After
+		res.Version, res.BuildID, res.Info = rout.Info.FWVersion, rout.Info.FWID, rawJSON(rout.Info.Raw)
+		res.CommitDeadline, res.CommitIn = nil, nil
+		res.Message = fmt.Sprintf("%s; otactl reverted it: slot %d runs %s again, committed", why, rout.After.ActiveSlot, rout.Info.Firmware())
+		return f.updateFailed(res, ota.WithReason(ota.ReasonHealthFailed, fmt.Errorf("%w: %s", ota.ErrUpdateFailed, res.Message)))
+	}
+	// The revert did not go through: the firmware stays uncommitted and
+	// falls back by itself.
+	res.Result = "health_check_failed"
+	if errors.Is(err, ota.ErrAlreadyCommitted) {
+		res.Message = fmt.Sprintf("%s; OTA.Revert was refused: the firmware is committed now (it fell back, or committed itself): check with 'otactl bootstate'", why)
+	} else {
+		res.Message = fmt.Sprintf("%s; reverting failed (%v): the firmware is not committed, so the device falls back to slot %d when its commit timeout expires or at any reboot", why, err, out.After.RevertSlot)
+	}
+	if ctx.Err() != nil {
+		return &InterruptedError{Err: err, Msg: res.Message}
+	}
+	return f.updateFailed(res, ota.WithReason(ota.ReasonHealthFailed, fmt.Errorf("%w: %s", ota.ErrUpdateFailed, res.Message)))
+}
+
 // failedLabel heads the line of an update that did not take: only a
 // device that came back on its old firmware rolled back; one that never
 // switched (the update failed, or it did not reboot) did not apply it.
-func failedLabel(r ota.Result) string {
-	if r == ota.RolledBack {
+func failedLabel(result string) string {
+	switch result {
+	case string(ota.RolledBack):
 		return "ROLLED BACK:"
+	case "health_check_failed":
+		return "HEALTH CHECK FAILED:"
 	}
 	return "NOT APPLIED:"
 }
@@ -442,90 +555,4 @@ func (f *Factory) rebootTimeout() time.Duration {
 		return f.G.Timeout
 	}
 	return 2 * time.Minute
-}
-
-// oneShotServer serves one bundle file at an unguessable path.
-type oneShotServer struct {
-	URL       string
-	srv       *http.Server
-	ln        net.Listener
-	downloads atomic.Int32
-}
-
-func (s *oneShotServer) Close() error { return s.srv.Close() }
-
-// serveOnce serves file on addr (HOST[:PORT]; empty: this machine's
-// address on the route to the device named by port). progress, if set,
-// gets the bytes sent of each download as they go out.
-func serveOnce(file, addr, port string, progress func(sent, total int64)) (*oneShotServer, error) {
-	host, p := addr, "0"
-	if addr != "" {
-		if h, pp, err := net.SplitHostPort(addr); err == nil {
-			host, p = h, pp
-		}
-	} else {
-		var err error
-		host, err = routeAddr(port)
-		if err != nil {
-			return nil, err
-		}
-	}
-	ln, err := net.Listen("tcp", net.JoinHostPort(host, p))
-	if err != nil {
-		return nil, usageErrorf("--serve-addr %s: %v", net.JoinHostPort(host, p), err)
-	}
-	tok := make([]byte, 8)
-	_, _ = rand.Read(tok)
-	path := "/" + hex.EncodeToString(tok) + "/fw.zip"
-	s := &oneShotServer{ln: ln, URL: "http://" + ln.Addr().String() + path}
-	mux := http.NewServeMux()
-	mux.HandleFunc(path, func(w http.ResponseWriter, r *http.Request) {
-		s.downloads.Add(1)
-		w.Header().Set("Content-Type", "application/zip")
-		if progress != nil {
-			if st, err := os.Stat(file); err == nil {
-				w = &countingResponse{ResponseWriter: w, total: st.Size(), progress: progress}
-			}
-		}
-		http.ServeFile(w, r, file)
-	})
-	s.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-	go func() { _ = s.srv.Serve(ln) }()
-	return s, nil
-}
-
-// routeAddr finds this machine's address on the route to the device (or
-// its MQTT broker). No packet is sent.
-func routeAddr(port string) (string, error) {
-	u, err := transport.ParsePort(port)
-	if err != nil {
-		return "", err
-	}
-	if u.Scheme == "serial" {
-		return "", usageErrorf("--file over a serial port needs --serve-addr HOST:PORT that the device can reach on its network; or send the bundle over the serial link with 'otactl push'")
-	}
-	host := u.Hostname()
-	if host == "" {
-		return "", usageErrorf("cannot tell which address the device reaches this machine at: pass --serve-addr HOST:PORT")
-	}
-	c, err := net.Dial("udp", net.JoinHostPort(host, "9"))
-	if err != nil {
-		return "", usageErrorf("cannot find a route to %s: pass --serve-addr HOST:PORT (%v)", host, err)
-	}
-	defer c.Close()
-	return c.LocalAddr().(*net.UDPAddr).IP.String(), nil
-}
-
-// countingResponse reports the body bytes written to the device.
-type countingResponse struct {
-	http.ResponseWriter
-	sent, total int64
-	progress    func(sent, total int64)
-}
-
-func (c *countingResponse) Write(p []byte) (int, error) {
-	n, err := c.ResponseWriter.Write(p)
-	c.sent += int64(n)
-	c.progress(c.sent, c.total)
-	return n, err
 }

@@ -213,15 +213,61 @@ func TestUpdateReplyLost(t *testing.T) {
 			<-ctx.Done()
 			return nil, ctx.Err()
 		})
-		cctx, cancel := context.WithTimeout(ctx, time.Minute)
-		defer cancel()
+		cctx, cancel := context.WithCancel(ctx)
+		go func() { time.Sleep(time.Second); cancel() }()
 		_, err = ota.New(d2.client(t)).Update(cctx, ota.UpdateArgs{URL: "http://x/fw.zip"})
-		if !errors.Is(err, context.DeadlineExceeded) || errors.Is(err, ota.ErrUpdateFailed) {
+		if !errors.Is(err, context.Canceled) || errors.Is(err, ota.ErrUpdateFailed) {
 			t.Fatalf("err = %v", err)
 		}
 		// Not "did not install": nothing says so; the device carries on.
 		contains(t, err, "may still be downloading")
 	})
+}
+
+// When otactl gives up waiting for OTA.Update's reply (its deadline), it
+// reads OTA.Status once more and says what the device still does and what
+// ends it; a failed or finished update there is a verdict.
+func TestUpdateGivesUpSayingWhatTheDeviceDoes(t *testing.T) {
+	for _, tc := range []struct {
+		status ota.Status
+		check  func(t *testing.T, acc ota.Accepted, err error)
+	}{
+		{ota.Status{State: ota.StateProgress, ProgressPercent: 37}, func(t *testing.T, acc ota.Accepted, err error) {
+			var ge *ota.GaveUpError
+			if !errors.As(err, &ge) || !errors.Is(err, context.DeadlineExceeded) || errors.Is(err, ota.ErrUpdateFailed) || ota.ReasonOf(err) != ota.ReasonTimeout {
+				t.Fatalf("err = %v", err)
+			}
+			contains(t, err, "no reply to OTA.Update within 1m0s", "still updating (OTA.Status: in progress, 37%)",
+				"update watchdog (--update-timeout 50s, counted from the start of the update) should have ended it 10s ago", "a reboot ends it")
+		}},
+		{ota.Status{State: ota.StateIdle}, func(t *testing.T, acc ota.Accepted, err error) {
+			contains(t, err, "OTA.Status says idle", "'otactl bootstate'")
+		}},
+		{ota.Status{State: ota.StateError, Msg: "Update timed out"}, func(t *testing.T, acc ota.Accepted, err error) {
+			if !errors.Is(err, ota.ErrUpdateFailed) || ota.ReasonOf(err) != ota.ReasonUpdateTimeout {
+				t.Fatalf("err = %v (%s)", err, ota.ReasonOf(err))
+			}
+			contains(t, err, "the update failed on the device: Update timed out", "boot state is unchanged")
+		}},
+		{ota.Status{State: ota.StateSuccess}, func(t *testing.T, acc ota.Accepted, err error) {
+			if err != nil || acc.Confirmed {
+				t.Fatalf("%+v, %v: a finished update goes on to the outcome", acc, err)
+			}
+		}},
+	} {
+		bubble(t, func(t *testing.T, ctx context.Context) {
+			d := newFakeDev(t)
+			d.status = tc.status
+			d.srv.Handle("OTA.Update", func(ctx context.Context, _ *rpc.Request) (any, error) {
+				<-ctx.Done()
+				return nil, ctx.Err()
+			})
+			cctx, cancel := context.WithTimeout(ctx, time.Minute)
+			defer cancel()
+			acc, err := ota.New(d.client(t)).Update(cctx, ota.UpdateArgs{URL: "http://x/fw.zip", Timeout: 50 * time.Second})
+			tc.check(t, acc, err)
+		})
+	}
 }
 
 func TestTypesJSON(t *testing.T) {

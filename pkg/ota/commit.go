@@ -11,16 +11,17 @@ import (
 //  1. OTA.GetBootState must show an uncommitted firmware, else the error
 //     wraps ErrAlreadyCommitted (nothing to commit — e.g. the device
 //     already rolled back, or committed itself with commit timeout 0);
-//  2. if healthMethod is not empty, it is called without arguments and must
-//     answer without error, else nothing is committed and the error wraps
-//     ErrHealthCheck and ErrUpdateFailed (the device then rolls back by
-//     itself when its commit timeout expires; call Revert to do it now);
+//  2. if h.Method is set, it must answer without error within the grace
+//     period (CheckHealth), else nothing is committed and the error is a
+//     *HealthError wrapping ErrHealthCheck and ErrUpdateFailed (the device
+//     then rolls back by itself when its commit timeout expires; call
+//     RevertAndWait to do it now);
 //  3. OTA.Commit;
 //  4. OTA.GetBootState must now show the same slot, committed.
 //
 // It returns the boot state read last (also when OTA.Commit was refused as
 // already committed: then the state read after that refusal).
-func (d *Device) CommitAfterHealthCheck(ctx context.Context, healthMethod string, onEvent func(Event)) (BootState, error) {
+func (d *Device) CommitAfterHealthCheck(ctx context.Context, h HealthOptions) (BootState, error) {
 	bs, err := d.GetBootState(ctx)
 	if err != nil {
 		return bs, fmt.Errorf("reading the boot state before committing: %w", err)
@@ -28,12 +29,14 @@ func (d *Device) CommitAfterHealthCheck(ctx context.Context, healthMethod string
 	if bs.IsCommitted {
 		return bs, fmt.Errorf("%w: slot %d is active and committed, nothing to commit", ErrAlreadyCommitted, bs.ActiveSlot)
 	}
-	if healthMethod != "" {
-		emit(onEvent, Event{Kind: EventHealthCheck, Boot: &bs, Msg: "health check: calling " + healthMethod})
-		if _, err := d.c.Call(ctx, healthMethod, nil); err != nil {
-			// err names the method already (rpc errors start with it).
-			return bs, fmt.Errorf("%w: %w: %w; not committing: slot %d falls back to slot %d when its commit timeout expires (or run `otactl revert`)",
-				ErrUpdateFailed, ErrHealthCheck, err, bs.ActiveSlot, bs.RevertSlot)
+	if h.Method != "" {
+		if _, err := d.CheckHealth(ctx, h); err != nil {
+			var he *HealthError
+			if !errors.As(err, &he) {
+				return bs, fmt.Errorf("health check: %w", err)
+			}
+			return bs, fmt.Errorf("%w; not committing: slot %d falls back to slot %d when its commit timeout expires (or run `otactl revert`)",
+				err, bs.ActiveSlot, bs.RevertSlot)
 		}
 	}
 	if err := d.Commit(ctx); err != nil {
@@ -55,6 +58,6 @@ func (d *Device) CommitAfterHealthCheck(ctx context.Context, healthMethod string
 		return after, fmt.Errorf("OTA.Commit succeeded but the device reports slot %d active, committed=%t (expected slot %d committed): check with `otactl bootstate`",
 			after.ActiveSlot, after.IsCommitted, bs.ActiveSlot)
 	}
-	emit(onEvent, Event{Kind: EventCommitted, Boot: &after, Msg: fmt.Sprintf("slot %d is committed", after.ActiveSlot)})
+	emit(h.OnEvent, Event{Kind: EventCommitted, Boot: &after, Msg: fmt.Sprintf("slot %d is committed", after.ActiveSlot)})
 	return after, nil
 }

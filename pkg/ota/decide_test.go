@@ -76,7 +76,7 @@ func TestDecideTable(t *testing.T) {
 		if got != tc.want {
 			reason := ""
 			if o != nil {
-				reason = o.Reason
+				reason = o.Message
 			}
 			t.Errorf("%s: %q (%s), want %q", tc.name, got, reason, tc.want)
 		}

@@ -32,6 +32,7 @@ func (d *Device) rejected(ctx context.Context, what string, err error) error {
 	if ctx.Err() == nil {
 		if bs, berr := d.GetBootState(ctx); berr == nil && !bs.IsCommitted {
 			hint = fmt.Sprintf(" (the running firmware in slot %d is not committed yet: run `otactl commit` or `otactl revert` first)", bs.ActiveSlot)
+			return fmt.Errorf("%w: %w: %s: %w%s", ErrUpdateFailed, ErrUncommitted, what, err, hint)
 		}
 	}
 	return fmt.Errorf("%w: %s: %w%s", ErrUpdateFailed, what, err, hint)

@@ -162,7 +162,7 @@ func TestPowerCutDuringURLDownloadIsNotApplied(t *testing.T) {
 		if o == nil || o.Result != ota.NotApplied || !errors.Is(err, ota.ErrUpdateFailed) || acc.Confirmed {
 			t.Fatalf("cut %s: confirmed %v, outcome %+v, %v", c.what, acc.Confirmed, o, err)
 		}
-		if !strings.Contains(o.Reason, "restarted before it had installed the update") || o.After != before.Boot || o.Info.FWVersion != emulator.DefaultFactoryVersion {
+		if !strings.Contains(o.Message, "restarted before it had installed the update") || o.After != before.Boot || o.Info.FWVersion != emulator.DefaultFactoryVersion {
 			t.Fatalf("cut %s: %+v", c.what, o)
 		}
 	}

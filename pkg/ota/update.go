@@ -2,6 +2,7 @@ package ota
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -60,6 +61,7 @@ func (d *Device) Update(ctx context.Context, args UpdateArgs) (Accepted, error) 
 		params.Timeout = seconds(DefaultUpdateTimeout)
 	}
 
+	start := time.Now()
 	var wg sync.WaitGroup
 	stop := make(chan struct{})
 	if args.OnEvent != nil {
@@ -81,10 +83,13 @@ func (d *Device) Update(ctx context.Context, args UpdateArgs) (Accepted, error) 
 	case lostLink(ctx, err):
 		emit(args.OnEvent, Event{Kind: EventNoReply, Err: err, Msg: "no reply to OTA.Update; the device is probably rebooting"})
 		return Accepted{}, nil
+	case !isDeviceError(err) && errors.Is(ctx.Err(), context.DeadlineExceeded):
+		// otactl gives up waiting: say what the device still does.
+		return d.gaveUp(ctx, args, time.Duration(params.Timeout)*time.Second, start, err)
 	case !isDeviceError(err):
-		// ctx ended first: the device was not heard to refuse anything and
-		// carries on by itself.
-		return Accepted{}, fmt.Errorf("no reply to OTA.Update in time; the device may still be downloading or installing the bundle (check with OTA.Status and OTA.GetBootState): %w", err)
+		// ctx was cancelled: the device was not heard to refuse anything
+		// and carries on by itself.
+		return Accepted{}, fmt.Errorf("no reply to OTA.Update; the device may still be downloading or installing the bundle (check with OTA.Status and OTA.GetBootState): %w", err)
 	}
 	return Accepted{}, d.rejected(ctx, "the device did not install the update from "+args.URL, err)
 }
@@ -125,4 +130,79 @@ func (d *Device) pollProgress(ctx context.Context, stop <-chan struct{}, args Up
 		last = p
 		args.OnEvent(Event{Kind: EventDownload, Percent: p, Msg: fmt.Sprintf("downloading: %d%%", p)})
 	}
+}
+
+// GaveUpError is Update's error when ctx's deadline passed before the
+// device replied to OTA.Update: it says what the device was still doing
+// (OTA.Status, read once more) and what ends that. It wraps the call's
+// error (context.DeadlineExceeded).
+type GaveUpError struct {
+	// Waited is how long otactl waited for the reply.
+	Waited time.Duration
+	// Watchdog is the update timeout sent to the device; Started when the
+	// update was requested.
+	Watchdog time.Duration
+	Started  time.Time
+	// Status is OTA.Status read after giving up, nil if it could not be
+	// read (StatusErr says why).
+	Status    *Status
+	StatusErr error
+	Err       error
+}
+
+func (e *GaveUpError) Error() string {
+	s := fmt.Sprintf("no reply to OTA.Update within %s: ", e.Waited.Round(time.Second))
+	switch {
+	case e.Status == nil:
+		s += fmt.Sprintf("the device does not answer OTA.Status either (%v), so what it does is unknown. ", e.StatusErr)
+	case e.Status.State == StateProgress:
+		s += fmt.Sprintf("the device is still updating (OTA.Status: in progress, %d%%). ", e.Status.ProgressPercent)
+	default:
+		s += fmt.Sprintf("OTA.Status says %s. ", e.Status.State)
+	}
+	if e.Status != nil && e.Status.State == StateIdle {
+		return s + "The update ended without its reply reaching otactl: check what runs with 'otactl bootstate'"
+	}
+	if e.Watchdog > 0 {
+		end := e.Started.Add(e.Watchdog)
+		if left := time.Until(end); left > 0 {
+			s += fmt.Sprintf("Its update watchdog (--update-timeout %s, counted from the start of the update) ends it in about %s at the latest; ",
+				e.Watchdog, left.Round(time.Second))
+		} else {
+			s += fmt.Sprintf("Its update watchdog (--update-timeout %s, counted from the start of the update) should have ended it %s ago: firmware whose watchdog only counts time without progress goes on for as long as data keeps trickling in; ",
+				e.Watchdog, (-left).Round(time.Second))
+		}
+	}
+	return s + "a reboot ends it at once ('otactl call Sys.Reboot'). Until it completes, the boot state stays unchanged; if it completes, the device reboots into the new firmware uncommitted, and falls back unless committed"
+}
+
+func (e *GaveUpError) Unwrap() error { return e.Err }
+
+// gaveUp reads OTA.Status once more (under its own short deadline) after
+// the wait for OTA.Update's reply ended. A failed update there is the
+// verdict (ErrUpdateFailed); a finished one is handed over like a lost
+// reply (WaitOutcome tells what booted); otherwise a *GaveUpError.
+func (d *Device) gaveUp(ctx context.Context, args UpdateArgs, watchdog time.Duration, start time.Time, err error) (Accepted, error) {
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	st, serr := d.Status(sctx)
+	cancel()
+	ge := &GaveUpError{Waited: time.Since(start), Watchdog: watchdog, Started: start, Err: err}
+	if serr != nil {
+		ge.StatusErr = serr
+		return Accepted{}, ge
+	}
+	ge.Status = &st
+	switch st.State {
+	case StateError:
+		msg := st.Msg
+		if msg == "" {
+			msg = "no message"
+		}
+		return Accepted{}, WithReason(DeviceMessageReason(msg), fmt.Errorf("%w: the update failed on the device: %s (OTA.Status; its reply to OTA.Update did not come within %s); its boot state is unchanged",
+			ErrUpdateFailed, msg, ge.Waited.Round(time.Second)))
+	case StateSuccess:
+		emit(args.OnEvent, Event{Kind: EventNoReply, Err: err, Msg: "no reply to OTA.Update, but OTA.Status says it finished; the device is about to reboot"})
+		return Accepted{}, nil
+	}
+	return Accepted{}, ge
 }

@@ -68,8 +68,10 @@ type Outcome struct {
 	// CommitDeadline estimates when an uncommitted firmware rolls back
 	// (the device's boot time plus its commit timeout); zero otherwise.
 	CommitDeadline time.Time `json:"commit_deadline,omitzero"`
-	// Reason is one sentence saying what happened and why we think so.
-	Reason string `json:"reason"`
+	// Reason is the stable code for the result (ReasonOK when the update
+	// took); Message one sentence saying what happened and why we think so.
+	Reason  Reason `json:"reason"`
+	Message string `json:"message"`
 	// Attempts counts connection attempts; Elapsed the time waited.
 	Attempts int           `json:"attempts"`
 	Elapsed  time.Duration `json:"elapsed_ns"`
@@ -81,7 +83,7 @@ func (o *Outcome) Err() error {
 	if o.Result.Took() {
 		return nil
 	}
-	return fmt.Errorf("%w: %s", ErrUpdateFailed, o.Reason)
+	return WithReason(o.Reason, fmt.Errorf("%w: %s", ErrUpdateFailed, o.Message))
 }
 
 // Dialer opens a new RPC client to the device. WaitOutcome calls it once per
@@ -275,7 +277,7 @@ func WaitOutcome(ctx context.Context, opts WaitOptions) (*Outcome, *rpc.Client, 
 		if o != nil {
 			o.Attempts, o.Elapsed = attempts, time.Since(start)
 			emit(opts.OnEvent, Event{Kind: EventBack, Attempt: attempts, Info: &o.Info, Boot: &o.After,
-				Msg: "the device answers: " + o.Reason})
+				Msg: "the device answers: " + o.Message})
 			return o, c, o.Err()
 		}
 		c.Close()
@@ -444,62 +446,62 @@ func decide(opts WaitOptions, p probe, ev evidence) *Outcome {
 	case rollingBack && time.Since(ev.quietSince) <= opts.RebootTimeout:
 		return nil
 	case rollingBack:
-		o.Result = RolledBack
-		o.Reason = fmt.Sprintf("the device runs %s but boots slot %d next, committed (its commit timeout expired, or it was reverted), and did not reboot within %s", nowFW, p.boot.ActiveSlot, opts.RebootTimeout)
+		o.Result, o.Reason = RolledBack, ReasonRolledBack
+		o.Message = fmt.Sprintf("the device runs %s but boots slot %d next, committed (its commit timeout expired, or it was reverted), and did not reboot within %s", nowFW, p.boot.ActiveSlot, opts.RebootTimeout)
 		return o
 	case rebooted && (newSlot || (expected && idChanged) || (idChanged && opts.Expect.IsZero())):
-		o.Result = UpdatedUncommitted
+		o.Result, o.Reason = UpdatedUncommitted, ReasonOK
 		if p.boot.IsCommitted {
 			o.Result = UpdatedCommitted
 		}
-		o.Reason = fmt.Sprintf("slot %d runs %s", p.boot.ActiveSlot, nowFW)
+		o.Message = fmt.Sprintf("slot %d runs %s", p.boot.ActiveSlot, nowFW)
 		if o.Result == UpdatedCommitted {
-			o.Reason += ", committed"
+			o.Message += ", committed"
 		} else {
-			o.Reason += fmt.Sprintf(", not yet committed; it falls back to slot %d", p.boot.RevertSlot)
+			o.Message += fmt.Sprintf(", not yet committed; it falls back to slot %d", p.boot.RevertSlot)
 			if p.boot.CommitTimeout > 0 {
 				o.CommitDeadline = p.at.Add(-secondsDur(p.info.Uptime)).Add(time.Duration(p.boot.CommitTimeout) * time.Second)
-				o.Reason += fmt.Sprintf(" at about %s unless committed", o.CommitDeadline.Format(time.TimeOnly))
+				o.Message += fmt.Sprintf(" at about %s unless committed", o.CommitDeadline.Format(time.TimeOnly))
 			} else {
-				o.Reason += " when it reboots unless committed"
+				o.Message += " when it reboots unless committed"
 			}
 		}
 		if !opts.Expect.IsZero() && !expected {
-			o.Reason += fmt.Sprintf(" (expected %s)", opts.Expect)
+			o.Message += fmt.Sprintf(" (expected %s)", opts.Expect)
 		}
 		return o
 	case rebooted && idChanged:
 		// A different firmware than expected on the old slot: not ours.
-		o.Result = NotApplied
-		o.Reason = fmt.Sprintf("the device rebooted into %s in slot %d, not the expected %s", nowFW, p.boot.ActiveSlot, opts.Expect)
+		o.Result, o.Reason = NotApplied, ReasonWrongFirmware
+		o.Message = fmt.Sprintf("the device rebooted into %s in slot %d, not the expected %s", nowFW, p.boot.ActiveSlot, opts.Expect)
 		return o
 	case !newSlot && !busy && ev.finalized:
 		// (Even without a reboot seen: it had finalized the update, so its
 		// boot state pointed at the new slot; the old one active again
 		// means it booted the new firmware and fell back faster than a
 		// probe.)
-		o.Result = RolledBack
-		o.Reason = fmt.Sprintf("the device came back on its old firmware %s in slot %d: the new firmware did not start or did not stay up, so the device rolled back", nowFW, p.boot.ActiveSlot)
+		o.Result, o.Reason = RolledBack, ReasonRolledBack
+		o.Message = fmt.Sprintf("the device came back on its old firmware %s in slot %d: the new firmware did not start or did not stay up, so the device rolled back", nowFW, p.boot.ActiveSlot)
 		return o
 	case !newSlot && !busy && rebooted:
 		// It restarted before it finalized the update (a reset or power
 		// loss during the download): nothing was installed.
-		o.Result = NotApplied
-		o.Reason = fmt.Sprintf("the device restarted before it had installed the update (it never confirmed it), and runs its old firmware %s in slot %d with its boot state unchanged", nowFW, p.boot.ActiveSlot)
+		o.Result, o.Reason = NotApplied, ReasonDeviceReset
+		o.Message = fmt.Sprintf("the device restarted before it had installed the update (it never confirmed it), and runs its old firmware %s in slot %d with its boot state unchanged", nowFW, p.boot.ActiveSlot)
 		return o
 	case !newSlot && !ev.finalized && p.statusOK && p.status.State == StateError:
-		o.Result = NotApplied
+		o.Result, o.Reason = NotApplied, DeviceMessageReason(p.status.Msg)
 		msg := p.status.Msg
 		if msg == "" {
 			msg = "no message"
 		}
-		o.Reason = fmt.Sprintf("the update failed on the device (%s); it still runs %s in slot %d", msg, nowFW, p.boot.ActiveSlot)
+		o.Message = fmt.Sprintf("the update failed on the device (%s); it still runs %s in slot %d", msg, nowFW, p.boot.ActiveSlot)
 		return o
 	case time.Since(ev.quietSince) > opts.RebootTimeout:
-		o.Result = NotApplied
-		o.Reason = fmt.Sprintf("the device did not reboot within %s; it still runs %s in slot %d", opts.RebootTimeout, nowFW, p.boot.ActiveSlot)
+		o.Result, o.Reason = NotApplied, ReasonNoReboot
+		o.Message = fmt.Sprintf("the device did not reboot within %s; it still runs %s in slot %d", opts.RebootTimeout, nowFW, p.boot.ActiveSlot)
 		if newSlot {
-			o.Reason += fmt.Sprintf(" with slot %d set to boot next: reboot it to try the update", p.boot.ActiveSlot)
+			o.Message += fmt.Sprintf(" with slot %d set to boot next: reboot it to try the update", p.boot.ActiveSlot)
 		}
 		return o
 	}

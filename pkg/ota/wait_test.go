@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"testing"
 	"time"
 
@@ -75,7 +76,7 @@ func TestWaitOutcomeUpdated(t *testing.T) {
 			d.boot.IsCommitted = true
 			return nil, nil
 		})
-		bs, err := ota.New(c).CommitAfterHealthCheck(ctx, "Health.Check", ev.fn)
+		bs, err := ota.New(c).CommitAfterHealthCheck(ctx, ota.HealthOptions{Method: "Health.Check", OnEvent: ev.fn})
 		if err != nil || !bs.IsCommitted || bs.ActiveSlot != 1 || checks != 1 {
 			t.Fatalf("commit: %+v, %v", bs, err)
 		}
@@ -258,7 +259,7 @@ func TestCommitAfterHealthCheck(t *testing.T) {
 	}
 	bubble(t, func(t *testing.T, ctx context.Context) {
 		d, dev := setup(t, false, rpc.Errorf(-1, "sensor missing"))
-		_, err := dev.CommitAfterHealthCheck(ctx, "App.Health", nil)
+		_, err := dev.CommitAfterHealthCheck(ctx, ota.HealthOptions{Method: "App.Health"})
 		var re *rpc.Error
 		if !errors.Is(err, ota.ErrHealthCheck) || !errors.Is(err, ota.ErrUpdateFailed) || !errors.As(err, &re) || d.count("OTA.Commit") != 0 {
 			t.Fatalf("err %v, commits %d", err, d.count("OTA.Commit"))
@@ -267,14 +268,14 @@ func TestCommitAfterHealthCheck(t *testing.T) {
 	})
 	bubble(t, func(t *testing.T, ctx context.Context) {
 		d, dev := setup(t, true, nil)
-		_, err := dev.CommitAfterHealthCheck(ctx, "App.Health", nil)
+		_, err := dev.CommitAfterHealthCheck(ctx, ota.HealthOptions{Method: "App.Health"})
 		if !errors.Is(err, ota.ErrAlreadyCommitted) || d.count("App.Health") != 0 || d.count("OTA.Commit") != 0 {
 			t.Fatalf("err %v", err)
 		}
 	})
 	bubble(t, func(t *testing.T, ctx context.Context) {
 		d, dev := setup(t, false, nil)
-		bs, err := dev.CommitAfterHealthCheck(ctx, "", nil) // no health check
+		bs, err := dev.CommitAfterHealthCheck(ctx, ota.HealthOptions{}) // no health check
 		if err != nil || !bs.IsCommitted || d.count("App.Health") != 0 {
 			t.Fatalf("%+v %v", bs, err)
 		}
@@ -283,7 +284,7 @@ func TestCommitAfterHealthCheck(t *testing.T) {
 		// Commit answers but the device does not show it committed.
 		d, dev := setup(t, false, nil)
 		d.srv.Handle("OTA.Commit", func(context.Context, *rpc.Request) (any, error) { return nil, nil })
-		_, err := dev.CommitAfterHealthCheck(ctx, "App.Health", nil)
+		_, err := dev.CommitAfterHealthCheck(ctx, ota.HealthOptions{Method: "App.Health"})
 		contains(t, err, "committed=false")
 	})
 }
@@ -409,7 +410,7 @@ func TestWaitOutcomeWaitsOutThePreRebootWindow(t *testing.T) {
 			if o.Result != ota.UpdatedUncommitted || o.Info.Firmware() != next || time.Since(start) < 3*time.Second {
 				t.Fatalf("%s: decided after %v: %+v", fw, time.Since(start), o)
 			}
-			if _, err := ota.New(c).CommitAfterHealthCheck(ctx, "", nil); err != nil {
+			if _, err := ota.New(c).CommitAfterHealthCheck(ctx, ota.HealthOptions{}); err != nil {
 				t.Fatal(err)
 			}
 			if len(*commits) != 1 || (*commits)[0] != next {
@@ -477,7 +478,7 @@ func TestWaitOutcomeShuttingDownIsNotBack(t *testing.T) {
 		if o.Result != ota.UpdatedUncommitted || o.Info.FWVersion != "1.1" || ev.count(ota.EventWaiting) == 0 {
 			t.Fatalf("outcome %+v, events %v", o, ev.kinds())
 		}
-		if _, err := ota.New(c).CommitAfterHealthCheck(ctx, "", nil); err != nil || len(*commits) != 1 || (*commits)[0] != d.newFW {
+		if _, err := ota.New(c).CommitAfterHealthCheck(ctx, ota.HealthOptions{}); err != nil || len(*commits) != 1 || (*commits)[0] != d.newFW {
 			t.Fatalf("commit %v reached %v", err, *commits)
 		}
 	})
@@ -505,5 +506,50 @@ func TestWaitOutcomeNewSlotWithoutUpdateIsNoReboot(t *testing.T) {
 		if o == nil || o.Result != ota.NotApplied {
 			t.Fatalf("outcome %+v: a staged slot was taken for a reboot", o)
 		}
+	})
+}
+
+// CheckHealth retries for the grace period: a method that passes late is
+// healthy; one that never passes fails after the grace, with the last
+// error and the number of tries.
+func TestCheckHealthGrace(t *testing.T) {
+	bubble(t, func(t *testing.T, ctx context.Context) {
+		d := newFakeDev(t)
+		n := 0
+		never := false
+		var mu sync.Mutex
+		d.srv.Handle("App.Health", func(ctx context.Context, _ *rpc.Request) (any, error) {
+			mu.Lock()
+			n++
+			n, never := n, never
+			mu.Unlock()
+			switch {
+			case never:
+				return nil, rpc.Errorf(-1, "warming up")
+			case n == 1:
+				time.Sleep(10 * time.Second) // answers too late: counts as a failure
+				return nil, nil
+			case n < 4:
+				return nil, rpc.Errorf(-1, "warming up")
+			}
+			return nil, nil
+		})
+		dev := ota.New(d.client(t))
+		start := time.Now()
+		tries, err := dev.CheckHealth(ctx, ota.HealthOptions{Method: "App.Health", Grace: time.Minute})
+		if err != nil || tries != 4 || time.Since(start) != 5*time.Second+3*time.Second {
+			t.Fatalf("%d tries, %v after %v", tries, err, time.Since(start))
+		}
+		mu.Lock()
+		never = true
+		mu.Unlock()
+		start = time.Now()
+		tries, err = dev.CheckHealth(ctx, ota.HealthOptions{Method: "App.Health", Grace: 10 * time.Second, Interval: 3 * time.Second})
+		var he *ota.HealthError
+		if !errors.As(err, &he) || !errors.Is(err, ota.ErrHealthCheck) || !errors.Is(err, ota.ErrUpdateFailed) ||
+			ota.ReasonOf(err) != ota.ReasonHealthFailed || tries != 5 || time.Since(start) != 10*time.Second {
+			t.Fatalf("%d tries, %v after %v", tries, err, time.Since(start))
+		}
+		contains(t, err, "App.Health did not answer without error within 10s (5 tries; last: ", "warming up")
 	})
 }

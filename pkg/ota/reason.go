@@ -1,0 +1,250 @@
+package ota
+
+import (
+	"context"
+	"errors"
+	"os"
+	"regexp"
+	"strings"
+
+	"github.com/otactl/otactl/pkg/ota/bundle"
+	"github.com/otactl/otactl/pkg/rpc"
+	"github.com/otactl/otactl/pkg/transport"
+)
+
+// Reason is a stable code for why an update (or any command) ended the way
+// it did, for scripts that must not parse English. docs/exit-codes.md lists
+// each with its exit code; ReasonExit gives the same mapping in code. The
+// set only grows: a code, once published, keeps its meaning.
+type Reason string
+
+// Reasons. The exit code each goes with is in ReasonExit.
+const (
+	// ReasonOK: the command did what it was asked (no failure).
+	ReasonOK Reason = "ok"
+
+	// Refusals: nothing was installed, the boot state is unchanged (exit 6).
+
+	// ReasonUncommitted: the device runs uncommitted firmware, so it takes
+	// no update until that one is committed or reverted.
+	ReasonUncommitted Reason = "uncommitted"
+	// ReasonWrongPlatform: the bundle is for another platform (otactl's
+	// pre-check, exact match; or the device's own check).
+	ReasonWrongPlatform Reason = "wrong_platform"
+	// ReasonBusy: another update is running, or one finished and waits for
+	// its reboot.
+	ReasonBusy Reason = "busy"
+	// ReasonCorruptBundle: the bundle is not a valid one (checksums, sizes,
+	// manifest, archive layout), found by otactl or by the device.
+	ReasonCorruptBundle Reason = "corrupt_bundle"
+	// ReasonDownloadFailed: the device could not download the bundle (HTTP
+	// error status, connection closed early, server unreachable).
+	ReasonDownloadFailed Reason = "download_failed"
+	// ReasonUpdateTimeout: the device's update watchdog (--update-timeout)
+	// ended the update.
+	ReasonUpdateTimeout Reason = "update_timeout"
+	// ReasonRejected: the device refused or failed the update for another
+	// reason; the message carries its words.
+	ReasonRejected Reason = "rejected"
+	// ReasonDeviceReset: the device restarted during the update, before it
+	// had installed it (reset, power loss): nothing was installed.
+	ReasonDeviceReset Reason = "device_reset"
+
+	// Outcomes after the device took the bundle (exit 6).
+
+	// ReasonNoReboot: the device accepted the update but did not reboot
+	// within the wait; it still runs the old firmware.
+	ReasonNoReboot Reason = "no_reboot"
+	// ReasonWrongFirmware: the device rebooted into a firmware that is not
+	// the bundle's.
+	ReasonWrongFirmware Reason = "wrong_firmware"
+	// ReasonRolledBack: the device installed the new firmware and came back
+	// on the old one (it crashed or failed at boot, its commit timeout
+	// expired before the commit, or it was reverted).
+	ReasonRolledBack Reason = "rolled_back"
+	// ReasonHealthFailed: the health-check method did not answer without
+	// error within the grace period; the firmware was not committed (and,
+	// unless --on-health-fail wait, was reverted).
+	ReasonHealthFailed Reason = "health_failed"
+
+	// Not an update verdict: otactl could not tell, or was told to stop.
+
+	// ReasonUnreachable: the device could not be reached, or the link
+	// dropped (exit 5).
+	ReasonUnreachable Reason = "unreachable"
+	// ReasonTimeout: the device did not answer, or the outcome was not
+	// clear, in time (exit 5).
+	ReasonTimeout Reason = "timeout"
+	// ReasonAuth: the device or broker refused the credentials (exit 4).
+	ReasonAuth Reason = "auth"
+	// ReasonDeviceError: the device answered a call with an RPC error that
+	// is not about an update (exit 3), e.g. OTA.Commit on a committed
+	// firmware.
+	ReasonDeviceError Reason = "device_error"
+	// ReasonUsage: the command line was wrong; nothing was sent (exit 2).
+	ReasonUsage Reason = "usage"
+	// ReasonInterrupted: Ctrl-C, SIGTERM or SIGHUP (exit 1).
+	ReasonInterrupted Reason = "interrupted"
+	// ReasonNotRPC: the device answered something that is not an RPC frame
+	// (exit 1).
+	ReasonNotRPC Reason = "not_rpc"
+	// ReasonBadReply: the device's reply lacks fields the command needs
+	// (exit 1).
+	ReasonBadReply Reason = "bad_reply"
+	// ReasonFailed: any other failure (exit 1).
+	ReasonFailed Reason = "failed"
+)
+
+// ReasonExit maps each reason to the exit code otactl ends with.
+var ReasonExit = map[Reason]int{
+	ReasonOK:          0,
+	ReasonUncommitted: 6, ReasonWrongPlatform: 6, ReasonBusy: 6, ReasonCorruptBundle: 6,
+	ReasonDownloadFailed: 6, ReasonUpdateTimeout: 6, ReasonRejected: 6, ReasonDeviceReset: 6,
+	ReasonNoReboot: 6, ReasonWrongFirmware: 6, ReasonRolledBack: 6, ReasonHealthFailed: 6,
+	ReasonUnreachable: 5, ReasonTimeout: 5, ReasonAuth: 4, ReasonDeviceError: 3, ReasonUsage: 2,
+	ReasonInterrupted: 1, ReasonNotRPC: 1, ReasonBadReply: 1, ReasonFailed: 1,
+}
+
+// ReasonError attaches a reason to an error, for failures whose cause
+// ReasonOf cannot tell from the error's type alone.
+type ReasonError struct {
+	Reason Reason
+	Err    error
+}
+
+func (e *ReasonError) Error() string { return e.Err.Error() }
+func (e *ReasonError) Unwrap() error { return e.Err }
+
+// WithReason returns err carrying reason (nil stays nil).
+func WithReason(reason Reason, err error) error {
+	if err == nil {
+		return nil
+	}
+	return &ReasonError{Reason: reason, Err: err}
+}
+
+// ErrNotRPC may be wrapped by link errors that mean the device answered
+// something that is not an RPC frame; ReasonOf maps it to ReasonNotRPC.
+// (Transports may define their own sentinel and wrap this one too.)
+var ErrNotRPC = errors.New("the device answered something that is not an RPC frame")
+
+// ReasonOf returns the reason code for an error from this package, pkg/rpc
+// or a transport: the innermost explicit one (WithReason), else one told
+// from the error's kind, in the same order of precedence as the CLI's exit
+// codes (an update failure wins over the device's *rpc.Error it wraps). A
+// nil error is ReasonOK.
+func ReasonOf(err error) Reason {
+	if err == nil {
+		return ReasonOK
+	}
+	var re *ReasonError
+	if errors.As(err, &re) {
+		return re.Reason
+	}
+	var pe *PushError
+	switch {
+	case errors.Is(err, context.Canceled):
+		return ReasonInterrupted
+	case errors.Is(err, ErrTimeoutRange):
+		return ReasonUsage
+	case errors.Is(err, ErrHealthCheck):
+		return ReasonHealthFailed
+	case errors.Is(err, ErrBusy):
+		return ReasonBusy
+	case errors.Is(err, ErrUncommitted):
+		return ReasonUncommitted
+	case errors.Is(err, ErrUpdateFailed):
+		var rpcErr *rpc.Error
+		if errors.As(err, &rpcErr) {
+			return DeviceMessageReason(rpcErr.Message)
+		}
+		var be *bundle.Error
+		if errors.As(err, &be) {
+			return DeviceMessageReason(be.Msg)
+		}
+		return ReasonRejected
+	case errors.As(err, &pe):
+		// A push that failed on the link: the boot state is unchanged.
+		if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, os.ErrDeadlineExceeded) {
+			return ReasonTimeout
+		}
+		return ReasonUnreachable
+	case errors.Is(err, ErrAlreadyCommitted):
+		return ReasonDeviceError
+	case errors.Is(err, rpc.ErrAuth):
+		return ReasonAuth
+	case errors.Is(err, ErrBadReply):
+		return ReasonBadReply
+	case errors.Is(err, ErrNotRPC):
+		return ReasonNotRPC
+	}
+	var rpcErr *rpc.Error
+	if errors.As(err, &rpcErr) {
+		if rpcErr.Code == 401 {
+			return ReasonAuth
+		}
+		return ReasonDeviceError
+	}
+	var le *rpc.LinkError
+	switch {
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, os.ErrDeadlineExceeded):
+		return ReasonTimeout
+	case errors.As(err, &le), errors.Is(err, transport.ErrClosed):
+		return ReasonUnreachable
+	case errors.Is(err, transport.ErrBadPort):
+		return ReasonUsage
+	}
+	return ReasonFailed
+}
+
+// ErrUncommitted is wrapped (with ErrUpdateFailed) when an update is
+// refused because the running firmware is not committed.
+var ErrUncommitted = errors.New("the running firmware is not committed")
+
+// codePrefix is the "<code> " newer firmware puts before its status
+// message ("-1 Wrong platform").
+var codePrefix = regexp.MustCompile(`^-?\d+\s+`)
+
+// DeviceMessageReason tells the reason from a device's status message (the
+// message of an OTA.Update/OTA.End error, or OTA.Status "msg"): the fixed
+// messages of ota-common and rpc-service-ota (device-semantics.md), and the
+// emulator's. Anything else is ReasonRejected.
+func DeviceMessageReason(msg string) Reason {
+	m := strings.TrimSpace(codePrefix.ReplaceAllString(strings.TrimSpace(msg), ""))
+	has := func(p ...string) bool {
+		for _, s := range p {
+			if strings.HasPrefix(strings.ToLower(m), strings.ToLower(s)) {
+				return true
+			}
+		}
+		return false
+	}
+	switch {
+	case has(bundle.ErrWrongPlatform.Msg):
+		return ReasonWrongPlatform
+	case has("Previous update has not been committed"):
+		return ReasonUncommitted
+	case has("Update already in progress", "Failed to init updater"):
+		return ReasonBusy
+	case has("Update timed out"):
+		return ReasonUpdateTimeout
+	case has("Update interrupted by reboot"):
+		return ReasonDeviceReset
+	case has("Update failed", "Invalid HTTP response code", "Invalid content-length", "Failed to connect"):
+		return ReasonDownloadFailed
+	case has(bundle.ErrMalformed.Msg, bundle.ErrCompressed.Msg, bundle.ErrCRC.Msg, bundle.ErrManifestParse.Msg,
+		bundle.ErrManifestField.Msg, bundle.ErrDigest.Msg, bundle.ErrSize.Msg, bundle.ErrFileName.Msg,
+		bundle.ErrMissingPart.Msg, bundle.ErrBadSrc.Msg, bundle.ErrBadPartName.Msg, "Not all data was processed",
+		"Premature end of update", "Invalid part", "Duplicate"):
+		return ReasonCorruptBundle
+	}
+	return ReasonRejected
+}
+
+// SamePlatform reports whether a bundle's platform is the device's arch,
+// ignoring case. (The device itself accepts any platform that merely
+// starts with its own, so an esp32 takes an esp32c3 bundle: otactl's
+// pre-check is this stricter one.)
+func SamePlatform(bundlePlatform, deviceArch string) bool {
+	return strings.EqualFold(strings.TrimSpace(bundlePlatform), strings.TrimSpace(deviceArch))
+}
