@@ -156,7 +156,7 @@ func resultFor(err error, r ota.Reason, sent bool) string {
 		return string(ota.RolledBack)
 	case ota.ReasonHealthFailed:
 		return "health_check_failed"
-	case ota.ReasonUncommitted, ota.ReasonWrongPlatform, ota.ReasonBusy, ota.ReasonCorruptBundle,
+	case ota.ReasonUncommitted, ota.ReasonWrongPlatform, ota.ReasonBusy, ota.ReasonCorruptBundle, ota.ReasonBadSignature,
 		ota.ReasonDownloadFailed, ota.ReasonUpdateTimeout, ota.ReasonRejected, ota.ReasonDeviceReset,
 		ota.ReasonNoReboot, ota.ReasonWrongFirmware, ota.ReasonUsage:
 		return string(ota.NotApplied)

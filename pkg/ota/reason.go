@@ -43,6 +43,9 @@ const (
 	// ReasonUpdateTimeout: the device's update watchdog (--update-timeout)
 	// ended the update.
 	ReasonUpdateTimeout Reason = "update_timeout"
+	// ReasonBadSignature: the bundle's signatures would not satisfy the
+	// device's keys (--pubkey, --sig-req-mask), or the device refused them.
+	ReasonBadSignature Reason = "bad_signature"
 	// ReasonRejected: the device refused or failed the update for another
 	// reason; the message carries its words.
 	ReasonRejected Reason = "rejected"
@@ -98,7 +101,7 @@ const (
 // ReasonExit maps each reason to the exit code otactl ends with.
 var ReasonExit = map[Reason]int{
 	ReasonOK:          0,
-	ReasonUncommitted: 6, ReasonWrongPlatform: 6, ReasonBusy: 6, ReasonCorruptBundle: 6,
+	ReasonUncommitted: 6, ReasonWrongPlatform: 6, ReasonBusy: 6, ReasonCorruptBundle: 6, ReasonBadSignature: 6,
 	ReasonDownloadFailed: 6, ReasonUpdateTimeout: 6, ReasonRejected: 6, ReasonDeviceReset: 6,
 	ReasonNoReboot: 6, ReasonWrongFirmware: 6, ReasonRolledBack: 6, ReasonHealthFailed: 6,
 	ReasonUnreachable: 5, ReasonTimeout: 5, ReasonAuth: 4, ReasonDeviceError: 3, ReasonUsage: 2,
@@ -140,6 +143,10 @@ func ReasonOf(err error) Reason {
 	var re *ReasonError
 	if errors.As(err, &re) {
 		return re.Reason
+	}
+	var coded interface{ Reason() string } // another package's coded error
+	if errors.As(err, &coded) {
+		return Reason(coded.Reason())
 	}
 	var pe *PushError
 	switch {
@@ -222,6 +229,8 @@ func DeviceMessageReason(msg string) Reason {
 	switch {
 	case has(bundle.ErrWrongPlatform.Msg):
 		return ReasonWrongPlatform
+	case has(bundle.ErrSignature.Msg):
+		return ReasonBadSignature
 	case has("Previous update has not been committed"):
 		return ReasonUncommitted
 	case has("Update already in progress", "Failed to init updater"):
