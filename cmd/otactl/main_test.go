@@ -389,22 +389,55 @@ func jsonMatch(v any, want string) (bool, error) {
 }
 
 // cmdServe serves DIR over HTTP on 127.0.0.1 until the script ends and
-// sets SERVE_URL to its base URL (no trailing slash):
+// sets SERVE_URL to its base URL (no trailing slash). With -drip, each
+// file is sent with its Content-Length and then one byte every 200 ms (a
+// stalled or hostile server):
 //
-//	serve DIR
+//	serve [-drip] DIR
 func cmdServe(ts *testscript.TestScript, neg bool, args []string) {
+	drip := len(args) == 2 && args[0] == "-drip"
+	if drip {
+		args = args[1:]
+	}
 	if neg || len(args) != 1 {
-		ts.Fatalf("usage: serve DIR")
+		ts.Fatalf("usage: serve [-drip] DIR")
 	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	ts.Check(err)
-	srv := &http.Server{Handler: http.FileServer(http.Dir(ts.MkAbs(args[0]))), ReadHeaderTimeout: 10 * time.Second}
+	var h http.Handler = http.FileServer(http.Dir(ts.MkAbs(args[0])))
+	stop := make(chan struct{})
+	if drip {
+		dir := ts.MkAbs(args[0])
+		h = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			b, err := os.ReadFile(filepath.Join(dir, filepath.Base(r.URL.Path)))
+			if err != nil {
+				http.NotFound(w, r)
+				return
+			}
+			w.Header().Set("Content-Length", strconv.Itoa(len(b)))
+			for i := range b {
+				if _, err := w.Write(b[i : i+1]); err != nil {
+					return
+				}
+				w.(http.Flusher).Flush()
+				select {
+				case <-time.After(200 * time.Millisecond):
+				case <-r.Context().Done():
+					return
+				case <-stop:
+					return
+				}
+			}
+		})
+	}
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
 		_ = srv.Serve(ln)
 	}()
 	ts.Defer(func() {
+		close(stop)
 		_ = srv.Close()
 		<-done
 	})

@@ -84,7 +84,7 @@ commit timeout, or run 'otactl revert').`,
 				if grace < time.Second {
 					return usageErrorf("--health-grace must be at least 1s")
 				}
-				timeout += grace // the health check's retries, then the commit
+				timeout += grace + min(f.G.Timeout, 5*time.Second) // the health check's tries, then the commit
 			}
 			return f.withDeviceTimeout(cmd.Context(), timeout, func(ctx context.Context, c *rpc.Client, d *ota.Device) error {
 				bs, err := d.CommitAfterHealthCheck(ctx, ota.HealthOptions{Method: health, Grace: grace, CallTimeout: min(f.G.Timeout, 5*time.Second)})

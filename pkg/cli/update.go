@@ -427,9 +427,9 @@ func (o *UpdateOptions) commit(ctx context.Context, c *rpc.Client, out *ota.Outc
 			h.Grace = max(room, time.Second)
 		}
 	}
-	// The health check has its own grace period; the rest of the commit
-	// the usual --timeout.
-	cctx, ccancel := context.WithTimeout(ctx, h.Grace+f.G.Timeout)
+	// The health check has its own grace period (its last try may end one
+	// call timeout later); the rest of the commit the usual --timeout.
+	cctx, ccancel := context.WithTimeout(ctx, h.Grace+h.CallTimeout+f.G.Timeout)
 	bs, err := ota.New(c).CommitAfterHealthCheck(cctx, h)
 	ccancel()
 	if errors.Is(err, ota.ErrAlreadyCommitted) && bs.ActiveSlot == out.After.ActiveSlot && bs.IsCommitted {
