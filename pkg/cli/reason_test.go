@@ -9,6 +9,7 @@ import (
 
 	"github.com/otactl/otactl/pkg/ota"
 	"github.com/otactl/otactl/pkg/rpc"
+	"github.com/otactl/otactl/pkg/transport"
 )
 
 // Every reason code goes with the exit code docs/exit-codes.md gives it:
@@ -45,6 +46,11 @@ func TestReasonAndExitCodeAgree(t *testing.T) {
 		{fmt.Errorf("x: %w", rpc.ErrAuth), ota.ReasonAuth},
 		{&ota.ReplyError{Method: "OTA.GetBootState", Missing: []string{"active_slot"}}, ota.ReasonBadReply},
 		{fmt.Errorf("odd: %w", ota.ErrNotRPC), ota.ReasonNotRPC},
+		{&rpc.LinkError{Method: "Sys.GetInfo", Err: fmt.Errorf("html: %w", transport.ErrNotRPC)}, ota.ReasonNotRPC},
+		{&ota.PushError{Err: fmt.Errorf("html: %w", transport.ErrNotRPC)}, ota.ReasonNotRPC},
+		{fmt.Errorf("x: %w", rpc.ErrDuplicateReply), ota.ReasonDuplicateDevice},
+		{&ota.PushError{Err: io.EOF}, ota.ReasonFailed},
+		{&ota.PushError{Err: &rpc.LinkError{Method: "OTA.Write", Err: io.EOF}}, ota.ReasonUnreachable},
 		{errors.New("disk full"), ota.ReasonFailed},
 	} {
 		got := reasonFor(tc.err)

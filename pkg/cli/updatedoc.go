@@ -142,7 +142,7 @@ func reasonFor(err error) ota.Reason {
 	case ExitUsage:
 		return ota.ReasonUsage
 	}
-	if r == ota.ReasonNotRPC || r == ota.ReasonBadReply || r == ota.ReasonInterrupted {
+	if r == ota.ReasonNotRPC || r == ota.ReasonBadReply || r == ota.ReasonInterrupted || r == ota.ReasonDuplicateDevice {
 		return r
 	}
 	return ota.ReasonFailed

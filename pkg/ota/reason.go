@@ -91,6 +91,10 @@ const (
 	// ReasonNotRPC: the device answered something that is not an RPC frame
 	// (exit 1).
 	ReasonNotRPC Reason = "not_rpc"
+	// ReasonDuplicateDevice: more than one device answered one request
+	// (two devices with one id on an MQTT broker), so nothing they said can
+	// be trusted (exit 1).
+	ReasonDuplicateDevice Reason = "duplicate_device"
 	// ReasonBadReply: the device's reply lacks fields the command needs
 	// (exit 1).
 	ReasonBadReply Reason = "bad_reply"
@@ -105,7 +109,7 @@ var ReasonExit = map[Reason]int{
 	ReasonDownloadFailed: 6, ReasonUpdateTimeout: 6, ReasonRejected: 6, ReasonDeviceReset: 6,
 	ReasonNoReboot: 6, ReasonWrongFirmware: 6, ReasonRolledBack: 6, ReasonHealthFailed: 6,
 	ReasonUnreachable: 5, ReasonTimeout: 5, ReasonAuth: 4, ReasonDeviceError: 3, ReasonUsage: 2,
-	ReasonInterrupted: 1, ReasonNotRPC: 1, ReasonBadReply: 1, ReasonFailed: 1,
+	ReasonInterrupted: 1, ReasonNotRPC: 1, ReasonDuplicateDevice: 1, ReasonBadReply: 1, ReasonFailed: 1,
 }
 
 // ReasonError attaches a reason to an error, for failures whose cause
@@ -126,16 +130,15 @@ func WithReason(reason Reason, err error) error {
 	return &ReasonError{Reason: reason, Err: err}
 }
 
-// ErrNotRPC may be wrapped by link errors that mean the device answered
-// something that is not an RPC frame; ReasonOf maps it to ReasonNotRPC.
-// (Transports may define their own sentinel and wrap this one too.)
-var ErrNotRPC = errors.New("the device answered something that is not an RPC frame")
+// ErrNotRPC is matched by every error meaning that the device answered
+// something that is not an RPC frame (transport.ErrNotRPC): ReasonNotRPC.
+var ErrNotRPC = transport.ErrNotRPC
 
 // ReasonOf returns the reason code for an error from this package, pkg/rpc
-// or a transport: the innermost explicit one (WithReason), else one told
-// from the error's kind, in the same order of precedence as the CLI's exit
-// codes (an update failure wins over the device's *rpc.Error it wraps). A
-// nil error is ReasonOK.
+// or a transport: the innermost explicit one (WithReason, or an error with
+// a Reason() string method), else one told from the error's kind, in the
+// same order of precedence as the CLI's exit codes (an update failure wins
+// over the device's *rpc.Error it wraps). A nil error is ReasonOK.
 func ReasonOf(err error) Reason {
 	if err == nil {
 		return ReasonOK
@@ -148,19 +151,22 @@ func ReasonOf(err error) Reason {
 	if errors.As(err, &coded) {
 		return Reason(coded.Reason())
 	}
-	var pe *PushError
 	switch {
 	case errors.Is(err, context.Canceled):
 		return ReasonInterrupted
-	case errors.Is(err, ErrTimeoutRange):
+	case errors.Is(err, ErrTimeoutRange), errors.Is(err, transport.ErrBadPort):
 		return ReasonUsage
-	case errors.Is(err, ErrHealthCheck):
-		return ReasonHealthFailed
-	case errors.Is(err, ErrBusy):
-		return ReasonBusy
-	case errors.Is(err, ErrUncommitted):
-		return ReasonUncommitted
+	case errors.Is(err, rpc.ErrDuplicateReply):
+		return ReasonDuplicateDevice
 	case errors.Is(err, ErrUpdateFailed):
+		switch {
+		case errors.Is(err, ErrHealthCheck):
+			return ReasonHealthFailed
+		case errors.Is(err, ErrBusy):
+			return ReasonBusy
+		case errors.Is(err, ErrUncommitted):
+			return ReasonUncommitted
+		}
 		var rpcErr *rpc.Error
 		if errors.As(err, &rpcErr) {
 			return DeviceMessageReason(rpcErr.Message)
@@ -170,20 +176,10 @@ func ReasonOf(err error) Reason {
 			return DeviceMessageReason(be.Msg)
 		}
 		return ReasonRejected
-	case errors.As(err, &pe):
-		// A push that failed on the link: the boot state is unchanged.
-		if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, os.ErrDeadlineExceeded) {
-			return ReasonTimeout
-		}
-		return ReasonUnreachable
 	case errors.Is(err, ErrAlreadyCommitted):
 		return ReasonDeviceError
 	case errors.Is(err, rpc.ErrAuth):
 		return ReasonAuth
-	case errors.Is(err, ErrBadReply):
-		return ReasonBadReply
-	case errors.Is(err, ErrNotRPC):
-		return ReasonNotRPC
 	}
 	var rpcErr *rpc.Error
 	if errors.As(err, &rpcErr) {
@@ -194,12 +190,18 @@ func ReasonOf(err error) Reason {
 	}
 	var le *rpc.LinkError
 	switch {
+	case errors.Is(err, ErrNotRPC):
+		return ReasonNotRPC
+	case errors.Is(err, ErrBadReply):
+		return ReasonBadReply
 	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, os.ErrDeadlineExceeded):
 		return ReasonTimeout
 	case errors.As(err, &le), errors.Is(err, transport.ErrClosed):
 		return ReasonUnreachable
-	case errors.Is(err, transport.ErrBadPort):
-		return ReasonUsage
+	}
+	var pe *PushError
+	if errors.As(err, &pe) {
+		return ReasonUnreachable // a push cut by its link; the boot state is unchanged
 	}
 	return ReasonFailed
 }
