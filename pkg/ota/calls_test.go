@@ -286,3 +286,67 @@ func TestTypesJSON(t *testing.T) {
 		t.Fatal("Firmware.Matches")
 	}
 }
+
+// A reply to OTA.Update that never comes (dropped on the way, or cut off
+// by the reboot) does not hold otactl for the whole update timeout: once
+// OTA.Status shows the update over for a few seconds, the call ends as a
+// lost reply and the outcome wait takes over.
+func TestUpdateReplyLostSeenThroughStatus(t *testing.T) {
+	for _, away := range []bool{false, true} {
+		bubble(t, func(t *testing.T, ctx context.Context) {
+			d := newFakeDev(t)
+			d.srv.Handle("OTA.Update", func(ctx context.Context, _ *rpc.Request) (any, error) {
+				d.mu.Lock()
+				d.status = ota.Status{State: ota.StateProgress, ProgressPercent: 50}
+				d.mu.Unlock()
+				time.Sleep(3 * time.Second)
+				d.mu.Lock()
+				if away {
+					d.status = ota.Status{State: ota.StateSuccess}
+				}
+				d.bootedAt = time.Now()
+				d.mu.Unlock()
+				if away { // the reboot: OTA.Status unanswered for a while, then idle
+					d.srv.Handle("OTA.Status", func(ctx context.Context, _ *rpc.Request) (any, error) {
+						<-ctx.Done()
+						return nil, ctx.Err()
+					})
+					time.Sleep(4 * time.Second)
+					d.srv.Handle("OTA.Status", func(context.Context, *rpc.Request) (any, error) { return map[string]any{"state": 0}, nil })
+				} else {
+					d.mu.Lock()
+					d.status = ota.Status{State: ota.StateIdle}
+					d.mu.Unlock()
+				}
+				<-ctx.Done() // the reply never comes
+				return nil, ctx.Err()
+			})
+			ev := &events{}
+			start := time.Now()
+			acc, err := ota.New(d.client(t)).Update(ctx, ota.UpdateArgs{URL: "http://x/fw.zip", OnEvent: ev.fn})
+			if err != nil || acc.Confirmed || ev.count(ota.EventNoReply) != 1 || time.Since(start) > 30*time.Second {
+				t.Fatalf("away=%v: %+v, %v after %v, events %v", away, acc, err, time.Since(start), ev.kinds())
+			}
+		})
+	}
+	// A failed update returns the updater to idle as it replies: its error
+	// reply still wins.
+	bubble(t, func(t *testing.T, ctx context.Context) {
+		d := newFakeDev(t)
+		d.srv.Handle("OTA.Update", func(context.Context, *rpc.Request) (any, error) {
+			d.mu.Lock()
+			d.status = ota.Status{State: ota.StateProgress}
+			d.mu.Unlock()
+			time.Sleep(3 * time.Second)
+			d.mu.Lock()
+			d.status = ota.Status{State: ota.StateIdle}
+			d.mu.Unlock()
+			time.Sleep(2 * time.Second) // a slow link
+			return nil, rpc.Errorf(-1, "Invalid CRC")
+		})
+		_, err := ota.New(d.client(t)).Update(ctx, ota.UpdateArgs{URL: "http://x/fw.zip", OnEvent: (&events{}).fn})
+		if !errors.Is(err, ota.ErrUpdateFailed) || ota.ReasonOf(err) != ota.ReasonCorruptBundle {
+			t.Fatalf("err = %v", err)
+		}
+	})
+}

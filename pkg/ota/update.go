@@ -64,14 +64,17 @@ func (d *Device) Update(ctx context.Context, args UpdateArgs) (Accepted, error) 
 	start := time.Now()
 	var wg sync.WaitGroup
 	stop := make(chan struct{})
-	if args.OnEvent != nil {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			d.pollProgress(ctx, stop, args)
-		}()
-	}
-	_, err := d.c.Call(ctx, "OTA.Update", params)
+	// The poller ends the call when OTA.Status shows the update over
+	// without its reply having come (lost on the way, or cut off by the
+	// reboot): otherwise otactl would wait the whole update timeout.
+	callCtx, endCall := context.WithCancelCause(ctx)
+	defer endCall(nil)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		d.pollProgress(ctx, stop, args, endCall)
+	}()
+	_, err := d.c.Call(callCtx, "OTA.Update", params)
 	close(stop)
 	wg.Wait()
 
@@ -80,6 +83,9 @@ func (d *Device) Update(ctx context.Context, args UpdateArgs) (Accepted, error) 
 		emit(args.OnEvent, Event{Kind: EventDownload, Percent: 100, Msg: "download complete"})
 		emit(args.OnEvent, Event{Kind: EventAccepted, Msg: "the device installed the update and is rebooting"})
 		return Accepted{Confirmed: true}, nil
+	case ctx.Err() == nil && errors.Is(context.Cause(callCtx), errReplyLost):
+		emit(args.OnEvent, Event{Kind: EventNoReply, Err: errReplyLost, Msg: "no reply to OTA.Update, and OTA.Status shows no update running any more: the reply was lost, the device probably rebooted"})
+		return Accepted{}, nil
 	case lostLink(ctx, err):
 		emit(args.OnEvent, Event{Kind: EventNoReply, Err: err, Msg: "no reply to OTA.Update; the device is probably rebooting"})
 		return Accepted{}, nil
@@ -94,9 +100,21 @@ func (d *Device) Update(ctx context.Context, args UpdateArgs) (Accepted, error) 
 	return Accepted{}, d.rejected(ctx, "the device did not install the update from "+args.URL, err)
 }
 
-// pollProgress reports OTA.Status progress until stop is closed. Percent
-// is capped at 99: only the reply says the device finished.
-func (d *Device) pollProgress(ctx context.Context, stop <-chan struct{}, args UpdateArgs) {
+// errReplyLost ends an OTA.Update call whose reply cannot come any more.
+var errReplyLost = errors.New("OTA.Status shows the update over, but its reply did not come")
+
+// replyGrace is how long the reply to OTA.Update may trail OTA.Status
+// showing the update over (a failed update returns the updater to idle as
+// it replies) before the reply counts as lost.
+const replyGrace = 5 * time.Second
+
+// pollProgress reports OTA.Status progress (with OnEvent) until stop is
+// closed. Percent is capped at 99: only the reply says the device
+// finished. It also watches for an update that ended without its reply
+// reaching us: OTA.Status idle, for replyGrace, after it showed the update
+// running or finished, or after the device was away; it then calls
+// endCall(errReplyLost).
+func (d *Device) pollProgress(ctx context.Context, stop <-chan struct{}, args UpdateArgs, endCall context.CancelCauseFunc) {
 	every := args.ProgressInterval
 	if every <= 0 {
 		every = time.Second
@@ -104,6 +122,8 @@ func (d *Device) pollProgress(ctx context.Context, stop <-chan struct{}, args Up
 	t := time.NewTicker(every)
 	defer t.Stop()
 	last := -1
+	var seen bool // the update was seen running or finished, or the device away
+	var idleSince time.Time
 	for {
 		select {
 		case <-stop:
@@ -115,7 +135,26 @@ func (d *Device) pollProgress(ctx context.Context, stop <-chan struct{}, args Up
 		pctx, cancel := context.WithTimeout(ctx, every*5)
 		st, err := d.Status(pctx)
 		cancel()
-		if err != nil || st.State != StateProgress {
+		switch {
+		case err != nil:
+			if !isDeviceError(err) || isCode(err, CodeShuttingDown) {
+				seen = true // away, or going: a reboot may cut the reply off
+			}
+			idleSince = time.Time{}
+			continue
+		case st.State == StateProgress || st.State == StateSuccess:
+			seen, idleSince = true, time.Time{}
+		case st.State == StateIdle && seen:
+			if idleSince.IsZero() {
+				idleSince = time.Now()
+			} else if time.Since(idleSince) >= replyGrace {
+				endCall(errReplyLost)
+				return
+			}
+		default:
+			idleSince = time.Time{}
+		}
+		if args.OnEvent == nil || st.State != StateProgress {
 			continue
 		}
 		p := min(max(st.ProgressPercent, 0), 99)
