@@ -78,8 +78,24 @@ const (
 	// ReasonTimeout: the device did not answer, or the outcome was not
 	// clear, in time (exit 5).
 	ReasonTimeout Reason = "timeout"
-	// ReasonAuth: the device or broker refused the credentials (exit 4).
-	ReasonAuth Reason = "auth"
+	// ReasonAuth: the device or broker refused the credentials, for a
+	// reason none of the codes below names (exit 4).
+	ReasonAuth Reason = "auth_failed"
+	// ReasonAuthRequired: the device wants credentials and none were given
+	// (transport.AuthError; exit 4).
+	ReasonAuthRequired Reason = "auth_required"
+	// ReasonAuthRefused: the device or broker refused the credentials
+	// given (exit 4).
+	ReasonAuthRefused Reason = "auth_refused"
+	// ReasonForbidden: the device's ACL refused the call (error 403), also
+	// when it stops an update or push (exit 4).
+	ReasonForbidden Reason = "forbidden"
+	// ReasonAuthMalformed: the device could not use the authentication
+	// sent (exit 4).
+	ReasonAuthMalformed Reason = "auth_malformed"
+	// ReasonTLS: TLS with the device or broker failed (transport.TLSError;
+	// exit 4).
+	ReasonTLS Reason = "tls"
 	// ReasonDeviceError: the device answered a call with an RPC error that
 	// is not about an update (exit 3), e.g. OTA.Commit on a committed
 	// firmware.
@@ -108,7 +124,8 @@ var ReasonExit = map[Reason]int{
 	ReasonUncommitted: 6, ReasonWrongPlatform: 6, ReasonBusy: 6, ReasonCorruptBundle: 6, ReasonBadSignature: 6,
 	ReasonDownloadFailed: 6, ReasonUpdateTimeout: 6, ReasonRejected: 6, ReasonDeviceReset: 6,
 	ReasonNoReboot: 6, ReasonWrongFirmware: 6, ReasonRolledBack: 6, ReasonHealthFailed: 6,
-	ReasonUnreachable: 5, ReasonTimeout: 5, ReasonAuth: 4, ReasonDeviceError: 3, ReasonUsage: 2,
+	ReasonUnreachable: 5, ReasonTimeout: 5, ReasonDeviceError: 3, ReasonUsage: 2,
+	ReasonAuth: 4, ReasonAuthRequired: 4, ReasonAuthRefused: 4, ReasonForbidden: 4, ReasonAuthMalformed: 4, ReasonTLS: 4,
 	ReasonInterrupted: 1, ReasonNotRPC: 1, ReasonDuplicateDevice: 1, ReasonBadReply: 1, ReasonFailed: 1,
 }
 
