@@ -450,9 +450,11 @@ func (d *Device) handleFrame(ctx context.Context, f *frame.Frame) *frame.Frame {
 		return nil
 	}
 	resp := d.srv.HandleFrame(ctx, f)
-	if d.poweredOff.Load() || epoch.Err() != nil {
+	if d.poweredOff.Load() || d.fl.dead.Load() || epoch.Err() != nil {
 		// Off, or rebooted meanwhile: a device does not answer a call
-		// of its previous run.
+		// of its previous run. (The flash dies first at a power cut, and
+		// poweredOff follows: a handler that failed on the dead flash
+		// must not get its error out in between.)
 		return nil
 	}
 	return resp
