@@ -143,14 +143,18 @@ func (d *Device) otaStatus(context.Context, *rpc.Request) (any, error) {
 	if u := d.upd; u != nil {
 		progress = u.percent()
 	}
-	return map[string]any{
+	st := map[string]any{
 		"state":            d.status.state,
 		"msg":              d.statusMsgLocked(),
 		"is_committed":     d.mem.IsCommitted,
 		"partition":        d.mem.ActiveSlot,
 		"commit_timeout":   d.mem.CommitTimeout,
 		"progress_percent": progress,
-	}, nil
+	}
+	if off, ok := d.pushOffsetLocked(); ok {
+		st["offset"] = off // emulator extension: where a push resumes
+	}
+	return st, nil
 }
 
 func (d *Device) otaCreateSnapshot(_ context.Context, req *rpc.Request) (any, error) {

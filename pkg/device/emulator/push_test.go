@@ -1,6 +1,7 @@
 package emulator
 
 import (
+	"bytes"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
@@ -15,7 +16,9 @@ import (
 	"time"
 
 	"github.com/otactl/otactl/pkg/ota/bundle"
+	"github.com/otactl/otactl/pkg/rpc"
 	"github.com/otactl/otactl/pkg/rpc/frame"
+	"github.com/otactl/otactl/pkg/transport/pipe"
 )
 
 // push sends b through OTA.Begin/Write/End in chunks, as mos does.
@@ -233,4 +236,241 @@ func (p *patternReader) Read(b []byte) (int, error) {
 		b[i] = byte(p.n*2654435761>>13) ^ byte(p.n>>8)
 	}
 	return len(b), nil
+}
+
+// status returns OTA.Status as a map.
+func (e *env) status() map[string]any {
+	e.t.Helper()
+	var st map[string]any
+	if err := json.Unmarshal(e.mustCall("OTA.Status", nil), &st); err != nil {
+		e.t.Fatal(err)
+	}
+	return st
+}
+
+// write sends OTA.Write of b[off:end].
+func (e *env) write(b []byte, off, end int) error {
+	e.t.Helper()
+	_, err := e.call("OTA.Write", map[string]any{"offset": off, "data": base64.StdEncoding.EncodeToString(b[off:end])})
+	return err
+}
+
+// waitEarly waits until n writes wait for a gap in the running push.
+func (e *env) waitEarly(n int) {
+	e.t.Helper()
+	deadline := time.Now().Add(waitLimit)
+	for {
+		e.d.mu.Lock()
+		u := e.d.upd
+		e.d.mu.Unlock()
+		got := -1
+		if u != nil {
+			u.pmu.Lock()
+			got = u.waiting
+			u.pmu.Unlock()
+		}
+		if got == n {
+			return
+		}
+		if time.Now().After(deadline) {
+			e.t.Fatalf("%d writes wait for a gap, want %d", got, n)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// While a push runs, OTA.Status says which offset the next write must
+// carry; a client that lost its link resumes there.
+func TestPushStatusOffset(t *testing.T) {
+	e := newEnv(t, nil)
+	b := makeBundle(t, fw{version: "2.0.0"})
+	if _, ok := e.status()["offset"]; ok {
+		t.Fatal("offset reported with no push running")
+	}
+	e.mustCall("OTA.Begin", map[string]any{"size": len(b)})
+	if st := e.status(); st["offset"] != 0.0 || st["state"] != 1.0 {
+		t.Fatalf("status after Begin: %v", st)
+	}
+	if err := e.write(b, 0, 1000); err != nil {
+		t.Fatal(err)
+	}
+	if st := e.status(); st["offset"] != 1000.0 {
+		t.Fatalf("status after 1000 bytes: %v", st)
+	}
+	// A write elsewhere is refused, naming the offset the device expects.
+	wantErr(t, e.write(b, 500, 1500), -1, "Wrong offset 500, expected 1000")
+	wantErr(t, e.write(b, 0, 1000), -1, "Wrong offset 0, expected 1000")
+	if st := e.status(); st["offset"] != 1000.0 || st["state"] != 1.0 {
+		t.Fatalf("status after refused writes: %v", st)
+	}
+	// The rest, by a new client (the first one lost its link).
+	e.c.Close()
+	e.c = rpc.NewClient(pipe.New(e.d.Handler()), rpc.ClientOptions{})
+	t.Cleanup(func() { e.c.Close() })
+	for off := 1000; off < len(b); off += 2900 {
+		if err := e.write(b, off, min(off+2900, len(b))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.mustCall("OTA.End", nil)
+	e.waitBoots(2)
+	if _, ok := e.status()["offset"]; ok {
+		t.Fatal("offset reported after the push")
+	}
+	if v := e.info()["fw_version"]; v != "2.0.0" {
+		t.Fatal(v)
+	}
+}
+
+// Writes that arrive ahead of a gap (the transports handle frames
+// concurrently, so a client's writes in flight may be processed out of
+// order) wait for it to be filled, and then are processed in order.
+func TestPushWriteAheadOfGapWaits(t *testing.T) {
+	e := newEnv(t, nil)
+	b := makeBundle(t, fw{version: "2.0.0"})
+	e.mustCall("OTA.Begin", map[string]any{"size": len(b)})
+	errs := make(chan error, 2)
+	go func() { errs <- e.write(b, 2000, 3000) }()
+	e.waitEarly(1)
+	go func() { errs <- e.write(b, 1000, 2000) }()
+	e.waitEarly(2)
+	if st := e.status(); st["offset"] != 0.0 {
+		t.Fatalf("early writes were processed: %v", st)
+	}
+	if err := e.write(b, 0, 1000); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if st := e.status(); st["offset"] != 3000.0 {
+		t.Fatalf("status: %v", st)
+	}
+	for off := 3000; off < len(b); off += 2900 {
+		if err := e.write(b, off, min(off+2900, len(b))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.mustCall("OTA.End", nil)
+	e.waitBoots(2)
+	if v := e.info()["fw_version"]; v != "2.0.0" {
+		t.Fatal(v)
+	}
+}
+
+// A gap that stays open is refused after reorderWait of device time with
+// the offset the device expects, so the client resends from there; the
+// push stays alive.
+func TestPushGapRefusedAfterWait(t *testing.T) {
+	e := newEnv(t, nil)
+	b := makeBundle(t, fw{version: "2.0.0"})
+	e.mustCall("OTA.Begin", map[string]any{"size": len(b)})
+	if err := e.write(b, 0, 1000); err != nil {
+		t.Fatal(err)
+	}
+	errs := make(chan error, 1)
+	go func() { errs <- e.write(b, 2000, 3000) }()
+	e.waitEarly(1)
+	e.clock.Advance(reorderWait - time.Millisecond)
+	select {
+	case err := <-errs:
+		t.Fatalf("refused before reorderWait: %v", err)
+	default:
+	}
+	e.clock.Advance(time.Millisecond)
+	wantErr(t, <-errs, -1, "Wrong offset 2000, expected 1000")
+	if st := e.status(); st["offset"] != 1000.0 || st["state"] != 1.0 {
+		t.Fatalf("status: %v", st)
+	}
+	if err := e.write(b, 1000, 2000); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A write waits for as long as the write before it is being processed (a
+// slow flash), however long that is; only then does reorderWait count.
+func TestPushEarlyWriteWaitsForSlowWrite(t *testing.T) {
+	release := make(chan struct{})
+	var blocked atomic.Bool
+	entered := make(chan struct{})
+	e := newEnv(t, func(cfg *Config) {
+		cfg.Hooks.FlashWrite = func(w FlashWrite) error {
+			if w.Kind == "part" && blocked.CompareAndSwap(false, true) {
+				close(entered)
+				<-release
+			}
+			return nil
+		}
+	})
+	app := bytes.Repeat([]byte("x"), 20000)
+	b := makeBundle(t, fw{version: "2.0.0", app: app})
+	e.mustCall("OTA.Begin", map[string]any{"size": len(b)})
+	// The updater takes the first write and blocks writing the part to
+	// flash; the second write is then stuck handing its data over.
+	if err := e.write(b, 0, 8000); err != nil {
+		t.Fatal(err)
+	}
+	<-entered
+	slow := make(chan error, 1)
+	go func() { slow <- e.write(b, 8000, 9000) }()
+	e.waitUntil("the second write to be processed", func(State) bool {
+		e.d.mu.Lock()
+		u := e.d.upd
+		e.d.mu.Unlock()
+		u.pmu.Lock()
+		defer u.pmu.Unlock()
+		return u.busy
+	})
+	early := make(chan error, 1)
+	go func() { early <- e.write(b, 9000, 10000) }()
+	e.waitEarly(1)
+	e.clock.Advance(10 * reorderWait)
+	select {
+	case err := <-early:
+		t.Fatalf("the early write gave up while the one before it was processed: %v", err)
+	default:
+	}
+	close(release)
+	if err := <-slow; err != nil {
+		t.Fatal(err)
+	}
+	if err := <-early; err != nil {
+		t.Fatal(err)
+	}
+	if st := e.status(); st["offset"] != 10000.0 {
+		t.Fatalf("status: %v", st)
+	}
+}
+
+// An interrupted push lives on with nobody connected, until its watchdog
+// fires; then writes are refused with the reason.
+func TestPushAbandonedEndsAtWatchdog(t *testing.T) {
+	e := newEnv(t, nil)
+	b := makeBundle(t, fw{version: "2.0.0"})
+	e.mustCall("OTA.Begin", map[string]any{"size": len(b), "timeout": 30})
+	if err := e.write(b, 0, 1000); err != nil {
+		t.Fatal(err)
+	}
+	e.c.Close()
+	e.clock.Advance(29 * time.Second)
+	e.c = rpc.NewClient(pipe.New(e.d.Handler()), rpc.ClientOptions{})
+	t.Cleanup(func() { e.c.Close() })
+	if st := e.status(); st["state"] != 1.0 || st["offset"] != 1000.0 {
+		t.Fatalf("status before the watchdog: %v", st)
+	}
+	e.clock.Advance(time.Second)
+	e.waitUntil("the update to end", func(s State) bool { return s.OTAState == 2 })
+	st := e.status()
+	if st["state"] != 2.0 || st["msg"] != "Update timed out" {
+		t.Fatalf("status after the watchdog: %v", st)
+	}
+	if _, ok := st["offset"]; ok {
+		t.Fatalf("offset reported after the push ended: %v", st)
+	}
+	wantErr(t, e.write(b, 1000, 2000), -1, "Update timed out")
+	if bs := e.bootState(); bs != committed0 {
+		t.Fatalf("%+v", bs)
+	}
 }

@@ -2,7 +2,6 @@ package emulator
 
 import (
 	"context"
-	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
@@ -33,11 +32,14 @@ type update struct {
 	err         error // set before done is closed
 	notModified bool
 
-	// push (OTA.Begin/Write/End)
-	push bool
-	pmu  sync.Mutex
-	pw   *io.PipeWriter
-	next int64
+	// push (OTA.Begin/Write/End): see push.go
+	push    bool
+	pmu     sync.Mutex     // guards the fields below
+	pw      *io.PipeWriter // feeds the updater
+	next    int64          // the offset the next OTA.Write must carry
+	busy    bool           // a write is being handed to the updater
+	moved   chan struct{}  // closed and replaced when next or busy change
+	waiting int            // writes that arrived ahead of a gap, waiting
 }
 
 func (u *update) percent() int {
@@ -367,104 +369,4 @@ func (d *Device) fetch(u *update, url string) (int, error) {
 		u.total.Store(resp.ContentLength)
 	}
 	return d.apply(u, resp.Body)
-}
-
-func (d *Device) otaBegin(_ context.Context, req *rpc.Request) (any, error) {
-	size := intArg(req, "size", 0)
-	u, err := d.beginUpdate(intArg(req, "timeout", 0), intArg(req, "commit_timeout", 0), size, true)
-	if err != nil {
-		return nil, err
-	}
-	pr, pw := io.Pipe()
-	u.pw = pw
-	stop := context.AfterFunc(u.ctx, func() { pr.CloseWithError(context.Cause(u.ctx)) })
-	if !d.spawn(func() {
-		defer stop()
-		target, err := d.apply(u, pr)
-		if err == nil {
-			// The rest (central directory) is not parsed but counted, as
-			// a device does; wait for End.
-			if _, derr := io.Copy(io.Discard, &countingReader{u: u, r: pr}); derr != nil {
-				err = derr
-			}
-		}
-		if err != nil {
-			pr.CloseWithError(err)
-		}
-		d.finishUpdate(u, target, err)
-	}) {
-		d.finishUpdate(u, 0, errRebooted)
-	}
-	return nil, nil
-}
-
-// pushUpdate returns the running push update, or the error to reply.
-func (d *Device) pushUpdate() (*update, error) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	u := d.upd
-	if u == nil || !u.push {
-		if d.status.state == 2 {
-			return nil, rpc.Errorf(-1, "%s", d.status.msg)
-		}
-		return nil, rpc.Errorf(-1, msgNotStarted)
-	}
-	return u, nil
-}
-
-func (d *Device) otaWrite(_ context.Context, req *rpc.Request) (any, error) {
-	u, err := d.pushUpdate()
-	if err != nil {
-		return nil, err
-	}
-	off, ok, oerr := req.Int("offset")
-	data, dok := req.String("data")
-	if !ok || oerr != nil || !dok {
-		return nil, rpc.Errorf(-1, msgMalformed)
-	}
-	raw, err := base64.StdEncoding.DecodeString(data)
-	if err != nil {
-		return nil, rpc.Errorf(-1, msgMalformed)
-	}
-	u.pmu.Lock()
-	defer u.pmu.Unlock()
-	if off != u.next {
-		return nil, rpc.Errorf(-1, "Wrong offset %d, expected %d", off, u.next)
-	}
-	if u.ctx.Err() != nil { // watchdog fired, rebooting, or finished
-		return nil, endedError(u)
-	}
-	n, err := u.pw.Write(raw)
-	u.next += int64(n)
-	if n > 0 {
-		// A device processes the chunk before it replies: by then
-		// OTA.Status shows it (the pipe's reader may not have counted it
-		// yet).
-		u.got.Add(int64(n))
-	}
-	if err != nil {
-		return nil, endedError(u)
-	}
-	return nil, nil
-}
-
-// endedError is the reply to a Write that found u ending: its failure, or
-// "not started" when it ended well (OTA.End got there first).
-func endedError(u *update) error {
-	<-u.done
-	if u.err == nil {
-		return rpc.Errorf(-1, msgNotStarted)
-	}
-	return rpc.Errorf(-1, "%s", statusMessage(u.err))
-}
-
-func (d *Device) otaEnd(ctx context.Context, _ *rpc.Request) (any, error) {
-	u, err := d.pushUpdate()
-	if err != nil {
-		return nil, err
-	}
-	u.pmu.Lock()
-	u.pw.Close()
-	u.pmu.Unlock()
-	return waitUpdate(ctx, u)
 }
