@@ -337,6 +337,19 @@ func (c *Client) Close() error {
 // when the device sent none). A reply whose error code is non-zero becomes
 // an *Error; code 0 is success.
 func (c *Client) Call(ctx context.Context, method string, params any) (json.RawMessage, error) {
+	req, err := c.request(method, params)
+	if err != nil {
+		return nil, err
+	}
+	resp, authed, err := c.authRoundTrip(ctx, req)
+	if err != nil {
+		return nil, err
+	}
+	return c.result(resp, method, authed)
+}
+
+// request builds the request frame of a call, with a new id.
+func (c *Client) request(method string, params any) (*frame.Frame, error) {
 	req := &frame.Frame{ID: NewID(), Src: c.opts.Src, Dst: c.opts.Dst, Method: method}
 	if params != nil {
 		raw, ok := params.(json.RawMessage)
@@ -353,10 +366,12 @@ func (c *Client) Call(ctx context.Context, method string, params any) (json.RawM
 			req.Params = raw
 		}
 	}
-	resp, authed, err := c.authRoundTrip(ctx, req)
-	if err != nil {
-		return nil, err
-	}
+	return req, nil
+}
+
+// result turns the final reply of a call into its result: an error object
+// with a non-zero code becomes an *Error (403 an *AuthError).
+func (c *Client) result(resp *frame.Frame, method string, authed bool) (json.RawMessage, error) {
 	if resp.Error != nil && resp.Error.Code == 403 {
 		return nil, &AuthError{Kind: transport.AuthForbidden, User: c.presentedUser(authed), Method: method, Where: c.opts.Where,
 			Err: &Error{Method: method, Code: resp.Error.Code, Message: resp.Error.Message}}
@@ -376,15 +391,27 @@ func (c *Client) Call(ctx context.Context, method string, params any) (json.RawM
 // *AuthError. authed reports whether the reply answers a request that
 // carried credentials.
 func (c *Client) authRoundTrip(ctx context.Context, req *frame.Frame) (resp *frame.Frame, authed bool, err error) {
+	known := c.presetAuth(req)
+	if resp, err = c.roundTrip(ctx, req); err != nil {
+		return nil, false, err
+	}
+	return c.authReply(ctx, req, known, resp)
+}
+
+// presetAuth answers the known challenge in req up front, and returns it.
+func (c *Client) presetAuth(req *frame.Frame) *challenge {
 	c.mu.Lock()
 	known := c.challenge
 	c.mu.Unlock()
 	if known != nil && c.opts.Creds != nil {
 		req.Auth = known.answer(c.opts.Creds)
 	}
-	if resp, err = c.roundTrip(ctx, req); err != nil {
-		return nil, false, err
-	}
+	return known
+}
+
+// authReply deals with the device's answer resp to req, sent with the
+// known challenge answered (presetAuth): see authRoundTrip.
+func (c *Client) authReply(ctx context.Context, req *frame.Frame, known *challenge, resp *frame.Frame) (_ *frame.Frame, authed bool, err error) {
 	if req.Auth != nil && isBadRequest(resp) {
 		// The device's realm or algorithm changed since: ask afresh.
 		c.setChallenge(known, nil)
@@ -479,66 +506,98 @@ func (c *Client) Notify(ctx context.Context, method string, params json.RawMessa
 }
 
 func (c *Client) roundTrip(ctx context.Context, req *frame.Frame) (*frame.Frame, error) {
-	cl := &call{method: req.Method, ch: make(chan reply, 1)}
-	c.mu.Lock()
-	if c.dup != nil {
-		err := c.dup
-		c.mu.Unlock()
+	cl, err := c.register(req)
+	if err != nil {
 		return nil, err
 	}
+	if err := c.conn.Send(ctx, req); err != nil {
+		c.forget(req.ID, cl)
+		return nil, sendError(ctx, req, err)
+	}
+	return c.await(ctx, req, cl, nil)
+}
+
+// register makes room for the reply to req.
+func (c *Client) register(req *frame.Frame) (*call, error) {
+	cl := &call{method: req.Method, ch: make(chan reply, 1)}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.dup != nil {
+		return nil, c.dup
+	}
 	if c.readErr != nil {
-		err := c.readErr
-		c.mu.Unlock()
-		return nil, &LinkError{Method: req.Method, Err: fmt.Errorf("connection lost: %w", err)}
+		return nil, &LinkError{Method: req.Method, Err: fmt.Errorf("connection lost: %w", c.readErr)}
 	}
 	// The digest retry sends the same id again: its reply is not a second
 	// answer to the first.
 	c.answered.forget(req.ID)
 	cl.sent = time.Now()
 	c.pending[req.ID] = cl
+	return cl, nil
+}
+
+// forget gives up waiting for the reply to id.
+func (c *Client) forget(id int64, cl *call) {
+	c.mu.Lock()
+	if c.pending[id] == cl {
+		delete(c.pending, id)
+	}
 	c.mu.Unlock()
-	forget := func() {
-		c.mu.Lock()
-		if c.pending[req.ID] == cl {
-			delete(c.pending, req.ID)
-		}
-		c.mu.Unlock()
+}
+
+// sendError is the error of a call whose Send failed.
+func sendError(ctx context.Context, req *frame.Frame, err error) error {
+	var nr *transport.NotRPCError
+	if errors.As(err, &nr) {
+		// HTTP: the answer to this very request was unreadable.
+		return &BadReplyError{Method: req.Method, Err: err}
 	}
-	if err := c.conn.Send(ctx, req); err != nil {
-		forget()
-		var nr *transport.NotRPCError
-		if errors.As(err, &nr) {
-			// HTTP: the answer to this very request was unreadable.
-			return nil, &BadReplyError{Method: req.Method, Err: err}
-		}
-		if ctxErr := ctx.Err(); ctxErr != nil && !errors.Is(err, ctxErr) {
-			err = fmt.Errorf("%w (%v)", ctxErr, err)
-		}
-		return nil, &LinkError{Method: req.Method, Err: err}
+	if ctxErr := ctx.Err(); ctxErr != nil && !errors.Is(err, ctxErr) {
+		err = fmt.Errorf("%w (%v)", ctxErr, err)
 	}
-	select {
-	case r := <-cl.ch:
-		return r.f, r.err
-	case <-ctx.Done():
-		forget()
-		select { // a reply (or a verdict on it) may have landed meanwhile
-		case r := <-cl.ch:
-			return r.f, r.err
-		default:
-		}
-		return nil, &LinkError{Method: req.Method, Err: fmt.Errorf("no reply: %w", ctx.Err())}
-	case <-c.done:
-		forget()
-		// A reply may have landed just before the reader stopped.
+	return &LinkError{Method: req.Method, Err: err}
+}
+
+// await waits for the reply to req. sent, if not nil, delivers the result
+// of a Send still running: a failure ends the wait.
+func (c *Client) await(ctx context.Context, req *frame.Frame, cl *call, sent <-chan error) (*frame.Frame, error) {
+	for {
 		select {
 		case r := <-cl.ch:
 			return r.f, r.err
-		default:
+		case err := <-sent:
+			sent = nil
+			if err == nil {
+				continue
+			}
+			c.forget(req.ID, cl)
+			select { // a reply (or a verdict on it) may have landed meanwhile
+			case r := <-cl.ch:
+				return r.f, r.err
+			default:
+			}
+			return nil, sendError(ctx, req, err)
+		case <-ctx.Done():
+			c.forget(req.ID, cl)
+			select { // a reply (or a verdict on it) may have landed meanwhile
+			case r := <-cl.ch:
+				return r.f, r.err
+			default:
+			}
+			return nil, &LinkError{Method: req.Method, Err: fmt.Errorf("no reply: %w", ctx.Err())}
+		case <-c.done:
+			c.forget(req.ID, cl)
+			// A reply may have landed just before the reader stopped.
+			select {
+			case r := <-cl.ch:
+				return r.f, r.err
+			default:
+			}
+			c.mu.Lock()
+			err := c.readErr
+			c.mu.Unlock()
+			return nil, &LinkError{Method: req.Method, Err: fmt.Errorf("connection lost: %w", err)}
 		}
-		c.mu.Lock()
-		err := c.readErr
-		c.mu.Unlock()
-		return nil, &LinkError{Method: req.Method, Err: fmt.Errorf("connection lost: %w", err)}
 	}
 }
 

@@ -15,6 +15,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"net/url"
 	"strings"
 	"sync"
@@ -282,6 +283,11 @@ func (c *Conn) post(ctx context.Context, body []byte, authz string) ([]byte, err
 	if authz != "" {
 		req.Header.Set("Authorization", authz)
 	}
+	// Tell a caller keeping several requests in flight that this one is on
+	// its way (transport.WithSent), so that the next one follows it.
+	req = req.WithContext(httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{
+		WroteRequest: func(httptrace.WroteRequestInfo) { transport.Sent(ctx) },
+	}))
 	resp, err := c.client.Do(req)
 	if err != nil {
 		return nil, c.requestError(err)

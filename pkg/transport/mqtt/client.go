@@ -225,6 +225,9 @@ func (c *conn) Send(ctx context.Context, f *frame.Frame) error {
 	case <-c.lost:
 		return c.lostErr()
 	}
+	// The message is queued on the connection in order: a caller keeping
+	// several requests in flight may send the next one (transport.WithSent).
+	transport.Sent(ctx)
 	select {
 	case <-tok.Done():
 		if err := tok.Error(); err != nil {
