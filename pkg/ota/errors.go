@@ -17,6 +17,11 @@ var ErrUpdateFailed = errors.New("the update did not take")
 // already running or one that finished and waits for its reboot.
 var ErrBusy = errors.New("the device is busy with another update")
 
+// ErrLinkLost is wrapped by Push's error when the link was lost and did
+// not come back within PushOptions.ReconnectTimeout (the error is a
+// *PushError; the device's watchdog ends the update it was receiving).
+var ErrLinkLost = errors.New("the link to the device did not come back")
+
 // ErrHealthCheck is wrapped (with ErrUpdateFailed) by
 // CommitAfterHealthCheck when the health-check method failed, so the
 // firmware was not committed.
@@ -75,4 +80,75 @@ func (e *PushError) Unwrap() []error {
 		return []error{ErrUpdateFailed, e.Err}
 	}
 	return []error{e.Err}
+}
+
+// Reason codes of an UpdateLostError (see its Reason method).
+const (
+	// ReasonDeviceReset: the device was reset (rebooted, power cut) during
+	// the push, so its update was lost.
+	ReasonDeviceReset = "device_reset"
+	// ReasonUpdateAborted: the device ended the update during the push
+	// (its watchdog fired, or another client aborted it), or runs another
+	// update than this push's.
+	ReasonUpdateAborted = "update_aborted"
+)
+
+// UpdateLostError is returned by Push when the device no longer runs the
+// push's update after the push was cut off (link lost, writes refused): it
+// was reset, or its update ended or was replaced. Nothing was applied: the
+// device changes its boot state only at the end of a complete bundle, so
+// it runs its old firmware and its boot state is unchanged. It wraps
+// ErrUpdateFailed; a new push starts over.
+type UpdateLostError struct {
+	// Offset is how many bytes the device had confirmed, Size the bundle's.
+	Offset, Size int64
+	// Rebooted: the device's uptime says it booted after the push began.
+	Rebooted bool
+	// Other: the device runs an update that is not this push's (it
+	// expects an offset this push never reached, or fell behind what it
+	// had confirmed).
+	Other bool
+	// Status is OTA.Status as read once the link was back (zero if not
+	// read).
+	Status Status
+	// Err is what cut the push off (a link error, the device's refusal).
+	Err error
+}
+
+func (e *UpdateLostError) Error() string {
+	at := fmt.Sprintf("after %d of %d bytes", e.Offset, e.Size)
+	var what string
+	switch {
+	case e.Rebooted && e.Status.State == StateProgress:
+		what = fmt.Sprintf("the device was reset during the push (%s) and now runs another update", at)
+	case e.Rebooted:
+		what = fmt.Sprintf("the device was reset during the push (%s): the update was lost", at)
+	case e.Other:
+		what = fmt.Sprintf("the device runs another update than this push's (%s): %v", at, e.Err)
+	case e.Status.State == StateIdle:
+		what = fmt.Sprintf("the device no longer runs the update (%s; OTA.Status: idle): it was reset, or the update was ended", at)
+	default:
+		msg := e.Status.Msg
+		if msg == "" {
+			msg = e.Status.State.String()
+		}
+		what = fmt.Sprintf("the device ended the update (%s; OTA.Status: %s)", at, msg)
+	}
+	if e.Err != nil && !e.Other {
+		what += fmt.Sprintf(" [the push was cut off by: %v]", e.Err)
+	}
+	return what + "; nothing was applied, the device runs its old firmware and its boot state is unchanged: push again"
+}
+
+// Unwrap returns ErrUpdateFailed: the update did not take.
+func (e *UpdateLostError) Unwrap() error { return ErrUpdateFailed }
+
+// Reason is a stable code for scripts: ReasonDeviceReset when the device
+// was reset (its uptime says so, or OTA.Status fell back to idle, which a
+// device shows after a boot), else ReasonUpdateAborted.
+func (e *UpdateLostError) Reason() string {
+	if e.Rebooted || (e.Status.State == StateIdle && !e.Other) {
+		return ReasonDeviceReset
+	}
+	return ReasonUpdateAborted
 }

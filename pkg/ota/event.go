@@ -10,7 +10,15 @@ const (
 	// EventRetry: a write failed and is retried at the same offset (Sent is
 	// the offset, Attempt the attempt about to be made, Err why).
 	EventRetry EventKind = "retry"
-	// EventAbort: the push failed; OTA.End is sent to abort it (Err why).
+	// EventReconnecting: the link was lost during a push (or the device
+	// does not answer); otactl is regaining it (Sent is the offset the
+	// device confirmed, Attempt the attempt, Err the last error).
+	EventReconnecting EventKind = "reconnecting"
+	// EventResumed: the link is back and the device still runs the update:
+	// the push goes on at Sent.
+	EventResumed EventKind = "resumed"
+	// EventAbort: the push failed; OTA.End is sent to abort it (Err why),
+	// or the device no longer runs the update.
 	EventAbort EventKind = "abort"
 	// EventFinalizing: all data was sent; the device verifies the bundle
 	// (OTA.End).

@@ -65,6 +65,15 @@ type fakeDev struct {
 	writeHook func(call int, off int64) fault
 	endHook   func() fault
 	newFW     ota.Firmware // the firmware in the pushed bundle
+	// reportOffset makes OTA.Status report "offset" during a push, as the
+	// otactl emulator does (real firmware does not).
+	reportOffset bool
+	// ordered makes a write that arrives ahead of the expected offset wait
+	// for the writes before it, as the otactl emulator does (the pipe
+	// transport runs handlers concurrently). Without it, such a write is
+	// refused at once, naming the expected offset.
+	ordered bool
+	moved   chan struct{} // closed and replaced when data grows
 
 	// link and reboots
 	clientOpts rpc.ClientOptions
@@ -113,8 +122,12 @@ func newFakeDev(t *testing.T) *fakeDev {
 	h("OTA.Status", func(context.Context, *rpc.Request) (any, error) {
 		d.mu.Lock()
 		defer d.mu.Unlock()
-		return map[string]any{"state": d.status.State, "msg": d.status.Msg, "progress_percent": d.status.ProgressPercent,
-			"is_committed": d.boot.IsCommitted, "commit_timeout": d.boot.CommitTimeout, "partition": d.boot.ActiveSlot}, nil
+		st := map[string]any{"state": d.status.State, "msg": d.status.Msg, "progress_percent": d.status.ProgressPercent,
+			"is_committed": d.boot.IsCommitted, "commit_timeout": d.boot.CommitTimeout, "partition": d.boot.ActiveSlot}
+		if d.reportOffset && d.status.State == ota.StateProgress {
+			st["offset"] = len(d.data)
+		}
+		return st, nil
 	})
 	h("OTA.Begin", func(_ context.Context, r *rpc.Request) (any, error) {
 		d.mu.Lock()
@@ -168,6 +181,19 @@ func (d *fakeDev) write(ctx context.Context, r *rpc.Request) (any, error) {
 		return nil, err
 	}
 	d.mu.Lock()
+	for d.ordered && off > int64(len(d.data)) && d.status.State == ota.StateProgress {
+		if d.moved == nil {
+			d.moved = make(chan struct{})
+		}
+		moved := d.moved
+		d.mu.Unlock()
+		select {
+		case <-moved:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+		d.mu.Lock()
+	}
 	if derr != nil {
 		d.mu.Unlock()
 		return nil, rpc.Errorf(-1, "Malformed request")
@@ -182,8 +208,18 @@ func (d *fakeDev) write(ctx context.Context, r *rpc.Request) (any, error) {
 		return nil, err
 	}
 	d.data = append(d.data, raw...)
+	if d.moved != nil {
+		close(d.moved)
+		d.moved = nil
+	}
+	conn := d.conns[len(d.conns)-1]
 	d.mu.Unlock()
 	if f.applyDrop {
+		<-ctx.Done()
+		return nil, ctx.Err()
+	}
+	if f.hangUp {
+		go conn.Close()
 		<-ctx.Done()
 		return nil, ctx.Err()
 	}

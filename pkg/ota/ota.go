@@ -180,6 +180,10 @@ type Status struct {
 	IsCommitted     bool   `json:"is_committed"`
 	CommitTimeout   int    `json:"commit_timeout"`
 	Partition       int    `json:"partition"`
+	// Offset is where the next OTA.Write of a running push must write:
+	// the bytes the device holds. Real firmware does not report it; the
+	// otactl emulator does (docs/emulator.md). Nil when absent.
+	Offset *int64 `json:"offset,omitempty"`
 	// Raw is the whole result as the device sent it.
 	Raw json.RawMessage `json:"-"`
 }

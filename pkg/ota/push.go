@@ -29,6 +29,19 @@ const (
 	DefaultEndTimeout = 60 * time.Second
 	// DefaultTries is the number of attempts per chunk (as mos).
 	DefaultTries = 3
+	// MaxWindow bounds PushOptions.Window (the emulator keeps at most 64
+	// early writes waiting).
+	MaxWindow = 64
+	// DefaultWindow is the window otactl uses over WebSocket and MQTT: the
+	// smallest of 1, 2, 4 … 32 that pushes through mosquitto on loopback
+	// ten times as fast as one write per round trip (docs/benchmarks.md),
+	// and below mosquitto's default of 20 QoS 1 messages in flight per
+	// client, beyond which the broker queues them anyway.
+	DefaultWindow = 16
+	// DefaultHTTPWindow is the window otactl uses over HTTP, where each
+	// write in flight is a connection the device must accept at once, and
+	// a small device serves only a few.
+	DefaultHTTPWindow = 4
 )
 
 // Envelope is what an OTA.Write frame carries besides its data, for sizing
@@ -122,8 +135,34 @@ type PushOptions struct {
 	// sent == total only after OTA.End succeeded (not when its reply was
 	// lost: EventNoReply says so instead).
 	Progress func(sent, total int64)
-	// OnEvent, if set, gets EventBegin, EventRetry, EventAbort,
-	// EventFinalizing, EventAccepted and EventNoReply.
+	// Window is how many OTA.Write calls are kept in flight: 1 (the
+	// default) waits for each reply before the next write, as mos does;
+	// more hide the link's round trip (docs/benchmarks.md). Writes leave in
+	// offset order; a device that gets one out of order refuses it naming
+	// the offset it expects, and Push resends from there. Keep 1 on serial
+	// links: the device's UART buffer holds one frame.
+	Window int
+	// Redial, if set, lets Push resume after a lost link: it closes the
+	// client it was using (a serial port has one user at a time), dials
+	// again with backoff, reads OTA.Status and, while the device's update
+	// is alive, continues at the offset the device expects. Push closes
+	// the clients it dialed before it returns. Without Redial a lost link
+	// is retried over the same client, which only helps links that come
+	// back by themselves (HTTP).
+	Redial Dialer
+	// ReconnectTimeout bounds the time spent regaining the link after it
+	// was lost, or waiting for a device that stopped answering (default:
+	// Timeout, after which the device's watchdog has ended the update).
+	ReconnectTimeout time.Duration
+	// AttemptTimeout bounds each dial and each call made while regaining
+	// the link (default 5 s).
+	AttemptTimeout time.Duration
+	// Backoff spaces attempts to regain the link (default 250 ms, doubling
+	// up to 5 s).
+	Backoff Backoff
+	// OnEvent, if set, gets EventBegin, EventRetry, EventReconnecting,
+	// EventResumed, EventAbort, EventFinalizing, EventAccepted and
+	// EventNoReply.
 	OnEvent func(Event)
 }
 
@@ -159,6 +198,24 @@ func (o *PushOptions) defaults(size int64) error {
 	if o.Timeout <= 0 {
 		o.Timeout = DefaultUpdateTimeout
 	}
+	if o.Window <= 0 {
+		o.Window = 1
+	}
+	if o.Window > MaxWindow {
+		return fmt.Errorf("window %d: at most %d writes can be in flight", o.Window, MaxWindow)
+	}
+	if o.ReconnectTimeout <= 0 {
+		o.ReconnectTimeout = o.Timeout
+	}
+	if o.AttemptTimeout <= 0 {
+		o.AttemptTimeout = 5 * time.Second
+	}
+	if o.Backoff.Initial <= 0 {
+		o.Backoff.Initial = 250 * time.Millisecond
+	}
+	if o.Backoff.Max < o.Backoff.Initial {
+		o.Backoff.Max = max(5*time.Second, o.Backoff.Initial)
+	}
 	return nil
 }
 
@@ -169,6 +226,9 @@ type PushResult struct {
 	Chunks    int   `json:"chunks"`
 	// Retries counts write attempts beyond the first, over all chunks.
 	Retries int `json:"retries"`
+	// Resumes counts the times the push regained a lost link and went on
+	// where the device was.
+	Resumes int `json:"resumes"`
 	// Accepted says whether the reply to OTA.End came (see Accepted).
 	Accepted
 	Elapsed time.Duration `json:"elapsed_ns"`
@@ -180,35 +240,41 @@ type PushResult struct {
 //
 // It starts only if OTA.Status is idle or shows a failed update (state 0 or
 // 2); otherwise it returns an error wrapping ErrBusy and ErrUpdateFailed.
-// Each chunk is tried up to opts.Tries times at the same offset (a try
-// that failed at once is retried after a pause of 1 s, then 2 s, ..., so
-// that the tries outlast a brief loss of the link); a device error
-// (*rpc.Error) is not retried, since the device has then aborted, except
-// that "Wrong offset X, expected Y" on a retry, with Y the end of the
-// chunk, means an earlier try landed and only its reply was lost.
 //
-// Abort: when a chunk fails for good, or ctx is cancelled, Push sends
+// Writes: up to opts.Window OTA.Write calls are in flight, in offset order.
+// When one fails without a device error (no reply in time, link lost), Push
+// finds out where the device stands before going on: it reads OTA.Status
+// (over a new link from opts.Redial when the old one is gone, with backoff,
+// for up to opts.ReconnectTimeout) and, while the device's update is still
+// running, resumes at the offset the device expects: OTA.Status "offset"
+// when the device reports it, else the last offset the device confirmed, a
+// device's "Wrong offset N, expected M" reply then naming the right one.
+// Resuming never re-enters an update that is not this push's: when the
+// device was reset meanwhile (uptime), shows no update (idle) or a failed
+// one, Push returns an *UpdateLostError (wrapping ErrUpdateFailed): nothing
+// was applied. Each offset gets opts.Tries attempts.
+//
+// Abort: when the transfer fails for good, or ctx is cancelled, Push sends
 // OTA.End (under its own short deadline, even if ctx is done) so the device
 // leaves the update state at once instead of after its watchdog. This is
 // safe: the device changes its boot state only when it finalises a
 // complete bundle whose digests all verified, and a bundle cut short never
 // has its end (the zip central directory), so OTA.End can only abort it; the
 // inactive slot is left with garbage, the running firmware and the boot
-// state are untouched. A later push starts over from offset 0 with a new
-// OTA.Begin; nothing ever resumes into a half-written slot. The error is a
-// *PushError. (Only if the failed chunk was the last and the device had in
-// fact received it can that OTA.End succeed; the update is then applied and
-// Push returns success.)
+// state are untouched. The error is a *PushError. (Only if the device in
+// fact had every byte can that OTA.End succeed; the update is then applied
+// and Push returns success.)
 //
-// A device refusal at OTA.Begin or OTA.End (bad bundle, wrong platform,
-// digest mismatch, firmware not committed) wraps ErrUpdateFailed and the
-// *rpc.Error; the boot state is unchanged.
+// A device refusal at OTA.Begin, OTA.Write or OTA.End (bad bundle, wrong
+// platform, digest mismatch, firmware not committed) wraps ErrUpdateFailed
+// and the *rpc.Error; the boot state is unchanged.
 //
 // Reboot: the device reboots right after finalising, so the reply to OTA.End
 // may never come. When the link drops or OTA.End times out after all data
 // was acknowledged, Push reports success with Accepted.Confirmed false and
 // an EventNoReply: the device is probably rebooting, and WaitOutcome (not
-// Push) decides whether the update took.
+// Push) decides whether the update took. (With opts.Redial, a device found
+// still waiting for the end of the data gets OTA.End again.)
 func (d *Device) Push(ctx context.Context, r io.ReaderAt, size int64, opts PushOptions) (PushResult, error) {
 	start := time.Now()
 	res := PushResult{Size: size}
@@ -222,11 +288,6 @@ func (d *Device) Push(ctx context.Context, r io.ReaderAt, size int64, opts PushO
 		return res, fmt.Errorf("push: %w", err)
 	}
 	res.ChunkSize = opts.ChunkSize
-	report := func(sent int64) {
-		if opts.Progress != nil {
-			opts.Progress(sent, size)
-		}
-	}
 
 	// 1. Only start from idle or a failed update.
 	sctx, cancel := context.WithTimeout(ctx, opts.WriteTimeout)
@@ -263,120 +324,31 @@ func (d *Device) Push(ctx context.Context, r io.ReaderAt, size int64, opts PushO
 		}
 		return res, d.rejected(ctx, "the device refused to start the update (OTA.Begin)", err)
 	}
-	emit(opts.OnEvent, Event{Kind: EventBegin, Total: size,
-		Msg: fmt.Sprintf("sending %d bytes in chunks of %d", size, opts.ChunkSize)})
+	msg := fmt.Sprintf("sending %d bytes in chunks of %d", size, opts.ChunkSize)
+	if opts.Window > 1 {
+		msg += fmt.Sprintf(", up to %d writes in flight", opts.Window)
+	}
+	emit(opts.OnEvent, Event{Kind: EventBegin, Total: size, Msg: msg})
 
 	// 3. Write.
-	buf := make([]byte, opts.ChunkSize)
-	for off := int64(0); off < size; {
-		n := int(min(int64(opts.ChunkSize), size-off))
-		var werr error
-		if k, rerr := r.ReadAt(buf[:n], off); k < n {
-			if rerr == nil || rerr == io.EOF {
-				rerr = io.ErrUnexpectedEOF
-			}
-			werr = fmt.Errorf("reading the bundle: %w", rerr)
-		} else {
-			werr = d.write(ctx, opts, &res, off, buf[:n])
-		}
-		if werr != nil {
-			res, err := d.failed(ctx, opts, res, off, werr, report)
-			res.Elapsed = time.Since(start)
-			return res, err
-		}
-		res.Chunks++
-		off += int64(n)
-		if off < size {
-			report(off) // the last chunk is reported once OTA.End succeeded
-		}
+	p := &pusher{dev: d, opts: opts, r: r, size: size, res: &res, begunAt: time.Now(),
+		buf: make([]byte, opts.ChunkSize)}
+	defer p.closeOwn()
+	if err := p.transfer(ctx); err != nil || p.finished {
+		res.Elapsed = time.Since(start)
+		return res, err
 	}
 
 	// 4. End.
-	emit(opts.OnEvent, Event{Kind: EventFinalizing, Sent: size, Total: size,
-		Msg: "all data sent; the device is verifying the bundle"})
-	ectx, cancel := context.WithTimeout(ctx, opts.EndTimeout)
-	_, err = d.c.Call(ectx, "OTA.End", nil)
-	cancel()
+	err = p.end(ctx)
 	res.Elapsed = time.Since(start)
-	switch {
-	case err == nil:
-		report(size)
-		emit(opts.OnEvent, Event{Kind: EventAccepted, Sent: size, Total: size,
-			Msg: "the device accepted the update and is rebooting"})
-		res.Confirmed = true
-		return res, nil
-	case lostLink(ctx, err):
-		// Not reported as 100%: the device did not confirm.
-		emit(opts.OnEvent, Event{Kind: EventNoReply, Err: err, Sent: size, Total: size,
-			Msg: "no reply to OTA.End; the device is probably rebooting"})
-		return res, nil
-	case ctx.Err() != nil:
-		return res, fmt.Errorf("push: OTA.End: %w", err)
-	}
-	return res, fmt.Errorf("%w: the device rejected the bundle when finalising (OTA.End): %w; its boot state is unchanged", ErrUpdateFailed, err)
+	return res, err
 }
 
 // retryPause is the shortest time between the starts of the first two
-// tries of a chunk; it doubles for each further try.
+// tries of a chunk over a link that stays up (a write that failed at once);
+// it doubles for each further try.
 const retryPause = time.Second
-
-// write sends one chunk, with retries at the same offset.
-func (d *Device) write(ctx context.Context, opts PushOptions, res *PushResult, off int64, data []byte) error {
-	params := writeParams{Offset: off, Data: base64.StdEncoding.EncodeToString(data)}
-	timeout := opts.WriteTimeout
-	if off == 0 {
-		timeout = opts.FirstWriteTimeout
-	}
-	var err error
-	var took time.Duration
-	for attempt := 1; attempt <= opts.Tries; attempt++ {
-		if attempt > 1 {
-			// A write that failed at once (connection refused, link
-			// briefly gone) is retried after a pause (1 s, 2 s, ...), so
-			// that the tries span more than a glitch.
-			if pause := retryPause << (attempt - 2); took < pause {
-				if serr := sleep(ctx, pause-took); serr != nil {
-					return fmt.Errorf("%w (%v)", serr, err)
-				}
-			}
-			res.Retries++
-			emit(opts.OnEvent, Event{Kind: EventRetry, Sent: off, Total: res.Size, Attempt: attempt, Err: err,
-				Msg: fmt.Sprintf("write at offset %d failed (%v); retrying, attempt %d of %d", off, err, attempt, opts.Tries)})
-		}
-		wctx, cancel := context.WithTimeout(ctx, timeout)
-		t0 := time.Now()
-		_, err = d.c.Call(wctx, "OTA.Write", params)
-		took = time.Since(t0)
-		cancel()
-		if err != nil && attempt > 1 && alreadyWritten(err, off+int64(len(data))) {
-			return nil // an earlier attempt landed; only its reply was lost
-		}
-		if err == nil || isDeviceError(err) {
-			return err
-		}
-		if cerr := ctx.Err(); cerr != nil {
-			return fmt.Errorf("%w (%v)", cerr, err)
-		}
-	}
-	return err
-}
-
-// failed ends a push whose chunk at off failed for good: it aborts the
-// update with OTA.End and returns the *PushError, unless OTA.End succeeds,
-// which means the device had the whole bundle after all (the last chunk
-// landed, only its replies were lost) and finalised it.
-func (d *Device) failed(ctx context.Context, opts PushOptions, res PushResult, off int64, cause error, report func(int64)) (PushResult, error) {
-	endErr := d.abort(ctx, opts, off, res.Size, cause)
-	if endErr == nil {
-		res.Chunks = int((res.Size + int64(opts.ChunkSize) - 1) / int64(opts.ChunkSize))
-		res.Confirmed = true
-		report(res.Size)
-		emit(opts.OnEvent, Event{Kind: EventAccepted, Sent: res.Size, Total: res.Size,
-			Msg: "the device had the whole bundle, accepted the update and is rebooting"})
-		return res, nil
-	}
-	return res, &PushError{Offset: off, Err: cause, Rejected: isDeviceError(cause), Aborted: isDeviceError(endErr)}
-}
 
 // abort sends OTA.End to end a failed push, under its own deadline even if
 // ctx is done. It returns OTA.End's error: normally an *rpc.Error (the
@@ -390,22 +362,21 @@ func (d *Device) abort(ctx context.Context, opts PushOptions, off, total int64, 
 	return err
 }
 
-// wrongOffset matches a device's reply to a write at an offset it already
-// has, e.g. "Wrong offset 0, expected 2652".
+// wrongOffset matches a device's reply to a write at an offset other than
+// the one it expects, e.g. "Wrong offset 0, expected 2652".
 var wrongOffset = regexp.MustCompile(`(?i)expected\D{0,3}(\d+)`)
 
-// alreadyWritten reports whether err is the device refusing a retried write
-// because it already holds the data up to end (the earlier attempt landed,
-// its reply was lost).
-func alreadyWritten(err error, end int64) bool {
+// expectedOffset returns the offset a device's refusal of a write names as
+// the one it expects ("Wrong offset 0, expected 2652").
+func expectedOffset(err error) (int64, bool) {
 	var re *rpc.Error
 	if !errors.As(err, &re) {
-		return false
+		return 0, false
 	}
 	m := wrongOffset.FindStringSubmatch(re.Message)
 	if m == nil {
-		return false
+		return 0, false
 	}
 	n, perr := strconv.ParseInt(m[1], 10, 64)
-	return perr == nil && n == end
+	return n, perr == nil
 }
