@@ -195,10 +195,10 @@ func TestPushWindowOverRealLinks(t *testing.T) {
 // so that it can be restarted where it was (the shared one of
 // OTACTL_TEST_MOSQUITTO must not be).
 type mosquittoProc struct {
-	t    *testing.T
-	bin  string
-	conf string
-	addr string
+	t      *testing.T
+	bin    string
+	conf   string
+	addr   string
 	mu     sync.Mutex
 	cmd    *exec.Cmd
 	exited chan struct{} // closed once cmd was reaped

@@ -284,4 +284,3 @@ func TestPushEndResentAfterLinkLoss(t *testing.T) {
 		}
 	})
 }
-
