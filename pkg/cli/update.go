@@ -31,6 +31,7 @@ type UpdateOptions struct {
 	Force         bool
 	ChunkSize     int
 	Sig           sigCheckFlags // --pubkey, --sig-req-mask (signature.go)
+	Window        int
 
 	// stopServing, when set, ends the bundle server of --file once the
 	// update is decided.
@@ -325,6 +326,7 @@ type transferInfo struct {
 	ChunkSize int     `json:"chunk_size"`
 	Chunks    int     `json:"chunks"`
 	Retries   int     `json:"retries"`
+	Resumes   int     `json:"resumes"`
 	Seconds   float64 `json:"seconds"`
 	BytesPerS float64 `json:"bytes_per_second"`
 }

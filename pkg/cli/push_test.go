@@ -1,0 +1,165 @@
+package cli
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/json"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/otactl/otactl/pkg/device/emulator"
+	"github.com/otactl/otactl/pkg/ota/bundle"
+	"github.com/otactl/otactl/pkg/transport/mqtt/mqtttest"
+)
+
+// pushBundle writes a bundle of version with an app part of size random
+// bytes.
+func pushBundle(t *testing.T, version string, size int) string {
+	t.Helper()
+	app := make([]byte, size)
+	_, _ = rand.Read(app)
+	path := filepath.Join(t.TempDir(), "fw-"+version+".zip")
+	m := &bundle.Manifest{Name: "app", Platform: "esp32", Version: version, BuildID: "b" + version}
+	if err := bundle.CreateFile(path, m, []bundle.PartData{bundle.BytesData("app", bundle.Part{Type: "app", Src: "app.bin"}, app)}, nil); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// startEmulator starts an emulated device reachable over tr ("http", "ws",
+// "serial" or "mqtt") and returns it with its --port. mod may change the
+// configuration.
+func startEmulator(t *testing.T, tr string, mod func(*emulator.Config)) (*emulator.Device, string) {
+	t.Helper()
+	dir := t.TempDir()
+	cfg := emulator.Config{StateDir: filepath.Join(dir, "flash"), RebootAfter: 10 * time.Millisecond, RebootDelay: 300 * time.Millisecond}
+	switch tr {
+	case "http", "ws":
+		cfg.Listen = "127.0.0.1:0"
+	case "serial":
+		cfg.SerialLink = filepath.Join(dir, "tty")
+	case "mqtt":
+		cfg.MQTTBroker = mqtttest.StartBroker(t)
+	}
+	if mod != nil {
+		mod(&cfg)
+	}
+	d, err := emulator.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.Close() })
+	for _, l := range d.Listeners() {
+		if l.Transport == tr {
+			return d, l.Addr
+		}
+	}
+	t.Fatalf("no %s listener", tr)
+	return nil, ""
+}
+
+// A device reset in the middle of a push loses the update: one cause, one
+// verdict and one exit code (6, not applied, boot state unchanged) on every
+// transport, whether the link drops with the device (WebSocket, serial),
+// refuses connections for a while (HTTP) or stays up without the device
+// on it (MQTT). The device then takes the next push.
+func TestPushResetIsNotAppliedOnEveryTransport(t *testing.T) {
+	for _, tr := range []string{"http", "ws", "serial", "mqtt"} {
+		t.Run(tr, func(t *testing.T) {
+			var d *emulator.Device
+			var parts atomic.Int32
+			armed := atomic.Bool{}
+			armed.Store(true)
+			d, port := startEmulator(t, tr, func(cfg *emulator.Config) {
+				cfg.Hooks.FlashWrite = func(w emulator.FlashWrite) error {
+					// The reset comes a few chunks into the part.
+					if w.Kind == "part" && armed.Load() && parts.Add(1) == 5 {
+						armed.Store(false)
+						go d.Reboot()
+					}
+					return nil
+				}
+			})
+			fw := pushBundle(t, "2.0.0", 150<<10)
+			r := run(t, nil, "--port", port, "--timeout", "5s", "push", fw)
+			if r.code != ExitUpdate {
+				t.Fatalf("exit %d, want %d; stderr:\n%s", r.code, ExitUpdate, r.stderr)
+			}
+			for _, want := range []string{"was reset", "nothing was applied", "boot state is unchanged"} {
+				if !strings.Contains(r.stderr, want) {
+					t.Fatalf("stderr does not say %q:\n%s", want, r.stderr)
+				}
+			}
+			if s := d.State(); s.Boots != 2 || s.Version != "1.0.0" || s.Boot != (emulator.BootState{IsCommitted: true}) {
+				t.Fatalf("device state %+v", s)
+			}
+			r = run(t, nil, "--port", port, "--timeout", "5s", "push", pushBundle(t, "3.0.0", 20<<10), "--commit")
+			if r.code != 0 || !strings.Contains(r.stdout, "runs app 3.0.0, committed") {
+				t.Fatalf("the next push: exit %d, stdout %q, stderr:\n%s", r.code, r.stdout, r.stderr)
+			}
+		})
+	}
+}
+
+// The broker restarts in the middle of a push: otactl reconnects, finds the
+// device still receiving the update and goes on; the device ends up
+// updated. (The device reconnects to the broker by itself.)
+func TestPushResumesAfterBrokerRestart(t *testing.T) {
+	b := mqtttest.Start(t, mqtttest.Config{})
+	var parts atomic.Int32
+	restarted := make(chan struct{})
+	d, port := startEmulator(t, "mqtt", func(cfg *emulator.Config) {
+		cfg.MQTTBroker = b.URL
+		cfg.Hooks.FlashWrite = func(w emulator.FlashWrite) error {
+			if w.Kind == "part" && parts.Add(1) == 5 {
+				go func() {
+					defer close(restarted)
+					b.Close()
+					b = mqtttest.Start(t, mqtttest.Config{Addr: b.Addr})
+				}()
+			}
+			return nil
+		}
+	})
+	r := run(t, nil, "--port", port, "--timeout", "5s", "--json", "push", pushBundle(t, "2.0.0", 150<<10), "--commit")
+	<-restarted
+	if r.code != 0 {
+		t.Fatalf("exit %d; stdout %s; stderr:\n%s\nstate %+v", r.code, r.stdout, r.stderr, d.State())
+	}
+	var doc struct {
+		Result   string
+		Version  string
+		Transfer struct{ Resumes int }
+	}
+	if err := json.Unmarshal([]byte(r.stdout), &doc); err != nil {
+		t.Fatalf("%v: %s", err, r.stdout)
+	}
+	if doc.Result != "updated_committed" || doc.Version != "2.0.0" || doc.Transfer.Resumes < 1 {
+		t.Fatalf("result %+v", doc)
+	}
+	if s := d.State(); s.Version != "2.0.0" || !s.Boot.IsCommitted {
+		t.Fatalf("device state %+v", s)
+	}
+}
+
+func TestPushWindowFlag(t *testing.T) {
+	fw := pushBundle(t, "2.0.0", 1000)
+	for _, tc := range []struct {
+		port, window, want string
+	}{
+		{"http://127.0.0.1:1/rpc", "-1", "--window must be positive"},
+		{"ws://127.0.0.1:1/rpc", "65", "at most 64"},
+		{"/dev/ttyUSB7", "2", "a serial link sends one write at a time"},
+	} {
+		r := run(t, nil, "--port", tc.port, "push", fw, "--window", tc.window)
+		if r.code != ExitUsage || !strings.Contains(r.stderr, tc.want) {
+			t.Fatalf("--port %s --window %s: exit %d, stderr %q", tc.port, tc.window, r.code, r.stderr)
+		}
+	}
+}
