@@ -179,7 +179,7 @@ func runPush(ctx context.Context, o *UpdateOptions) error {
 		}
 		res, err = ota.New(c).Push(ctx, fh, st.Size(), ota.PushOptions{
 			ChunkSize: o.ChunkSize, Envelope: &env, FrameLimit: limit, Window: f.window(o.Window),
-			WriteTimeout: writeTimeout,
+			WriteTimeout:  writeTimeout,
 			CommitTimeout: o.CommitTimeout.otaValue(), Timeout: o.UpdateTimeout,
 			Redial: f.dialer(), ReconnectTimeout: reconnect, AttemptTimeout: attemptTimeout,
 			Progress: bar.Bytes,
