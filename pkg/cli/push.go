@@ -171,12 +171,15 @@ func runPush(ctx context.Context, o *UpdateOptions) error {
 			return err
 		}
 		defer c.Close()
-		// --timeout, when given, bounds each write and each call made to
-		// regain a lost link (else 20 s and 5 s).
-		var writeTimeout, attemptTimeout time.Duration
+		// --timeout, when given, bounds each write (else 20 s). A call made
+		// to regain a lost link gets at most ota.DefaultAttemptTimeout: a
+		// request sent while the device is still away from its broker is
+		// lost, and the next attempt should not wait long for its reply.
+		var writeTimeout time.Duration
 		if f.timeoutSet {
-			writeTimeout, attemptTimeout = f.G.Timeout, f.G.Timeout
+			writeTimeout = f.G.Timeout
 		}
+		attemptTimeout := min(f.G.Timeout, ota.DefaultAttemptTimeout)
 		res, err = ota.New(c).Push(ctx, fh, st.Size(), ota.PushOptions{
 			ChunkSize: o.ChunkSize, Envelope: &env, FrameLimit: limit, Window: f.window(o.Window),
 			WriteTimeout:  writeTimeout,

@@ -127,7 +127,9 @@ func TestPushResumesAfterBrokerRestart(t *testing.T) {
 			return nil
 		}
 	})
-	r := run(t, nil, "--port", port, "--timeout", "5s", "--json", "push", pushBundle(t, "2.0.0", 150<<10), "--commit")
+	// --timeout bounds the reconnection too: the device is back on the
+	// broker within its 2 s back-off.
+	r := run(t, nil, "--port", port, "--timeout", "15s", "--json", "push", pushBundle(t, "2.0.0", 150<<10), "--commit")
 	<-restarted
 	if r.code != 0 {
 		t.Fatalf("exit %d; stdout %s; stderr:\n%s\nstate %+v", r.code, r.stdout, r.stderr, d.State())

@@ -123,17 +123,27 @@ func serialCeiling(baud, chunk int, size int64, env ota.Envelope) float64 {
 }
 
 // BenchmarkPushNetwork pushes a 256 KiB bundle to the emulator over the
-// network transports on loopback, with 1 to 32 OTA.Write calls in flight:
-// HTTP and WebSocket served by the emulator, MQTT through an in-process
-// mochi broker and through a real mosquitto (OTACTL_TEST_MOSQUITTO, which
-// `make bench` sets via scripts/with-mosquitto.sh; skipped without it).
-// Compare the kB/s of the sub-benchmarks of one run:
+// network transports on loopback, one OTA.Write per round trip (window=1,
+// what push did before --window) and with several in flight: through a
+// real mosquitto (OTACTL_TEST_MOSQUITTO, which `make bench` sets via
+// scripts/with-mosquitto.sh; skipped without it) with 1 to 32, the
+// measurement behind ota.DefaultWindow; through an in-process mochi broker,
+// WebSocket and HTTP with 1 and their defaults. Compare the kB/s of the
+// sub-benchmarks of one run:
 //
 //	scripts/with-mosquitto.sh go test -run='^$' -bench=PushNetwork -benchtime=3x ./pkg/ota/
 func BenchmarkPushNetwork(b *testing.B) {
-	for _, tr := range []string{"mosquitto", "mochi", "ws", "http"} {
-		for _, w := range []int{1, 2, 4, 8, 16, 32} {
-			b.Run(fmt.Sprintf("transport=%s/window=%d", tr, w), func(b *testing.B) { benchPushNetwork(b, tr, w) })
+	for _, bc := range []struct {
+		tr      string
+		windows []int
+	}{
+		{"mosquitto", []int{1, 2, 4, 8, 16, 32}},
+		{"mochi", []int{1, ota.DefaultWindow}},
+		{"ws", []int{1, ota.DefaultWindow}},
+		{"http", []int{1, ota.DefaultHTTPWindow}},
+	} {
+		for _, w := range bc.windows {
+			b.Run(fmt.Sprintf("transport=%s/window=%d", bc.tr, w), func(b *testing.B) { benchPushNetwork(b, bc.tr, w) })
 		}
 	}
 }

@@ -29,6 +29,12 @@ const (
 	DefaultEndTimeout = 60 * time.Second
 	// DefaultTries is the number of attempts per chunk (as mos).
 	DefaultTries = 3
+	// DefaultAttemptTimeout bounds each dial and call made to regain a
+	// lost link during a push. Short: a request sent while the device is
+	// still away (not yet back on its MQTT broker) is lost, and waiting
+	// for its reply would only delay the next try; an OTA.Status reply
+	// takes milliseconds even over serial.
+	DefaultAttemptTimeout = 3 * time.Second
 	// MaxWindow bounds PushOptions.Window (the emulator keeps at most 64
 	// early writes waiting).
 	MaxWindow = 64
@@ -155,7 +161,7 @@ type PushOptions struct {
 	// Timeout, after which the device's watchdog has ended the update).
 	ReconnectTimeout time.Duration
 	// AttemptTimeout bounds each dial and each call made while regaining
-	// the link (default 5 s).
+	// the link (default DefaultAttemptTimeout).
 	AttemptTimeout time.Duration
 	// Backoff spaces attempts to regain the link (default 250 ms, doubling
 	// up to 5 s).
@@ -208,7 +214,7 @@ func (o *PushOptions) defaults(size int64) error {
 		o.ReconnectTimeout = o.Timeout
 	}
 	if o.AttemptTimeout <= 0 {
-		o.AttemptTimeout = 5 * time.Second
+		o.AttemptTimeout = DefaultAttemptTimeout
 	}
 	if o.Backoff.Initial <= 0 {
 		o.Backoff.Initial = 250 * time.Millisecond

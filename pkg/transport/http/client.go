@@ -107,8 +107,12 @@ func Dial(ctx context.Context, u *url.URL, opts transport.Options) (transport.Co
 		Proxy:             nil,
 		DialContext:       (&net.Dialer{}).DialContext,
 		ForceAttemptHTTP2: false,
-		MaxIdleConns:      4,
-		IdleConnTimeout:   0,
+		// A push keeps several requests in flight (otactl push --window):
+		// keep their connections for the next ones rather than open new
+		// ones to a small device.
+		MaxIdleConns:        16,
+		MaxIdleConnsPerHost: 16,
+		IdleConnTimeout:     0,
 	}
 	cw := &transport.CertWatch{}
 	if scheme == "https" {
