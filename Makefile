@@ -20,9 +20,11 @@ test:
 test-short:
 	$(GO) test -short ./...
 
-# Benchmarks stay out of CI. Compare runs with benchstat.
+# Benchmarks stay out of CI. Compare runs with benchstat. Like `make test`,
+# under a private mosquitto when it is installed, for the push benchmark
+# through a real broker (docs/benchmarks.md).
 bench:
-	$(GO) test -run='^$$' -bench=. -benchmem ./...
+	scripts/with-mosquitto.sh $(GO) test -run='^$$' -bench=. -benchmem ./...
 
 # Long fuzzing, one target after the other (CI runs only the seed corpora,
 # as part of `make test`). FUZZFLAGS=-parallel=1 keeps it to one core.

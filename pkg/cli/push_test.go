@@ -87,9 +87,16 @@ func TestPushResetIsNotAppliedOnEveryTransport(t *testing.T) {
 				}
 			})
 			fw := pushBundle(t, "2.0.0", 150<<10)
-			r := run(t, nil, "--port", port, "--timeout", "5s", "push", fw)
+			r := run(t, nil, "--port", port, "--timeout", "5s", "--json", "push", fw)
 			if r.code != ExitUpdate {
 				t.Fatalf("exit %d, want %d; stderr:\n%s", r.code, ExitUpdate, r.stderr)
+			}
+			var doc struct {
+				ExitCode int    `json:"exit_code"`
+				Reason   string `json:"reason"`
+			}
+			if err := json.Unmarshal([]byte(r.stdout), &doc); err != nil || doc.ExitCode != ExitUpdate || doc.Reason != "device_reset" {
+				t.Fatalf("--json document %s (%v)", r.stdout, err)
 			}
 			for _, want := range []string{"was reset", "nothing was applied", "boot state is unchanged"} {
 				if !strings.Contains(r.stderr, want) {

@@ -17,7 +17,6 @@ import (
 type pusher struct {
 	dev     *Device     // current link
 	own     *rpc.Client // the current link when Push dialed it, to close
-	dropped bool        // the caller's client was closed (Redial)
 	opts    PushOptions // with defaults
 	r       io.ReaderAt // the bundle
 	size    int64       // bundle size
@@ -46,6 +45,7 @@ type starter interface {
 type flight struct {
 	off  int64
 	n    int
+	base int64 // what the device had confirmed when it was sent
 	t0   time.Time
 	wait func() error
 }
@@ -88,7 +88,7 @@ func (p *pusher) start(ctx context.Context, off int64) (*flight, error) {
 	}
 	p.sentEnd = max(p.sentEnd, off+int64(n))
 	wctx, cancel := context.WithTimeout(ctx, timeout)
-	f := &flight{off: off, n: n, t0: time.Now()}
+	f := &flight{off: off, n: n, base: p.acked, t0: time.Now()}
 	if s, ok := p.dev.c.(starter); ok {
 		pend := s.Start(wctx, "OTA.Write", params)
 		f.wait = func() error {
@@ -120,8 +120,11 @@ type trouble struct {
 	fatalOff int64
 	linkErr  error // a write got no reply, or the device is rebooting
 	// expected is the largest offset the device named as expected
-	// ("Wrong offset N, expected M"); -1 if none.
-	expected int64
+	// ("Wrong offset N, expected M"); -1 if none. backwards: one was
+	// below what the device had confirmed when that write was sent, which
+	// the device's own update never does.
+	expected  int64
+	backwards bool
 }
 
 func (t *trouble) add(p *pusher, f *flight, err error) {
@@ -135,6 +138,7 @@ func (t *trouble) add(p *pusher, f *flight, err error) {
 	switch m, ok := expectedOffset(err); {
 	case ok:
 		t.expected = max(t.expected, m)
+		t.backwards = t.backwards || m < f.base
 	case isTransient(err):
 		if t.linkErr == nil {
 			t.linkErr = err
@@ -209,12 +213,13 @@ func (p *pusher) recover(ctx context.Context, t *trouble) (int64, error) {
 	attempt := p.stalls + 1
 	if t.linkErr == nil {
 		// Only refusals naming the expected offset: the device held
-		// every byte below it when it answered. (An offset below what
-		// it confirmed since is only stale: replies to writes in flight
-		// come in any order.)
-		if t.expected > p.sentEnd {
+		// every byte below it when it answered. (An offset below what it
+		// confirmed since is only stale, as replies to writes in flight
+		// come in any order; one below what it had confirmed when the
+		// write was sent is not.)
+		if t.expected > p.sentEnd || t.backwards {
 			return 0, p.lost(ctx, &UpdateLostError{Offset: p.acked, Size: p.size, Other: true,
-				Err: fmt.Errorf("the device expects offset %d, beyond the %d bytes this push sent: it is not this push's update", t.expected, p.sentEnd)})
+				Err: fmt.Errorf("the device expects offset %d, which this push's update never does (it had confirmed %d and was sent %d bytes)", t.expected, p.acked, p.sentEnd)})
 		}
 		p.confirm(t.expected)
 		if p.acked < p.sentEnd {
@@ -371,7 +376,6 @@ func (p *pusher) drop() {
 		p.own = nil
 	} else if cl, ok := p.dev.c.(io.Closer); ok {
 		cl.Close()
-		p.dropped = true
 	}
 	p.dev = nil
 }

@@ -196,34 +196,39 @@ func TestPushResetSeenInRefusalIsLostUpdate(t *testing.T) {
 }
 
 // After a reset, another client started its own push: Push does not write
-// into that update.
+// into that update, whether OTA.Status tells the device's offset or only
+// the device's refusal of the next write does, and does not abort it.
 func TestPushNoResumeIntoAnotherUpdate(t *testing.T) {
-	bubble(t, func(t *testing.T, ctx context.Context) {
-		d := newFakeDev(t)
-		d.reportOffset = true
-		cut := false
-		d.writeHook = func(call int, off int64) fault {
-			if off == 2048 && !cut {
-				cut = true
-				d.mu.Lock()
-				d.down = 1
-				d.onUp = func(d *fakeDev) { d.data = d.data[:100] } // someone else's update, at 100
-				d.mu.Unlock()
-				return fault{hangUp: true}
-			}
-			return fault{}
-		}
-		dev := ota.New(d.client(t))
-		data := payload(512 * 10)
-		_, err := dev.Push(ctx, bytes.NewReader(data), int64(len(data)), ota.PushOptions{ChunkSize: 512, Redial: d.dial(t)})
-		var lost *ota.UpdateLostError
-		if !errors.As(err, &lost) || !lost.Other || lost.Reason() != ota.ReasonUpdateAborted {
-			t.Fatalf("err = %v", err)
-		}
-		if _, writes := d.got(); writes[len(writes)-1].off != 2048 {
-			t.Fatalf("wrote at %d after the link came back", writes[len(writes)-1].off)
-		}
-	})
+	for _, reportOffset := range []bool{true, false} {
+		t.Run(fmt.Sprintf("offset=%v", reportOffset), func(t *testing.T) {
+			bubble(t, func(t *testing.T, ctx context.Context) {
+				d := newFakeDev(t)
+				d.reportOffset = reportOffset
+				cut := false
+				d.writeHook = func(call int, off int64) fault {
+					if off == 2048 && !cut {
+						cut = true
+						d.mu.Lock()
+						d.down = 1
+						d.onUp = func(d *fakeDev) { d.data = d.data[:100] } // someone else's update, at 100
+						d.mu.Unlock()
+						return fault{hangUp: true}
+					}
+					return fault{}
+				}
+				dev := ota.New(d.client(t))
+				data := payload(512 * 10)
+				_, err := dev.Push(ctx, bytes.NewReader(data), int64(len(data)), ota.PushOptions{ChunkSize: 512, Redial: d.dial(t)})
+				var lost *ota.UpdateLostError
+				if !errors.As(err, &lost) || !lost.Other || lost.Reason() != ota.ReasonUpdateAborted {
+					t.Fatalf("err = %v", err)
+				}
+				if got, _ := d.got(); len(got) != 100 || d.count("OTA.End") != 0 {
+					t.Fatalf("the other update holds %d bytes, OTA.End sent %d times", len(got), d.count("OTA.End"))
+				}
+			})
+		})
+	}
 }
 
 // The link does not come back: Push gives up after ReconnectTimeout with an

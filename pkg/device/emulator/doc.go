@@ -54,7 +54,11 @@
 // OTA.Update downloads its url (redirects followed up to
 // Config.MaxRedirects, non-200 is an error, HTTPS verified against
 // Config.CAFile), OTA.Begin/Write/End receive the bundle in chunks (each
-// Write's offset must be the next expected byte; data is standard base64).
+// Write's offset must be the next expected byte; data is standard base64;
+// writes that arrive ahead of a gap wait for it, so a client may keep
+// several in flight; OTA.Status reports the expected "offset", an emulator
+// extension; an interrupted push lives on until its watchdog: see
+// docs/emulator.md, "Pushing a bundle").
 // Either way the bundle is parsed as a stream by pkg/ota/bundle, in
 // constant memory: manifest.json first, stored entries only, CRC-32 of each
 // entry, platform check (case-insensitive prefix), each part named by the
