@@ -466,13 +466,16 @@ func (p *pusher) end(ctx context.Context) error {
 		// never reached it) is OTA.End sent again.
 		if p.opts.Redial != nil && try < p.opts.Tries {
 			st, rebooted, _, rerr := p.resync(ctx, err)
+			if ctx.Err() != nil {
+				return fmt.Errorf("push: OTA.End: %w", err)
+			}
 			if rerr == nil && !rebooted && st.State == StateProgress && (st.Offset == nil || *st.Offset == p.size) {
 				emit(p.opts.OnEvent, Event{Kind: EventRetry, Sent: p.size, Total: p.size, Attempt: try + 1, Err: err,
 					Msg: fmt.Sprintf("OTA.End got no reply (%v) and the device still waits for it: sending it again", err)})
 				continue
 			}
 			if rerr == nil && !rebooted && st.State == StateError {
-				return fmt.Errorf("%w: the device rejected the bundle when finalising (OTA.End): %s; its boot state is unchanged", ErrUpdateFailed, st.Msg)
+				return fmt.Errorf("%w: the update failed on the device (OTA.Status: %s) after all data was sent; its boot state is unchanged", ErrUpdateFailed, st.Msg)
 			}
 		}
 		// Not reported as 100%: the device did not confirm.
