@@ -26,6 +26,7 @@ import (
 type netLink struct {
 	d       *emulator.Device
 	clock   *emulator.ManualClock
+	synced  time.Time // when the clock was last moved
 	port    string
 	cut     func() // the link goes away
 	restore func() // and comes back
@@ -38,7 +39,7 @@ type netLink struct {
 func startNetLink(t *testing.T, tr string) *netLink {
 	t.Helper()
 	dir := t.TempDir()
-	nl := &netLink{clock: emulator.NewManualClock(time.Date(2024, 1, 1, 0, 0, 0, 0, time.UTC))}
+	nl := &netLink{clock: emulator.NewManualClock(time.Date(2024, 1, 1, 0, 0, 0, 0, time.UTC)), synced: time.Now()}
 	cfg := emulator.Config{StateDir: filepath.Join(dir, "flash"), ID: "dev-" + tr, Clock: nl.clock,
 		RebootAfter: 10 * time.Millisecond, RebootDelay: 10 * time.Millisecond,
 		MQTTReconnectMin: time.Second, MQTTReconnectMax: time.Second}
@@ -99,8 +100,15 @@ func (nl *netLink) dial(ctx context.Context) (*rpc.Client, error) {
 }
 
 // tick moves the device's clock on by more than its MQTT reconnect delay
-// (with its jitter): a device that lost its broker tries it again.
-func (nl *netLink) tick() { nl.clock.Advance(2 * time.Second) }
+// (with its jitter), so that a device that lost its broker tries it again,
+// and by the real time since the last tick, so that the device's uptime
+// never says it booted after it did (the push reads it for evidence of a
+// reset).
+func (nl *netLink) tick() {
+	now := time.Now()
+	nl.clock.Advance(2*time.Second + now.Sub(nl.synced))
+	nl.synced = now
+}
 
 // waitVersion waits until the device runs version after a boot, moving its
 // clock on so that the reboot it scheduled happens.
@@ -143,6 +151,7 @@ func TestPushResumesOverRealLinks(t *testing.T) {
 			var once sync.Once
 			cutAt := int64(len(fw) / 3)
 			var events []string
+			t0 := time.Now()
 			res, err := ota.New(c).Push(ctx, bytes.NewReader(fw), int64(len(fw)), ota.PushOptions{
 				Window: window, Redial: nl.dial, AttemptTimeout: time.Second,
 				Backoff: ota.Backoff{Initial: 50 * time.Millisecond, Max: 200 * time.Millisecond},
@@ -152,7 +161,7 @@ func TestPushResumesOverRealLinks(t *testing.T) {
 					}
 				},
 				OnEvent: func(ev ota.Event) {
-					events = append(events, string(ev.Kind))
+					events = append(events, fmt.Sprintf("%s@%v", ev.Kind, time.Since(t0).Round(time.Millisecond)))
 					if ev.Kind != ota.EventReconnecting {
 						return
 					}
@@ -166,6 +175,7 @@ func TestPushResumesOverRealLinks(t *testing.T) {
 			if err != nil {
 				t.Fatalf("push: %v (events %v)", err, events)
 			}
+			t.Logf("events %v", events)
 			if res.Resumes < 1 {
 				t.Fatalf("result %+v, events %v: the link was never lost", res, events)
 			}
