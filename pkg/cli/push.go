@@ -246,6 +246,8 @@ func interruptedPush(err error, res ota.PushResult) string {
 	switch {
 	case errors.As(err, &pe) && pe.Aborted:
 		return fmt.Sprintf("the transfer stopped at offset %d and was aborted (OTA.End); the boot state is unchanged, and a new push starts over", pe.Offset)
+	case errors.As(err, &pe) && pe.Unreached:
+		return fmt.Sprintf("the transfer stopped at offset %d while the link to the device was down, so it could not be aborted: the device's update watchdog ends the update (see 'otactl status'); the boot state is unchanged", pe.Offset)
 	case errors.As(err, &pe):
 		return fmt.Sprintf("the transfer stopped at offset %d; the device did not confirm the abort, so its update watchdog ends the update (see 'otactl status'); the boot state is unchanged", pe.Offset)
 	case res.Chunks == 0:

@@ -30,8 +30,8 @@ func pushBundle(t *testing.T, version string, size int) string {
 }
 
 // startEmulator starts an emulated device reachable over tr ("http", "ws",
-// "serial" or "mqtt") and returns it with its --port. mod may change the
-// configuration.
+// "serial" or "mqtt"; "none": only mod's listeners) and returns it with its
+// --port. mod may change the configuration.
 func startEmulator(t *testing.T, tr string, mod func(*emulator.Config)) (*emulator.Device, string) {
 	t.Helper()
 	dir := t.TempDir()
@@ -60,8 +60,10 @@ func startEmulator(t *testing.T, tr string, mod func(*emulator.Config)) (*emulat
 			return d, l.Addr
 		}
 	}
-	t.Fatalf("no %s listener", tr)
-	return nil, ""
+	if tr != "none" {
+		t.Fatalf("no %s listener", tr)
+	}
+	return d, ""
 }
 
 // A device reset in the middle of a push loses the update: one cause, one
@@ -170,5 +172,44 @@ func TestPushWindowFlag(t *testing.T) {
 		if r.code != ExitUsage || !strings.Contains(r.stderr, tc.want) {
 			t.Fatalf("--port %s --window %s: exit %d, stderr %q", tc.port, tc.window, r.code, r.stderr)
 		}
+	}
+}
+
+// The link goes away for good in the middle of a push: otactl gives up
+// after --timeout, with exit 5, saying that the device's watchdog ends the
+// update and the boot state is unchanged.
+func TestPushGivesUpWhenTheLinkStaysDown(t *testing.T) {
+	l := emulator.NewHTTPListener("127.0.0.1:0", nil)
+	var parts atomic.Int32
+	d, _ := startEmulator(t, "none", func(cfg *emulator.Config) {
+		cfg.Listeners = []emulator.Listener{l}
+		cfg.Hooks.FlashWrite = func(w emulator.FlashWrite) error {
+			if w.Kind == "part" && parts.Add(1) == 5 {
+				go l.Stop()
+			}
+			return nil
+		}
+	})
+	var port string
+	for _, li := range d.Listeners() {
+		if li.Transport == "http" {
+			port = li.Addr
+		}
+	}
+	start := time.Now()
+	r := run(t, nil, "--port", port, "--timeout", "2s", "push", pushBundle(t, "2.0.0", 150<<10))
+	if r.code != ExitUnreachable {
+		t.Fatalf("exit %d, want %d; stderr:\n%s", r.code, ExitUnreachable, r.stderr)
+	}
+	for _, want := range []string{"did not come back within 2s", "watchdog", "boot state is unchanged"} {
+		if !strings.Contains(r.stderr, want) {
+			t.Fatalf("stderr does not say %q:\n%s", want, r.stderr)
+		}
+	}
+	if el := time.Since(start); el > 15*time.Second {
+		t.Fatalf("gave up after %v", el)
+	}
+	if s := d.State(); s.OTAState != 1 || s.Boot != (emulator.BootState{IsCommitted: true}) {
+		t.Fatalf("device state %+v: the update should still be running, the boot state untouched", s)
 	}
 }

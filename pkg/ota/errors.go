@@ -58,6 +58,9 @@ type PushError struct {
 	// Rejected is true when the device refused the data (an *rpc.Error),
 	// as opposed to the link failing or timing out.
 	Rejected bool
+	// Unreached is true when the link was gone, so no OTA.End could be
+	// sent to abort the update.
+	Unreached bool
 }
 
 func (e *PushError) Error() string {
@@ -67,8 +70,11 @@ func (e *PushError) Error() string {
 	} else {
 		what = fmt.Sprintf("writing at offset %d failed: %v", e.Offset, e.Err)
 	}
-	if e.Aborted {
+	switch {
+	case e.Aborted:
 		return what + "; the update was aborted and the boot state is unchanged"
+	case e.Unreached:
+		return what + "; otactl could not reach the device to abort the update: its update watchdog will end it; the boot state is unchanged"
 	}
 	return what + "; the device did not confirm the abort, its update watchdog will end the update; the boot state is unchanged"
 }

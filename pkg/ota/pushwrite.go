@@ -391,11 +391,11 @@ func (p *pusher) closeOwn() {
 // ReconnectTimeout (err wraps ErrLinkLost). When nothing can be sent to the
 // device, its watchdog ends the update.
 func (p *pusher) gaveUp(ctx context.Context, err error) error {
-	err = fmt.Errorf("%w: %w", context.DeadlineExceeded, err)
+	err = fmt.Errorf("%w: %w", err, context.DeadlineExceeded)
 	if p.dev == nil {
 		emit(p.opts.OnEvent, Event{Kind: EventAbort, Sent: p.acked, Total: p.size, Err: err,
 			Msg: "giving up: the device's update watchdog ends the update; the boot state stays unchanged"})
-		return &PushError{Offset: p.acked, Err: err}
+		return &PushError{Offset: p.acked, Err: err, Unreached: true}
 	}
 	return p.fail(ctx, p.acked, err)
 }
@@ -406,7 +406,7 @@ func (p *pusher) gaveUp(ctx context.Context, err error) error {
 // replies were lost) and finalised it.
 func (p *pusher) fail(ctx context.Context, off int64, cause error) error {
 	if p.dev == nil {
-		return &PushError{Offset: off, Err: cause, Rejected: isDeviceError(cause)}
+		return &PushError{Offset: off, Err: cause, Rejected: isDeviceError(cause), Unreached: true}
 	}
 	endErr := p.dev.abort(ctx, p.opts, off, p.size, cause)
 	if endErr == nil {
