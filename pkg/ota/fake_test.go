@@ -74,6 +74,8 @@ type fakeDev struct {
 	// refused at once, naming the expected offset.
 	ordered bool
 	moved   chan struct{} // closed and replaced when data grows
+	// replyHook, if set, may change each reply as it leaves.
+	replyHook func(req, resp *frame.Frame)
 
 	// link and reboots
 	clientOpts rpc.ClientOptions
@@ -278,7 +280,14 @@ func (d *fakeDev) handler() transport.Handler {
 			d.frameSizes = append(d.frameSizes, len(b))
 			d.mu.Unlock()
 		}
-		return d.srv.HandleFrame(ctx, f)
+		resp := d.srv.HandleFrame(ctx, f)
+		d.mu.Lock()
+		hook := d.replyHook
+		d.mu.Unlock()
+		if hook != nil && resp != nil {
+			hook(f, resp)
+		}
+		return resp
 	})
 }
 

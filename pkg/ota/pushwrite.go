@@ -149,9 +149,14 @@ func (t *trouble) add(p *pusher, f *flight, err error) {
 }
 
 // isTransient reports whether a failed call may succeed later: no reply
-// (link lost, timeout) or the device about to reboot (418, "shutting
-// down"), as opposed to a device's answer about the call.
+// (link lost, timeout, an answer that was not a readable reply) or the
+// device about to reboot (418, "shutting down"), as opposed to a device's
+// answer about the call, or more than one device answering (sticky: no
+// retry cures it).
 func isTransient(err error) bool {
+	if errors.Is(err, rpc.ErrDuplicateReply) {
+		return false
+	}
 	return !isDeviceError(err) || isCode(err, 418)
 }
 

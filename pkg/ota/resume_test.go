@@ -3,12 +3,15 @@ package ota_test
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"testing"
 	"time"
 
 	"github.com/otactl/otactl/pkg/ota"
+	"github.com/otactl/otactl/pkg/rpc"
+	"github.com/otactl/otactl/pkg/rpc/frame"
 )
 
 // With several writes in flight, a device that gets them out of order
@@ -287,6 +290,32 @@ func TestPushEndResentAfterLinkLoss(t *testing.T) {
 		}
 		if _, _, endOK := d.state(); !endOK || !res.Confirmed || d.count("OTA.End") != 2 {
 			t.Fatalf("result %+v, End calls %d", res, d.count("OTA.End"))
+		}
+	})
+}
+
+// A second device answers a write (two devices with one id on a broker):
+// Push stops at once, neither retrying nor resuming, and sends nothing
+// more that both devices would act on.
+func TestPushStopsWhenTwoDevicesAnswer(t *testing.T) {
+	bubble(t, func(t *testing.T, ctx context.Context) {
+		d := newFakeDev(t)
+		d.srv.ID = "esp32_0A1B2C"
+		d.replyHook = func(req, resp *frame.Frame) {
+			var p struct{ Offset int64 }
+			_ = json.Unmarshal(req.Params, &p)
+			if req.Method == "OTA.Write" && p.Offset == 1024 {
+				resp.Src = "the-other-device"
+			}
+		}
+		dev := ota.New(d.client(t))
+		data := payload(512 * 6)
+		_, err := dev.Push(ctx, bytes.NewReader(data), int64(len(data)), ota.PushOptions{ChunkSize: 512, Redial: d.dial(t)})
+		if !errors.Is(err, rpc.ErrDuplicateReply) || errors.Is(err, ota.ErrUpdateFailed) {
+			t.Fatalf("err = %v", err)
+		}
+		if _, writes := d.got(); len(writes) != 3 || d.count("OTA.End") != 0 || d.dials != 0 {
+			t.Fatalf("%d writes, %d OTA.End, %d dials after the second device answered", len(writes), d.count("OTA.End"), d.dials)
 		}
 	})
 }
