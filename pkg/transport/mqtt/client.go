@@ -105,6 +105,7 @@ type conn struct {
 	in   chan incoming
 	done chan struct{} // closed by Close
 	t    tracker       // message callbacks and publishing goroutines
+	gate pubGate       // requests published on cl
 
 	closeOnce sync.Once
 
@@ -213,7 +214,9 @@ func (c *conn) Send(ctx context.Context, f *frame.Frame) error {
 	toks := make(chan paho.Token, 1)
 	go func() {
 		defer c.t.leave()
-		toks <- c.cl.Publish(c.reqTopic, qos, false, data)
+		if tok, ok := c.gate.publish(c.cl, c.reqTopic, data, c.lost); ok {
+			toks <- tok
+		}
 	}()
 	var tok paho.Token
 	select {
@@ -282,6 +285,7 @@ func (c *conn) Close() error {
 	c.closeOnce.Do(func() {
 		c.t.shut()
 		close(c.done)
+		c.gate.close()
 		disconnect(c.cl)
 		c.t.wait()
 	})

@@ -285,6 +285,40 @@ func explainConnectError(b *broker, err error, cw *transport.CertWatch) error {
 // running; a second Disconnect waits for a disconnect in progress to finish
 // (or returns at once when there is nothing to do), so that Close does not
 // leave paho goroutines behind.
+// pubGate keeps paho's Publish from racing with Disconnect: once a
+// connection's writer has stopped, a Publish blocks for the whole write
+// timeout (paho hands messages to the writer through an unbuffered channel),
+// and a Close waiting for it would stall that long. Publish calls hold the
+// gate open; close waits for those under way (they return at once while the
+// connection is up) and lets no more through.
+type pubGate struct {
+	mu     sync.RWMutex
+	closed bool
+}
+
+// publish calls cl.Publish, unless the gate is closed or lost is (ok is
+// false then).
+func (g *pubGate) publish(cl paho.Client, topic string, data []byte, lost <-chan struct{}) (tok paho.Token, ok bool) {
+	g.mu.RLock()
+	defer g.mu.RUnlock()
+	if g.closed {
+		return nil, false
+	}
+	select {
+	case <-lost:
+		return nil, false
+	default:
+	}
+	return cl.Publish(topic, qos, false, data), true
+}
+
+// close waits for the Publish calls under way and lets no more through.
+func (g *pubGate) close() {
+	g.mu.Lock()
+	g.closed = true
+	g.mu.Unlock()
+}
+
 func disconnect(cl paho.Client) {
 	cl.Disconnect(quiesce)
 	cl.Disconnect(5 * quiesce)

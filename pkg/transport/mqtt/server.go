@@ -99,6 +99,14 @@ type session struct {
 	lost     chan struct{}
 	lostOnce sync.Once
 	err      error // why it was lost; set before lost is closed
+
+	gate pubGate // replies published on cl
+}
+
+// close stops publishing and disconnects from the broker.
+func (sess *session) close() {
+	sess.gate.close()
+	disconnect(sess.cl)
 }
 
 // Serve connects to the broker named by brokerURL (mqtt://[user:pass@]broker[:port]
@@ -393,7 +401,12 @@ func (s *Server) reply(req, resp *frame.Frame) {
 	}
 	s.opts.DebugFrame("send", data)
 	topic := cp.Dst + "/rpc"
-	if err := waitToken(s.ctx, sess.cl.Publish(topic, qos, false, data), sess.lost); err != nil {
+	tok, ok := sess.gate.publish(sess.cl, topic, data, sess.lost)
+	if !ok {
+		s.logf("dropping reply: disconnecting from the broker", "id", req.ID)
+		return
+	}
+	if err := waitToken(s.ctx, tok, sess.lost); err != nil {
 		s.logf("publishing reply failed", "topic", topic, "error", err)
 	}
 }
@@ -409,7 +422,7 @@ func (s *Server) Close() error {
 		s.cur = nil
 		s.mu.Unlock()
 		if sess != nil {
-			disconnect(sess.cl)
+			sess.close()
 		}
 		s.t.wait()
 	})
