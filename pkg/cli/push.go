@@ -227,8 +227,10 @@ func runPush(ctx context.Context, o *UpdateOptions) error {
 // did not apply it: exit 6, on every transport alike. A link that did not
 // come back is exit 5, saying what the device does meanwhile.
 //
-// The --json error document's "reason" of an *ota.UpdateLostError is its
-// Reason() (ota.ReasonDeviceReset, ota.ReasonUpdateAborted).
+// The --json document's "reason" of an *ota.UpdateLostError is its
+// Reason() (ota.ReasonDeviceReset; ota.ReasonUpdateTimeout or another code
+// of the device's message when its update ended; ota.ReasonBusy when it
+// runs another update), with "result" not_applied.
 func pushFailed(err error, timeout, updateTimeout time.Duration) error {
 	var lost *ota.UpdateLostError
 	if errors.As(err, &lost) {

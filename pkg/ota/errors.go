@@ -88,17 +88,6 @@ func (e *PushError) Unwrap() []error {
 	return []error{e.Err}
 }
 
-// Reason codes of an UpdateLostError (see its Reason method).
-const (
-	// ReasonDeviceReset: the device was reset (rebooted, power cut) during
-	// the push, so its update was lost.
-	ReasonDeviceReset = "device_reset"
-	// ReasonUpdateAborted: the device ended the update during the push
-	// (its watchdog fired, or another client aborted it), or runs another
-	// update than this push's.
-	ReasonUpdateAborted = "update_aborted"
-)
-
 // UpdateLostError is returned by Push when the device no longer runs the
 // push's update after the push was cut off (link lost, writes refused): it
 // was reset, or its update ended or was replaced. Nothing was applied: the
@@ -149,12 +138,17 @@ func (e *UpdateLostError) Error() string {
 // Unwrap returns ErrUpdateFailed: the update did not take.
 func (e *UpdateLostError) Unwrap() error { return ErrUpdateFailed }
 
-// Reason is a stable code for scripts: ReasonDeviceReset when the device
-// was reset (its uptime says so, or OTA.Status fell back to idle, which a
-// device shows after a boot), else ReasonUpdateAborted.
+// Reason is the update's reason code (ReasonOf reads it): ReasonDeviceReset
+// when the device was reset (its uptime says so, or OTA.Status fell back to
+// idle, which a device shows after a boot); ReasonBusy when it runs another
+// update than this push's; else the reason its OTA.Status message gives
+// (ReasonUpdateTimeout when its watchdog ended the update).
 func (e *UpdateLostError) Reason() string {
-	if e.Rebooted || (e.Status.State == StateIdle && !e.Other) {
-		return ReasonDeviceReset
+	switch {
+	case e.Rebooted && e.Status.State == StateProgress, e.Other, e.Status.State == StateSuccess:
+		return string(ReasonBusy)
+	case e.Rebooted, e.Status.State == StateIdle:
+		return string(ReasonDeviceReset)
 	}
-	return ReasonUpdateAborted
+	return string(DeviceMessageReason(e.Status.Msg))
 }

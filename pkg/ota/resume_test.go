@@ -159,7 +159,7 @@ func TestPushResetIsLostUpdate(t *testing.T) {
 		data := payload(512 * 10)
 		_, err := dev.Push(ctx, bytes.NewReader(data), int64(len(data)), ota.PushOptions{ChunkSize: 512, Window: 2, Redial: d.dial(t)})
 		var lost *ota.UpdateLostError
-		if !errors.As(err, &lost) || !errors.Is(err, ota.ErrUpdateFailed) || lost.Reason() != ota.ReasonDeviceReset {
+		if !errors.As(err, &lost) || !errors.Is(err, ota.ErrUpdateFailed) || ota.ReasonOf(err) != ota.ReasonDeviceReset {
 			t.Fatalf("err = %v", err)
 		}
 		contains(t, err, "nothing was applied", "boot state is unchanged")
@@ -193,7 +193,7 @@ func TestPushResetSeenInRefusalIsLostUpdate(t *testing.T) {
 		time.Sleep(10 * time.Second) // the device has been up a while when the push begins
 		_, err := dev.Push(ctx, bytes.NewReader(data), int64(len(data)), ota.PushOptions{ChunkSize: 512})
 		var lost *ota.UpdateLostError
-		if !errors.As(err, &lost) || lost.Reason() != ota.ReasonDeviceReset {
+		if !errors.As(err, &lost) || ota.ReasonOf(err) != ota.ReasonDeviceReset {
 			t.Fatalf("err = %v", err)
 		}
 	})
@@ -224,7 +224,7 @@ func TestPushNoResumeIntoAnotherUpdate(t *testing.T) {
 				data := payload(512 * 10)
 				_, err := dev.Push(ctx, bytes.NewReader(data), int64(len(data)), ota.PushOptions{ChunkSize: 512, Redial: d.dial(t)})
 				var lost *ota.UpdateLostError
-				if !errors.As(err, &lost) || !lost.Other || lost.Reason() != ota.ReasonUpdateAborted {
+				if !errors.As(err, &lost) || !lost.Other || ota.ReasonOf(err) != ota.ReasonBusy {
 					t.Fatalf("err = %v", err)
 				}
 				if got, _ := d.got(); len(got) != 100 || d.count("OTA.End") != 0 {
