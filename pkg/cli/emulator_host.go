@@ -41,6 +41,11 @@ func (o *EmulatorOptions) checkFleetFlags() error {
 	if o.InventoryTransport != "" && o.InventoryFile == "" {
 		return usageErrorf("--inventory-transport needs --inventory-file")
 	}
+	has := map[string]bool{"mqtt": o.MQTTBroker != "", "http": o.Listen != "", "ws": o.Listen != "", "serial": o.SerialLink != ""}
+	if t := o.InventoryTransport; t != "" && !has[t] {
+		flag := map[string]string{"mqtt": "--mqtt-broker", "http": "--listen", "ws": "--listen", "serial": "--serial-link"}[t]
+		return usageErrorf("--inventory-transport %s: the devices have no %s transport: add %s or pick another", t, t, flag)
+	}
 	if !o.hosted() {
 		return nil
 	}
@@ -262,7 +267,7 @@ func writeInventory(o *EmulatorOptions, devs []deviceAddrs) error {
 	for _, d := range devs {
 		a := inventoryAddr(d.infos, want)
 		if a == "" {
-			return usageErrorf("--inventory-transport %s: device %s has no %s transport: add it (--listen, --mqtt-broker, --serial-link) or pick another", want, d.id, want)
+			return fmt.Errorf("--inventory-file: device %s has no %s address", d.id, want)
 		}
 		b.WriteString(a)
 		b.WriteByte('\n')

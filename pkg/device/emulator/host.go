@@ -292,7 +292,7 @@ func (h *Host) release(id string) {
 
 // addParallel is how many devices AddDevices boots at once: their boots
 // wait mostly on fsync and on the broker's answers.
-func addParallel() int { return max(16, 8*runtime.GOMAXPROCS(0)) }
+func addParallel() int { return max(64, 8*runtime.GOMAXPROCS(0)) }
 
 // Device returns the device with id, or nil.
 func (h *Host) Device(id string) *Device {

@@ -170,7 +170,7 @@ func TestHostHTTPPaths(t *testing.T) {
 	if code, body := post("/dev-0002/rpc/Sys.GetInfo", ``); code != 200 || !strings.Contains(body, `"id":"dev-0002"`) {
 		t.Errorf("/dev-0002/rpc/Sys.GetInfo: %d %q", code, body)
 	}
-	if code, body := post("/dev-0009/rpc", `{"id":5,"method":"Sys.GetInfo"}`); code != 404 || !strings.Contains(body, `no device "dev-0009"`) || !strings.Contains(body, "dev-0001, dev-0002") {
+	if code, body := post("/dev-0009/rpc", `{"id":5,"method":"Sys.GetInfo"}`); code != 404 || !strings.Contains(body, `no device "dev-0009"`) || !strings.Contains(body, "(2 devices: dev-0001 … dev-0002)") {
 		t.Errorf("an unknown device: %d %q", code, body)
 	}
 	if code, body := post("/rpc", `{"id":5,"method":"Sys.GetInfo"}`); code != 404 || !strings.Contains(body, "/ID/rpc") {

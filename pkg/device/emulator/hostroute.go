@@ -131,25 +131,24 @@ func (h *hostHTTP) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	rt := h.routes[id]
 	h.mu.RUnlock()
 	if rt == nil {
-		http.Error(w, fmt.Sprintf("Not Found: no device %q on this emulator%s", id, h.someIDs()), http.StatusNotFound)
+		http.Error(w, fmt.Sprintf("no device %q on this emulator%s", id, h.someIDs()), http.StatusNotFound)
 		return
 	}
 	rt.serve(w, r)
 }
 
-// someIDs says which devices the listener serves: " (its devices: a, b …
-// z)".
+// someIDs says which devices the listener serves: " (3 devices: a … c)".
 func (h *hostHTTP) someIDs() string {
 	h.mu.RLock()
 	ids := slices.Sorted(maps.Keys(h.routes))
 	h.mu.RUnlock()
-	switch {
-	case len(ids) == 0:
+	switch len(ids) {
+	case 0:
 		return ""
-	case len(ids) <= 3:
-		return " (its devices: " + strings.Join(ids, ", ") + ")"
+	case 1:
+		return " (1 device: " + ids[0] + ")"
 	}
-	return fmt.Sprintf(" (its %d devices: %s, %s … %s)", len(ids), ids[0], ids[1], ids[len(ids)-1])
+	return fmt.Sprintf(" (%d devices: %s … %s)", len(ids), ids[0], ids[len(ids)-1])
 }
 
 // route is one device's place on its host's listener: a Listener that the
