@@ -12,6 +12,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -439,5 +440,34 @@ func TestRebootDelayOnClock(t *testing.T) {
 	s = e.waitUntil("back after the delay", func(s State) bool { return s.Online && s.Boots == 2 })
 	if !s.OffUntil.IsZero() {
 		t.Fatalf("back: %+v", s)
+	}
+}
+
+// Many devices on one embedded broker: each has its own connection, all
+// are connected once AddDevices returns, and an idle device costs a bounded
+// number of goroutines (its MQTT client's and the broker's side of it; no
+// per-device timer or polling loop of the emulator's own).
+func TestHostManyDevices(t *testing.T) {
+	leakCheck(t)
+	const n = 64
+	before := runtime.NumGoroutine()
+	h, devs := startHost(t, HostConfig{Listen: "127.0.0.1:0", MQTTBroker: "embedded:127.0.0.1:0"}, n, nil)
+	for _, d := range devs {
+		if s := d.State(); !s.Online || !s.MQTTConnected {
+			t.Fatalf("%s after AddDevices: %+v", d.ID(), s)
+		}
+	}
+	if got := h.broker.clients(mqtt.DeviceClientIDPrefix); got != n {
+		t.Fatalf("%d device connections on the broker, want %d", got, n)
+	}
+	perDevice := float64(runtime.NumGoroutine()-before) / n
+	t.Logf("%.1f goroutines a device (MQTT client and the embedded broker's side)", perDevice)
+	if perDevice > 16 {
+		t.Errorf("%.1f goroutines a device: an idle device should cost its MQTT connection only", perDevice)
+	}
+	for _, d := range []*Device{devs[0], devs[n/2], devs[n-1]} {
+		if id, err := deviceID(dialPort(t, addr(t, d, "mqtt"))); err != nil || id != d.ID() {
+			t.Errorf("%s over MQTT: %q %v", d.ID(), id, err)
+		}
 	}
 }
