@@ -216,8 +216,12 @@ func runEmulator(ctx context.Context, o *EmulatorOptions) error {
 	if signing != nil {
 		fmt.Fprintf(ios.Out, "signed updates: update.sig_req_mask %d (%s)\n", signing.ReqMask, maskWord(signing.ReqMask))
 	}
-	if cfg.CrashOnNewFirmware {
-		fmt.Fprintf(ios.Out, "fail rate %g (seed %d): this device crashes on booting a new firmware\n", o.FailRate, o.Seed)
+	if o.FailRate > 0 {
+		does := "does not crash"
+		if cfg.CrashOnNewFirmware {
+			does = "crashes"
+		}
+		fmt.Fprintf(ios.Out, "fail rate %g (seed %d): this device %s on booting a new firmware\n", o.FailRate, o.Seed, does)
 	}
 	infos := d.Listeners()
 	for _, l := range infos {

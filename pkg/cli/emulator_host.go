@@ -184,7 +184,19 @@ func printRunning(w io.Writer, devs []*emulator.Device) {
 	for k := range counts {
 		keys = append(keys, k)
 	}
-	sort.Slice(keys, func(i, j int) bool { return counts[keys[i]] > counts[keys[j]] })
+	sort.Slice(keys, func(i, j int) bool {
+		a, b := keys[i], keys[j]
+		if counts[a] != counts[b] {
+			return counts[a] > counts[b]
+		}
+		if a.app != b.app {
+			return a.app < b.app
+		}
+		if a.version != b.version {
+			return a.version < b.version
+		}
+		return a.committed && !b.committed
+	})
 	for _, k := range keys {
 		fmt.Fprintf(w, "running: %d × %s %s, %s\n", counts[k], k.app, k.version, committedWord(k.committed))
 	}

@@ -11,8 +11,9 @@ import (
 // reply (Config.RebootAfter, with its 418 window), the time a rebooting
 // device stays off (Config.RebootDelay, State.OffUntil), the MQTT reconnect
 // back-off, the health method's late:N and uptime. Inject a ManualClock to
-// test them in milliseconds. (Only the pace of a serial link, SerialBaud,
-// is real time: it is the wire's.)
+// test them in milliseconds. (Network timeouts — HTTPLimits, the 5 s bound
+// on the first attempt to reach an MQTT broker — and the pace of a serial
+// link, SerialBaud, are real time: they are the network's and the wire's.)
 type Clock interface {
 	Now() time.Time
 	// AfterFunc calls f in its own goroutine (or, for ManualClock, from

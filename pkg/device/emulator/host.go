@@ -196,19 +196,20 @@ func (h *Host) boot(ctx context.Context, cfg Config, att *attachment) (*Device, 
 // or off for good can be taken again.
 func (h *Host) reserve(id string) error {
 	h.mu.Lock()
-	defer h.mu.Unlock()
 	if h.closed {
+		h.mu.Unlock()
 		return errors.New("emulator: host closed")
 	}
 	old, seen := h.devices[id]
 	if seen && old == nil {
+		h.mu.Unlock()
 		return fmt.Errorf("emulator: device id %q is being added to this host already", id)
 	}
 	if old != nil {
 		select {
 		case <-old.Done():
-			old.Close()
 		default:
+			h.mu.Unlock()
 			return fmt.Errorf("emulator: device id %q is taken on this host: ids must be unique", id)
 		}
 	}
@@ -217,6 +218,10 @@ func (h *Host) reserve(id string) error {
 		h.order = append(h.order, id)
 	}
 	h.devices[id] = nil
+	h.mu.Unlock()
+	if old != nil {
+		old.Close() // off for good: release what it still holds
+	}
 	return nil
 }
 
