@@ -14,6 +14,11 @@ if [[ -z "$MOSQ" ]]; then
 	exec "$@"
 fi
 
+# mosquitto serves as many clients as it may open files (max_connections is
+# unlimited by default): lift the soft limit to the hard one, for the
+# benchmark's thousand emulated devices.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
 dir=$(mktemp -d)
 pid=
 cleanup() {

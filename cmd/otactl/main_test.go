@@ -222,7 +222,11 @@ func TestScripts(t *testing.T) {
 }
 
 // cmdWaitReady waits for an emulator's --ready-file and sets HTTP_PORT,
-// WS_PORT, SERIAL_PORT and MQTT_PORT from it:
+// WS_PORT, SERIAL_PORT and MQTT_PORT from it (the first device's, with
+// --count); for each device of a --count emulator it also sets
+// <TRANSPORT>_PORT_<ID> (ID in capitals, "-" and other punctuation as "_":
+// HTTP_PORT_DEV_0002), and HOST_HTTP and HOST_BROKER from its "http" and
+// "broker":
 //
 //	waitready FILE
 func cmdWaitReady(ts *testscript.TestScript, neg bool, args []string) {
@@ -234,12 +238,31 @@ func cmdWaitReady(ts *testscript.TestScript, neg bool, args []string) {
 	for {
 		b, err := os.ReadFile(path)
 		if err == nil {
+			type listener struct{ Transport, Addr string }
 			var r struct {
-				Listeners []struct{ Transport, Addr string }
+				Listeners    []listener
+				HTTP, Broker string
+				Devices      []struct {
+					ID        string
+					Listeners []listener
+				}
 			}
 			ts.Check(json.Unmarshal(b, &r))
 			for _, l := range r.Listeners {
 				ts.Setenv(strings.ToUpper(l.Transport)+"_PORT", l.Addr)
+			}
+			ts.Setenv("HOST_HTTP", r.HTTP)
+			ts.Setenv("HOST_BROKER", r.Broker)
+			for _, d := range r.Devices {
+				id := strings.Map(func(c rune) rune {
+					if c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' {
+						return c
+					}
+					return '_'
+				}, d.ID)
+				for _, l := range d.Listeners {
+					ts.Setenv(strings.ToUpper(l.Transport+"_PORT_"+id), l.Addr)
+				}
 			}
 			return
 		}

@@ -33,6 +33,15 @@ type EmulatorOptions struct {
 	CAFile      string
 	ReadyFile   string
 	Quiet       bool
+	// Many devices in one process (docs/emulator.md, "Many devices"):
+	// --count, --id-prefix, --fail-rate, --seed, --inventory-file,
+	// --inventory-transport.
+	Count              int
+	IDPrefix           string
+	FailRate           float64
+	Seed               int64
+	InventoryFile      string
+	InventoryTransport string
 	// UpdateKeys are the device's update.key0..key7 (--update-key);
 	// SigReqMask its update.sig_req_mask (--sig-req-mask).
 	UpdateKeys []string
@@ -46,7 +55,7 @@ type EmulatorOptions struct {
 func NewCmdEmulator(f *Factory, runF func(context.Context, *EmulatorOptions) error) *cobra.Command {
 	o := &EmulatorOptions{F: f}
 	cmd := &cobra.Command{
-		Use:   "emulator --state-dir DIR [--listen ADDR] [--serial-link PATH] [--mqtt-broker URL]",
+		Use:   "emulator --state-dir DIR [--count N] [--listen ADDR] [--serial-link PATH] [--mqtt-broker URL]",
 		Short: "Run an emulated Mongoose OS device for tests and CI",
 		Long: `Run an emulated Mongoose OS device: the OTA slot state machine of a real one
 (streaming bundle checks, uncommitted first boot, commit timer, rollback,
@@ -59,7 +68,14 @@ docs/security.md.
 Its flash lives in --state-dir: killing the process is a power cut, starting
 it again on the same directory is a boot. A new directory gets a factory
 firmware (1.0.0) in slot 0, committed. It runs until SIGINT or SIGTERM and
-prints one line per way to reach it. See docs/emulator.md.`,
+prints one line per way to reach it. See docs/emulator.md.
+
+With --count N it runs N independent devices (dev-0001, dev-0002, …; see
+--id-prefix), each with its flash in --state-dir/<id>/ and its own MQTT
+connection to one broker, all behind one HTTP listener at /<id>/rpc;
+--fail-rate makes a share of them crash on booting a new firmware, to
+rehearse a fleet rollout. --inventory-file lists their addresses for
+otactl fleet.`,
 		Example: `  # HTTP and WebSocket on one port
   otactl emulator --state-dir /tmp/dev1 --listen 127.0.0.1:8080 &
   otactl --port http://127.0.0.1:8080/rpc bootstate
@@ -68,6 +84,12 @@ prints one line per way to reach it. See docs/emulator.md.`,
   otactl emulator --state-dir /tmp/dev1 --serial-link /tmp/ttyDEV1 --mqtt-broker embedded:127.0.0.1:1883
   otactl --port /tmp/ttyDEV1 call Sys.GetInfo
   otactl --port mqtt://127.0.0.1:1883/dev1 call Sys.GetInfo
+
+  # a fleet of 200 devices behind one embedded broker, 5 % of them failing
+  otactl emulator --count 200 --state-dir /tmp/fleet --mqtt-broker embedded:127.0.0.1:1883 \
+    --listen 127.0.0.1:8080 --fail-rate 0.05 --seed 7 --inventory-file /tmp/fleet/devices.txt
+  otactl --port mqtt://127.0.0.1:1883/dev-0002 bootstate
+  otactl --port http://127.0.0.1:8080/dev-0002/rpc bootstate
 
   # a device that takes only bundles signed by key 0 (docs/security.md)
   otactl bundle keygen -o k0.pem
@@ -94,6 +116,9 @@ prints one line per way to reach it. See docs/emulator.md.`,
 			if o.Slots < 2 {
 				return usageErrorf("--slots must be at least 2")
 			}
+			if err := o.checkFleetFlags(); err != nil {
+				return err
+			}
 			if runF != nil {
 				return runF(cmd.Context(), o)
 			}
@@ -111,7 +136,13 @@ prints one line per way to reach it. See docs/emulator.md.`,
 	fl.StringVar(&o.MQTTBroker, "mqtt-broker", "", "connect to mqtt://host:port as the device, or 'embedded[:ADDR]' to run a broker in-process")
 	fl.DurationVar(&o.RebootDelay, "reboot-delay", time.Second, "how long a reboot keeps the device off every transport")
 	fl.StringVar(&o.CAFile, "download-ca-file", "", "CA certificates (PEM) trusted for HTTPS bundle downloads (default: system roots)")
-	fl.StringVar(&o.ReadyFile, "ready-file", "", "once reachable, write the listeners as JSON to this file (for scripts)")
+	fl.StringVar(&o.ReadyFile, "ready-file", "", "once reachable, write the listeners (of every device) as JSON to this file (for scripts)")
+	fl.IntVar(&o.Count, "count", 1, "run this many devices in one process: ids --id-prefix plus a number, flash in --state-dir/<id>/, HTTP at /<id>/rpc")
+	fl.StringVar(&o.IDPrefix, "id-prefix", "dev-", "with --count: the devices' ids are this prefix and a zero-padded number (dev-0001, dev-0002, …)")
+	fl.Float64Var(&o.FailRate, "fail-rate", 0, "share of devices (0 to 1) that crash on booting a new firmware and roll back; which ones depends only on --seed and the id")
+	fl.Int64Var(&o.Seed, "seed", 0, "picks the devices --fail-rate makes fail")
+	fl.StringVar(&o.InventoryFile, "inventory-file", "", "once reachable, write one device address per line to this file (the inventory otactl fleet reads)")
+	fl.StringVar(&o.InventoryTransport, "inventory-transport", "", "the address --inventory-file gives each device: mqtt, http, ws or serial (default: mqtt if there is a broker, else http, else serial)")
 	fl.BoolVarP(&o.Quiet, "quiet", "q", false, "do not print the device log on stderr")
 	fl.StringArrayVar(&o.UpdateKeys, "update-key", nil, "[N:]PUB.pem or base64 DER: the device's update.keyN, for signed bundles (repeatable: key0, key1, … in order)")
 	o.Security.addFlags(fl)
@@ -128,6 +159,9 @@ func noArgs(cmd *cobra.Command, args []string) error {
 }
 
 func runEmulator(ctx context.Context, o *EmulatorOptions) error {
+	if o.hosted() {
+		return runEmulatorHost(ctx, o)
+	}
 	ios := o.F.IO
 	var logger *slog.Logger
 	if !o.Quiet {
@@ -164,6 +198,8 @@ func runEmulator(ctx context.Context, o *EmulatorOptions) error {
 		MQTTBroker:  o.MQTTBroker,
 		CAFile:      o.CAFile,
 		Logger:      logger,
+		// A device on its own can fail as one of a fleet would.
+		CrashOnNewFirmware: emulator.FailsNewFirmware(o.Seed, o.ID, o.FailRate),
 	}
 	d, err := emulator.New(cfg)
 	if err != nil {
@@ -180,12 +216,32 @@ func runEmulator(ctx context.Context, o *EmulatorOptions) error {
 	if signing != nil {
 		fmt.Fprintf(ios.Out, "signed updates: update.sig_req_mask %d (%s)\n", signing.ReqMask, maskWord(signing.ReqMask))
 	}
+	if o.FailRate > 0 {
+		does := "does not crash"
+		if cfg.CrashOnNewFirmware {
+			does = "crashes"
+		}
+		fmt.Fprintf(ios.Out, "fail rate %g (seed %d): this device %s on booting a new firmware\n", o.FailRate, o.Seed, does)
+	}
 	infos := d.Listeners()
 	for _, l := range infos {
 		fmt.Fprintf(ios.Out, "listening: %-6s %s\n", l.Transport, l.Addr)
 	}
 	if o.ReadyFile != "" {
-		if err := writeReadyFile(o.ReadyFile, infos); err != nil {
+		doc := map[string]any{"listeners": readyListeners(infos)}
+		if o.FailRate > 0 {
+			doc["fail_rate"], doc["seed"] = o.FailRate, o.Seed
+			doc["failing"] = []string{}
+			if cfg.CrashOnNewFirmware {
+				doc["failing"] = []string{o.ID}
+			}
+		}
+		if err := writeJSONFile("--ready-file", o.ReadyFile, doc); err != nil {
+			return err
+		}
+	}
+	if o.InventoryFile != "" {
+		if err := writeInventory(o, []deviceAddrs{{id: o.ID, infos: infos}}); err != nil {
 			return err
 		}
 	}
@@ -227,21 +283,39 @@ func committedWord(c bool) string {
 	return "NOT committed"
 }
 
-func writeReadyFile(path string, infos []emulator.ListenerInfo) error {
-	type entry struct {
-		Transport string `json:"transport"`
-		Addr      string `json:"addr"`
-	}
-	out := make([]entry, 0, len(infos))
+// readyEntry is one listener in the ready file.
+type readyEntry struct {
+	Transport string `json:"transport"`
+	Addr      string `json:"addr"`
+}
+
+func readyListeners(infos []emulator.ListenerInfo) []readyEntry {
+	out := make([]readyEntry, 0, len(infos))
 	for _, l := range infos {
-		out = append(out, entry{l.Transport, l.Addr})
+		out = append(out, readyEntry{l.Transport, l.Addr})
 	}
-	b, _ := json.MarshalIndent(map[string]any{"listeners": out}, "", "  ")
+	return out
+}
+
+// writeJSONFile writes doc, indented, to path atomically (a temporary file,
+// then a rename), so that a reader never sees half of it.
+func writeJSONFile(flag, path string, doc any) error {
+	b, err := json.MarshalIndent(doc, "", "  ")
+	if err != nil {
+		return fmt.Errorf("%s: %w", flag, err)
+	}
+	return writeFileAtomic(flag, path, append(b, '\n'))
+}
+
+func writeFileAtomic(flag, path string, data []byte) error {
 	tmp := filepath.Join(filepath.Dir(path), "."+filepath.Base(path)+".tmp")
-	if err := os.WriteFile(tmp, append(b, '\n'), 0o644); err != nil {
-		return fmt.Errorf("--ready-file: %w", err)
+	if err := os.WriteFile(tmp, data, 0o644); err != nil {
+		return fmt.Errorf("%s: %w", flag, err)
 	}
-	return os.Rename(tmp, path)
+	if err := os.Rename(tmp, path); err != nil {
+		return fmt.Errorf("%s: %w", flag, err)
+	}
+	return nil
 }
 
 // deviceLogHandler prints the emulated firmware's log like a device console:

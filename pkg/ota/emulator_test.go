@@ -73,6 +73,29 @@ func (tc emuCase) run(t *testing.T) (*ota.Outcome, error, *emulator.Device) {
 	// The device reboots RebootAfter after OTA.End's reply, on its clock
 	// (calls meanwhile get error 418, the pre-reboot window).
 	clk.Advance(20 * time.Millisecond)
+	// The device stays off for its reboot delay on its clock: let a few
+	// attempts go unanswered, then move the clock past it (each time: a
+	// crash at boot reboots again).
+	stopOff := make(chan struct{})
+	offDone := make(chan struct{})
+	go func() {
+		defer close(offDone)
+		for {
+			select {
+			case <-stopOff:
+				return
+			case <-time.After(time.Millisecond):
+			}
+			if until := d.State().OffUntil; !until.IsZero() {
+				time.Sleep(tc.rebootDelay)
+				clk.Advance(until.Sub(clk.Now()))
+			}
+		}
+	}()
+	defer func() {
+		close(stopOff)
+		<-offDone
+	}()
 	done := make(chan struct{})
 	if tc.during != nil {
 		go func() {

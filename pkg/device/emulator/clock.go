@@ -6,12 +6,14 @@ import (
 	"time"
 )
 
-// Clock is the emulator's source of time for the commit timer, the update
-// watchdog, the reboot scheduled after a reply (Config.RebootAfter, with
-// its 418 window), the MQTT reconnect back-off and uptime. Inject a
-// ManualClock to test them in milliseconds. (The time a rebooting device
-// stays off, Config.RebootDelay, is real time: it is short and set by
-// Config.)
+// Clock is the emulator's source of time for everything a device waits
+// for: the commit timer, the update watchdog, the reboot scheduled after a
+// reply (Config.RebootAfter, with its 418 window), the time a rebooting
+// device stays off (Config.RebootDelay, State.OffUntil), the MQTT reconnect
+// back-off, the health method's late:N and uptime. Inject a ManualClock to
+// test them in milliseconds. (Network timeouts — HTTPLimits, the 5 s bound
+// on the first attempt to reach an MQTT broker — and the pace of a serial
+// link, SerialBaud, are real time: they are the network's and the wire's.)
 type Clock interface {
 	Now() time.Time
 	// AfterFunc calls f in its own goroutine (or, for ManualClock, from
@@ -90,7 +92,8 @@ func (c *ManualClock) Pending() int {
 }
 
 // Advance moves the clock by d and runs the callbacks of the timers that
-// became due, earliest first.
+// became due, earliest first. The clock never goes back: when another
+// Advance took it further meanwhile, it stays there.
 func (c *ManualClock) Advance(d time.Duration) {
 	c.mu.Lock()
 	target := c.now.Add(d)
@@ -104,7 +107,9 @@ func (c *ManualClock) Advance(d time.Duration) {
 			}
 		}
 		if len(due) == 0 {
-			c.now = target
+			if target.After(c.now) {
+				c.now = target
+			}
 			c.mu.Unlock()
 			return
 		}

@@ -71,7 +71,9 @@ type Config struct {
 	// Slots is the number of firmware slots (>= 2). Default 2.
 	Slots int
 	// RebootDelay is how long a reboot keeps the device off every
-	// transport. Zero reboots at once (the command's default is 1s).
+	// transport, on Clock: with a ManualClock the device stays off until
+	// Advance moves past it (State.OffUntil says when). Zero reboots at
+	// once (the command's default is 1s).
 	RebootDelay time.Duration
 	// RebootAfter is how long after replying OTA.Update/End, OTA.Revert
 	// or Sys.Reboot (without delay_ms) the device reboots, on Clock: with
@@ -133,6 +135,15 @@ type Config struct {
 	// FactoryVersion is the version of the factory firmware written to a
 	// new StateDir. Default "1.0.0".
 	FactoryVersion string
+
+	// CrashOnNewFirmware makes every new firmware crash during init on
+	// its first boot, as if each bundle said emulator_behavior
+	// crash_on_boot: the device reverts to the firmware it ran and reboots
+	// (docs/emulator.md, "Failing devices"). A new firmware is one booted
+	// uncommitted whose build_id differs from that of its revert slot; a
+	// committed boot never crashes for this. HostConfig.FailRate sets it
+	// for a share of a host's devices.
+	CrashOnNewFirmware bool
 
 	// Clock drives the commit timer, the update watchdog and uptime.
 	// Default: the system clock.
@@ -202,6 +213,15 @@ type State struct {
 	// RebootPending is true from the moment a reboot is scheduled (after
 	// a reply that causes one) until the device goes off.
 	RebootPending bool
+	// OffUntil is, while the device is off for a reboot, when it boots
+	// again on Config.Clock (its RebootDelay ends); zero otherwise. With a
+	// ManualClock, Advance past it.
+	OffUntil time.Time
+	// CrashOnNewFirmware is Config.CrashOnNewFirmware.
+	CrashOnNewFirmware bool
+	// MQTTConnected is true while the device's MQTT client is connected
+	// to its broker with its request topic subscribed.
+	MQTTConnected bool
 }
 
 // Device is an emulated Mongoose OS device.
@@ -228,6 +248,10 @@ type Device struct {
 	listeners []Listener
 	lstarted  bool
 
+	host      *Host           // the host the device is attached to; nil: on its own
+	ownBroker *embeddedBroker // an embedded broker a device on its own runs
+	mqtt      *MQTTListener   // its broker connection; nil: no MQTT
+
 	mu          sync.Mutex
 	started     bool
 	closed      bool
@@ -236,6 +260,7 @@ type Device struct {
 	bricked     bool
 	rebooting   bool
 	rebootAt    time.Time // on the clock; zero: no reboot scheduled
+	offUntil    time.Time // on the clock: the end of a reboot's delay; zero: not waiting
 	boots       int
 	mem         BootState
 	running     int
@@ -258,8 +283,16 @@ type otaStatus struct {
 }
 
 // New prepares a device on cfg.StateDir (creating a factory firmware when
-// the directory is new). It does not boot it: call Start.
+// the directory is new). It does not boot it: call Start. A device made by
+// New owns its transports, including an embedded MQTT broker; to run many
+// devices in one process, behind one HTTP listener and one broker, use a
+// Host.
 func New(cfg Config) (*Device, error) {
+	return newDevice(cfg, nil)
+}
+
+// newDevice is New for a device on its own (att nil) or attached to a host.
+func newDevice(cfg Config, att *attachment) (*Device, error) {
 	if cfg.StateDir == "" {
 		return nil, errors.New("emulator: a state dir is required (--state-dir DIR)")
 	}
@@ -329,7 +362,7 @@ func New(cfg Config) (*Device, error) {
 	// factory image.
 	d.fl.hook = cfg.Hooks.FlashWrite
 	d.fl.seq.Store(0)
-	ls, err := d.configListeners()
+	ls, err := d.configListeners(att)
 	if err != nil {
 		return nil, err
 	}
@@ -426,6 +459,9 @@ func (d *Device) initFlash() error {
 	return d.fl.saveBoot(BootState{ActiveSlot: 0, IsCommitted: true, RevertSlot: 0})
 }
 
+// ID returns the device's id.
+func (d *Device) ID() string { return d.cfg.ID }
+
 // RPC returns the device's method registry.
 func (d *Device) RPC() *rpc.Server { return d.srv }
 
@@ -469,6 +505,12 @@ func (d *Device) Start(ctx context.Context) error {
 	}
 	d.started = true
 	d.mu.Unlock()
+	if d.ownBroker != nil {
+		// Up before the device connects, and across its reboots.
+		if err := d.ownBroker.start(); err != nil {
+			return err
+		}
+	}
 	return d.powerOn(ctx)
 }
 
@@ -496,6 +538,7 @@ func (d *Device) FSDir() string {
 
 // State returns a snapshot of the device.
 func (d *Device) State() State {
+	mqttUp := d.mqtt != nil && d.mqtt.Connected()
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	s := State{
@@ -503,7 +546,8 @@ func (d *Device) State() State {
 		RunningSlot: d.running, Boot: d.mem, Behavior: d.behavior,
 		HealthMethod: d.health.method, Health: d.health.String(),
 		OTAState: d.status.state, OTAMessage: d.statusMsgLocked(), CommitTimerArmed: d.commitTimer != nil,
-		RebootPending: !d.rebootAt.IsZero(),
+		RebootPending: !d.rebootAt.IsZero(), OffUntil: d.offUntil, CrashOnNewFirmware: d.cfg.CrashOnNewFirmware,
+		MQTTConnected: mqttUp,
 	}
 	s.OTAProgress = d.status.progress
 	if d.upd != nil {
@@ -553,6 +597,9 @@ func (d *Device) Close() error {
 		}
 	}
 	d.lmu.Unlock()
+	if d.ownBroker != nil {
+		errs = append(errs, d.ownBroker.close())
+	}
 	return errors.Join(errs...)
 }
 
@@ -583,14 +630,25 @@ func (d *Device) spawn(f func()) bool {
 	return true
 }
 
-func (d *Device) sleep(dur time.Duration) bool {
+// offFor keeps the rebooting device off for dur on its clock (State.OffUntil
+// meanwhile); false when it was closed or lost its power first.
+func (d *Device) offFor(dur time.Duration) bool {
 	if dur <= 0 {
 		return d.life.Err() == nil
 	}
-	t := time.NewTimer(dur)
-	defer t.Stop()
+	done := make(chan struct{})
+	d.mu.Lock()
+	d.offUntil = d.clock.Now().Add(dur)
+	t := d.clock.AfterFunc(dur, func() { close(done) })
+	d.mu.Unlock()
+	defer func() {
+		t.Stop()
+		d.mu.Lock()
+		d.offUntil = time.Time{}
+		d.mu.Unlock()
+	}()
 	select {
-	case <-t.C:
+	case <-done:
 		return true
 	case <-d.life.Done():
 		return false
@@ -656,7 +714,7 @@ func (d *Device) reboot() {
 		}
 		d.log.Info("rebooting")
 		d.goOffline()
-		if !d.sleep(d.cfg.RebootDelay) || d.poweredOff.Load() {
+		if !d.offFor(d.cfg.RebootDelay) || d.poweredOff.Load() {
 			return
 		}
 		cameBack = true // powerOn clears rebooting
@@ -676,6 +734,11 @@ func (d *Device) reboot() {
 func (d *Device) goOffline() {
 	d.mu.Lock()
 	d.online, d.answering = false, false
+	d.mu.Unlock()
+	// Clients of a shared listener lose their connections now, before the
+	// running firmware ends: no reply of this boot reaches them.
+	d.dropClients()
+	d.mu.Lock()
 	d.rebootAt = time.Time{}
 	if d.epochStop != nil {
 		d.epochStop()
@@ -689,6 +752,20 @@ func (d *Device) goOffline() {
 	d.stopListeners()
 	if u != nil {
 		<-u.done
+	}
+}
+
+// clientDropper is a listener that can close its clients' connections at
+// once, without waiting for their handlers (a host's route).
+type clientDropper interface{ dropClients() }
+
+func (d *Device) dropClients() {
+	d.lmu.Lock()
+	defer d.lmu.Unlock()
+	for _, l := range d.listeners {
+		if cd, ok := l.(clientDropper); ok {
+			cd.dropClients()
+		}
 	}
 }
 
@@ -746,7 +823,7 @@ func (d *Device) powerOn(ctx context.Context) error {
 		if !again {
 			break
 		}
-		if !d.sleep(d.cfg.RebootDelay) {
+		if !d.offFor(d.cfg.RebootDelay) {
 			return d.life.Err()
 		}
 	}
@@ -815,6 +892,9 @@ func (d *Device) boot() (again bool, err error) {
 		if raw, ok := m.Extra[BehaviorAttribute]; ok && behavior == BehaviorOK && string(raw) != `"`+BehaviorOK+`"` {
 			d.log.Warn("unknown "+BehaviorAttribute+": booting as \"ok\" (known: ok, crash_on_boot, no_rpc)", "value", string(raw))
 		}
+		if !crashed && !p.IsCommitted && d.cfg.CrashOnNewFirmware && d.newFirmwareLocked(p, m) {
+			crashed, why = true, "this device crashes on booting a new firmware (CrashOnNewFirmware, --fail-rate)"
+		}
 	}
 	d.running, d.manifest, d.behavior = p.ActiveSlot, m, behavior
 	if merr == nil {
@@ -861,6 +941,18 @@ func (d *Device) boot() (again bool, err error) {
 		return false, err
 	}
 	return false, nil
+}
+
+// newFirmwareLocked reports whether m, booted uncommitted from p's active
+// slot, is a new firmware for Config.CrashOnNewFirmware: its build_id
+// differs from that of the revert slot's firmware (or that slot holds none
+// that can be read).
+func (d *Device) newFirmwareLocked(p BootState, m *bundle.Manifest) bool {
+	if p.ActiveSlot == p.RevertSlot {
+		return false
+	}
+	old, err := d.fl.loadManifest(p.RevertSlot)
+	return err != nil || old.BuildID != m.BuildID
 }
 
 func firmwareBehavior(m *bundle.Manifest) string {

@@ -43,7 +43,8 @@
 // the device off every transport: listeners are stopped (HTTP and WebSocket
 // connections close, the serial pty is closed and recreated at the same
 // link path, the MQTT client disconnects; an embedded broker stays up), for
-// Config.RebootDelay, then the device boots and starts them again. The
+// Config.RebootDelay on Config.Clock (State.OffUntil), then the device boots
+// and starts them again. The
 // replies that precede a reboot are sent Config.RebootAfter (100 ms, on
 // Config.Clock) before it; in the last RebootLockout (100 ms) of that wait
 // every known method is answered with error 418 "shutting down in N ms",
@@ -97,6 +98,19 @@
 // already is refused), answering as "emulator_health" (HealthAttribute)
 // says: "ok" (default), "fail" (error 500), "late:N" (error 503 for the
 // first N seconds after boot) or "hang" (no answer).
+//
+// # Many devices
+//
+// A Host runs many devices in one process (`otactl emulator --count N`):
+// it owns the transports they share — one HTTP listener that serves device
+// id at /<id>/rpc, one embedded MQTT broker (or the URL of another) — and
+// devices attach to it with AddDevice, each with its own flash, timers,
+// firmware and MQTT client connection. A device's reboot detaches only its
+// own route (its connections in flight close) and its own broker
+// connection; the listener and the broker stay up for the others.
+// HostConfig.FailRate gives a share of them Config.CrashOnNewFirmware,
+// picked by FailsNewFirmware(seed, id, rate). See docs/emulator.md, "Many
+// devices in one process".
 //
 // # Library use
 //

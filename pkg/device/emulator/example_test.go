@@ -75,10 +75,10 @@ func serveBundle(t *testing.T, version, behavior string) string {
 func TestLibraryRollbackByCommitTimer(t *testing.T) {
 	clock := emulator.NewManualClock(time.Date(2024, 1, 1, 0, 0, 0, 0, time.UTC))
 	d, err := emulator.New(emulator.Config{
-		StateDir:    t.TempDir(),
-		Listen:      "127.0.0.1:0", // HTTP and WebSocket on a free port
-		RebootDelay: 10 * time.Millisecond,
-		Clock:       clock, // commit timers and watchdogs move only on Advance
+		StateDir: t.TempDir(),
+		Listen:   "127.0.0.1:0", // HTTP and WebSocket on a free port
+		Clock:    clock,         // commit timers, watchdogs and reboots move only on Advance
+		// RebootDelay 0 (the library's default): back at once after a reboot.
 	})
 	if err != nil {
 		t.Fatal(err)

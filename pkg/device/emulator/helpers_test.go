@@ -140,10 +140,14 @@ func (e *env) info() map[string]any {
 }
 
 // fireReboot advances the ManualClock to the reboot the device has
-// scheduled, if any: the reboot after a reply waits on the device's clock.
+// scheduled, if any, or to the end of the reboot delay it is off for: both
+// wait on the device's clock.
 func (e *env) fireReboot() {
 	e.d.mu.Lock()
 	at := e.d.rebootAt
+	if at.IsZero() {
+		at = e.d.offUntil
+	}
 	e.d.mu.Unlock()
 	if at.IsZero() {
 		return

@@ -29,16 +29,24 @@ const refusal = "HTTP/1.1 503 Service Unavailable\r\n" +
 // the server, so that a flood of clients cannot queue up.
 type limitListener struct {
 	net.Listener
-	log  *slog.Logger
-	slot chan struct{}
+	log *slog.Logger
 
 	mu      sync.Mutex
+	max     int // connections served at once
+	open    int // connections being served
 	refused map[net.Conn]struct{}
 	wg      sync.WaitGroup
 }
 
 func newLimitListener(ln net.Listener, max int, log *slog.Logger) *limitListener {
-	return &limitListener{Listener: ln, log: log, slot: make(chan struct{}, max), refused: map[net.Conn]struct{}{}}
+	return &limitListener{Listener: ln, log: log, max: max, refused: map[net.Conn]struct{}{}}
+}
+
+// setMax changes the limit; connections already served stay.
+func (l *limitListener) setMax(max int) {
+	l.mu.Lock()
+	l.max = max
+	l.mu.Unlock()
 }
 
 // Accept returns the next connection within the limit.
@@ -48,22 +56,33 @@ func (l *limitListener) Accept() (net.Conn, error) {
 		if err != nil {
 			return nil, err
 		}
-		select {
-		case l.slot <- struct{}{}:
-			return &limitConn{Conn: c, release: func() { <-l.slot }}, nil
-		default:
-			l.refuse(c)
+		l.mu.Lock()
+		ok := l.open < l.max
+		if ok {
+			l.open++
 		}
+		l.mu.Unlock()
+		if ok {
+			return &limitConn{Conn: c, release: l.release}, nil
+		}
+		l.refuse(c)
 	}
+}
+
+func (l *limitListener) release() {
+	l.mu.Lock()
+	l.open--
+	l.mu.Unlock()
 }
 
 // refuse answers c with 503 and closes it, in the background.
 func (l *limitListener) refuse(c net.Conn) {
-	l.log.Debug("HTTP: too many connections: refusing one", "limit", cap(l.slot), "remote", c.RemoteAddr().String())
 	l.mu.Lock()
+	limit := l.max
 	l.refused[c] = struct{}{}
 	l.wg.Add(1)
 	l.mu.Unlock()
+	l.log.Debug("HTTP: too many connections: refusing one", "limit", limit, "remote", c.RemoteAddr().String())
 	go func() {
 		defer l.wg.Done()
 		defer func() {

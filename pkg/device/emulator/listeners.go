@@ -10,13 +10,9 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
-
-	mochi "github.com/mochi-mqtt/server/v2"
-	"github.com/mochi-mqtt/server/v2/listeners"
-	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/otactl/otactl/pkg/transport"
 	httptransport "github.com/otactl/otactl/pkg/transport/http"
@@ -26,14 +22,23 @@ import (
 )
 
 // configListeners builds the listeners named by Config.Listen, SerialLink
-// and MQTTBroker.
-func (d *Device) configListeners() ([]Listener, error) {
+// and MQTTBroker, or, for a device attached to a host, the host's route and
+// broker plus its own serial link.
+func (d *Device) configListeners(att *attachment) ([]Listener, error) {
 	var out []Listener
-	tlsConf, err := loadTLS(d.cfg.TLS)
-	if err != nil {
-		return nil, err
+	var tlsConf *deviceTLS
+	if att != nil {
+		tlsConf = att.tls
+	} else {
+		var err error
+		if tlsConf, err = loadTLS(d.cfg.TLS); err != nil {
+			return nil, err
+		}
 	}
-	if d.cfg.Listen != "" {
+	switch {
+	case att != nil && att.route != nil:
+		out = append(out, att.route)
+	case d.cfg.Listen != "":
 		l := NewHTTPListener(d.cfg.Listen, d.log)
 		l.Limits = d.cfg.HTTPLimits
 		if tlsConf != nil {
@@ -46,23 +51,38 @@ func (d *Device) configListeners() ([]Listener, error) {
 		l.Baud = d.cfg.SerialBaud
 		out = append(out, l)
 	}
-	if d.cfg.MQTTBroker != "" {
-		l, err := NewMQTTListener(d.cfg.MQTTBroker, d.cfg.ID, d.log)
-		if err != nil {
+	var ml *MQTTListener
+	switch {
+	case att != nil && att.broker != nil:
+		ml = newEmbeddedMQTTListener(att.broker, d.cfg.ID, d.log)
+	case att != nil && att.brokerURL != nil:
+		ml = &MQTTListener{id: d.cfg.ID, log: d.log, url: att.brokerURL}
+	case att != nil:
+	case d.cfg.MQTTBroker != "":
+		if addr, ok := parseEmbedded(d.cfg.MQTTBroker); ok {
+			d.ownBroker = newEmbeddedBroker(addr, tlsConf.embeddedServer())
+			ml = newEmbeddedMQTTListener(d.ownBroker, d.cfg.ID, d.log)
+			break
+		}
+		var err error
+		if ml, err = NewMQTTListener(d.cfg.MQTTBroker, d.cfg.ID, d.log); err != nil {
 			return nil, err
 		}
-		if err := l.setTLS(tlsConf); err != nil {
+	}
+	if ml != nil {
+		if err := ml.setTLS(tlsConf); err != nil {
 			return nil, err
 		}
 		clock := d.clock
-		l.Connect = mqtt.ServeOptions{
+		ml.Connect = mqtt.ServeOptions{
 			Background:   true,
 			MinReconnect: d.cfg.MQTTReconnectMin,
 			MaxReconnect: d.cfg.MQTTReconnectMax,
 			Jitter:       mqttReconnectJitter,
 			AfterFunc:    func(dur time.Duration, f func()) func() bool { return clock.AfterFunc(dur, f).Stop },
 		}
-		out = append(out, l)
+		d.mqtt = ml
+		out = append(out, ml)
 	}
 	return out, nil
 }
@@ -300,9 +320,10 @@ const (
 	mqttReconnectJitter     = 0.1
 )
 
-// MQTTListener connects the device to an MQTT broker (or to a broker it
-// runs in-process, which stays up across reboots). Stop disconnects the
-// device's client; Close stops the embedded broker.
+// MQTTListener connects the device to an MQTT broker: one client
+// connection, as a device has. Stop disconnects it. An embedded broker is
+// not the listener's: its owner (a Host, or a Device started on its own)
+// starts it before the device connects and stops it after.
 type MQTTListener struct {
 	// Connect tunes the broker connection (mqtt.ServeWith). The device
 	// sets Background, so that a broker that is down does not keep it off
@@ -312,57 +333,50 @@ type MQTTListener struct {
 	id  string
 	log *slog.Logger
 
-	embedded     bool
-	embeddedAddr string
-	broker       *mochi.Server
-	brokerTLS    *tls.Config // the embedded broker's listener; nil: plain
-	clientTLS    *tls.Config // the device's connection to its broker
+	embedded  *embeddedBroker // the broker connected to, when in-process
+	clientTLS *tls.Config     // the device's connection to its broker
 
 	mu  sync.Mutex
-	url *url.URL
+	url *url.URL // an external broker's
 	srv *mqtt.Server
+	cur atomic.Pointer[mqtt.Server] // srv, for Connected without waiting on mu
 }
 
-// NewMQTTListener returns a listener for spec: "mqtt://[user:pass@]host:port"
-// (or mqtts://), or "embedded" / "embedded:ADDR" for an in-process broker
-// (default address 127.0.0.1:1883).
+// NewMQTTListener returns a listener that connects device deviceID to the
+// broker at spec, "mqtt://[user:pass@]host:port" or mqtts://. (An
+// in-process broker, "embedded", is set up by Config.MQTTBroker or by a
+// Host, which own it.)
 func NewMQTTListener(spec, deviceID string, log *slog.Logger) (*MQTTListener, error) {
-	l := &MQTTListener{id: deviceID, log: orDiscard(log)}
-	if spec == "embedded" || strings.HasPrefix(spec, "embedded:") {
-		l.embedded = true
-		l.embeddedAddr = strings.TrimPrefix(strings.TrimPrefix(spec, "embedded"), ":")
-		if l.embeddedAddr == "" {
-			l.embeddedAddr = "127.0.0.1:1883"
-		}
-		return l, nil
+	if _, ok := parseEmbedded(spec); ok {
+		return nil, fmt.Errorf("emulator: an embedded MQTT broker is set up by Config.MQTTBroker or HostConfig.MQTTBroker, not by NewMQTTListener")
 	}
+	u, err := parseBrokerURL(spec)
+	if err != nil {
+		return nil, err
+	}
+	return &MQTTListener{id: deviceID, log: orDiscard(log), url: u}, nil
+}
+
+// parseBrokerURL checks an mqtt:// or mqtts:// broker URL.
+func parseBrokerURL(spec string) (*url.URL, error) {
 	u, err := url.Parse(spec)
 	if err != nil || (u.Scheme != "mqtt" && u.Scheme != "mqtts") || u.Host == "" {
-		return nil, fmt.Errorf("emulator: --mqtt-broker %q: want mqtt://host:port, mqtts://host:port, embedded or embedded:ADDR", spec)
+		return nil, fmt.Errorf("emulator: --mqtt-broker %q: want mqtt://host:port, mqtts://host:port, embedded or embedded:ADDR", transport.RedactString(spec))
 	}
-	l.url = u
-	return l, nil
+	return u, nil
 }
 
-func (l *MQTTListener) startBroker() error {
-	srv := mochi.New(&mochi.Options{Logger: slog.New(slog.DiscardHandler), InlineClient: false})
-	if err := srv.AddHook(new(allowAll), nil); err != nil {
-		return fmt.Errorf("embedded MQTT broker: %w", err)
+// newEmbeddedMQTTListener returns a listener that connects device deviceID
+// to b.
+func newEmbeddedMQTTListener(b *embeddedBroker, deviceID string, log *slog.Logger) *MQTTListener {
+	return &MQTTListener{id: deviceID, log: orDiscard(log), embedded: b}
+}
+
+func (l *MQTTListener) brokerURL() *url.URL {
+	if l.embedded != nil {
+		return l.embedded.URL()
 	}
-	tcp := listeners.NewTCP(listeners.Config{ID: "emulator", Address: l.embeddedAddr, TLSConfig: l.brokerTLS})
-	if err := srv.AddListener(tcp); err != nil {
-		return fmt.Errorf("embedded MQTT broker: listening on %s: %w", l.embeddedAddr, err)
-	}
-	if err := srv.Serve(); err != nil {
-		_ = srv.Close()
-		return fmt.Errorf("embedded MQTT broker: %w", err)
-	}
-	l.broker = srv
-	l.url = &url.URL{Scheme: "mqtt", Host: tcp.Address()}
-	if l.brokerTLS != nil {
-		l.url.Scheme = "mqtts"
-	}
-	return nil
+	return l.url
 }
 
 // Start implements Listener.
@@ -372,16 +386,12 @@ func (l *MQTTListener) Start(ctx context.Context, h transport.Handler) error {
 	if l.srv != nil {
 		return nil
 	}
-	if l.embedded && l.broker == nil {
-		if err := l.startBroker(); err != nil {
-			return err
-		}
-	}
-	srv, err := mqtt.ServeWith(ctx, l.url, l.id, h, transport.Options{Logger: l.log, TLS: l.clientTLS}, l.Connect)
+	srv, err := mqtt.ServeWith(ctx, l.brokerURL(), l.id, h, transport.Options{Logger: l.log, TLS: l.clientTLS}, l.Connect)
 	if err != nil {
 		return err
 	}
 	l.srv = srv
+	l.cur.Store(srv)
 	return nil
 }
 
@@ -392,50 +402,37 @@ func (l *MQTTListener) Stop() error {
 	if l.srv == nil {
 		return nil
 	}
+	l.cur.Store(nil)
 	err := l.srv.Close()
 	l.srv = nil
 	return err
 }
 
-// Close stops the embedded broker, if any.
-func (l *MQTTListener) Close() error {
-	l.Stop()
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.broker != nil {
-		err := l.broker.Close()
-		l.broker = nil
-		return err
-	}
-	return nil
+// Connected reports whether the device is connected to its broker with
+// its request topic subscribed. It does not wait for a Start or Stop in
+// progress.
+func (l *MQTTListener) Connected() bool {
+	srv := l.cur.Load()
+	return srv != nil && srv.Connected()
 }
 
 // Info implements Listener.
 func (l *MQTTListener) Info() []ListenerInfo {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.url == nil {
-		scheme := "mqtt"
-		if l.brokerTLS != nil {
-			scheme = "mqtts"
-		}
-		return []ListenerInfo{{Transport: "mqtt", Addr: scheme + "://" + l.embeddedAddr + "/" + l.id}}
-	}
-	u := *l.url
+	u := *l.brokerURL()
 	u.Path = "/" + l.id
 	return []ListenerInfo{{Transport: "mqtt", Addr: transport.Redact(&u)}}
 }
 
-// setTLS applies the device's TLS settings: an embedded broker listens
-// with the device's certificate (and its client CAs); the device reaches
-// an mqtts:// broker with the configured CA and client certificate.
+// setTLS applies the device's TLS settings: towards an embedded broker
+// (which listens with the device's certificate and its client CAs) it
+// presents its own certificate and pins the broker's; towards an mqtts://
+// broker it uses the configured CA and client certificate.
 func (l *MQTTListener) setTLS(t *deviceTLS) error {
 	if t == nil {
 		return nil
 	}
-	if l.embedded {
+	if l.embedded != nil {
 		if t.server != nil {
-			l.brokerTLS = t.embeddedServer()
 			l.clientTLS = t.embeddedClient()
 		}
 		return nil
@@ -446,20 +443,6 @@ func (l *MQTTListener) setTLS(t *deviceTLS) error {
 	l.clientTLS = t.broker
 	return nil
 }
-
-// allowAll lets every client connect and use every topic (the embedded
-// broker is for loopback testing).
-type allowAll struct{ mochi.HookBase }
-
-func (*allowAll) ID() string { return "emulator-allow-all" }
-
-func (*allowAll) Provides(b byte) bool {
-	return b == mochi.OnConnectAuthenticate || b == mochi.OnACLCheck
-}
-
-func (*allowAll) OnConnectAuthenticate(*mochi.Client, packets.Packet) bool { return true }
-
-func (*allowAll) OnACLCheck(*mochi.Client, string, bool) bool { return true }
 
 func orDiscard(l *slog.Logger) *slog.Logger {
 	if l == nil {

@@ -90,6 +90,14 @@ func loadTLS(c *TLSConfig) (*deviceTLS, error) {
 	return out, nil
 }
 
+// serverConfig is the TLS config of the device's own listeners; nil: plain.
+func (t *deviceTLS) serverConfig() *tls.Config {
+	if t == nil {
+		return nil
+	}
+	return t.server
+}
+
 func loadPool(path string) (*x509.CertPool, error) {
 	pem, err := os.ReadFile(path)
 	if err != nil {

@@ -30,6 +30,10 @@ type HandlerOptions struct {
 	MaxFrameSize int
 	// Logger receives diagnostics (frames at debug level). Nil means none.
 	Logger *slog.Logger
+	// Path is where the RPC endpoint is: Path and Path/<Method>. Empty
+	// means DefaultPath, "/rpc", a device's. An emulator that hosts many
+	// devices on one listener serves each at "/<id>/rpc".
+	Path string
 }
 
 // Handler is the device side of the HTTP transport; see NewHandler.
@@ -37,6 +41,7 @@ type Handler struct {
 	h      transport.Handler
 	opts   HandlerOptions
 	max    int
+	path   string
 	nextID atomic.Int64 // ids of frames built for /rpc/<Method> calls
 }
 
@@ -67,7 +72,11 @@ func NewHandler(h transport.Handler, opts HandlerOptions) http.Handler {
 	if max <= 0 {
 		max = frame.MaxSize
 	}
-	return &Handler{h: h, opts: opts, max: max}
+	path := opts.Path
+	if path == "" {
+		path = DefaultPath
+	}
+	return &Handler{h: h, opts: opts, max: max, path: strings.TrimSuffix(path, "/")}
 }
 
 // ServeHTTP implements http.Handler.
@@ -75,11 +84,11 @@ func (s *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	p := r.URL.Path
 	var method string
 	switch {
-	case p == DefaultPath || p == DefaultPath+"/":
-	case strings.HasPrefix(p, DefaultPath+"/"):
-		method = p[len(DefaultPath)+1:]
+	case p == s.path || p == s.path+"/":
+	case strings.HasPrefix(p, s.path+"/"):
+		method = p[len(s.path)+1:]
 	default:
-		http.Error(w, "Not Found: the RPC endpoint is /rpc", http.StatusNotFound)
+		http.Error(w, "Not Found: the RPC endpoint is "+s.path, http.StatusNotFound)
 		return
 	}
 
@@ -102,7 +111,7 @@ func (s *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	allowed := r.Method == http.MethodPost || (method != "" && r.Method == http.MethodGet)
 	if !allowed {
 		w.Header().Set("Allow", "POST, OPTIONS")
-		http.Error(w, "Method Not Allowed: POST the RPC frame to /rpc", http.StatusMethodNotAllowed)
+		http.Error(w, "Method Not Allowed: POST the RPC frame to "+s.path, http.StatusMethodNotAllowed)
 		return
 	}
 

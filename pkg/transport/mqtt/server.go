@@ -72,6 +72,11 @@ func (o ServeOptions) withDefaults() ServeOptions {
 	return o
 }
 
+// DeviceClientIDPrefix starts the client id of every device side (Serve):
+// with 16 random hex digits after it, 23 bytes, the longest every MQTT
+// 3.1.1 broker must accept.
+const DeviceClientIDPrefix = "otadev-"
+
 // Server is the device side of the MQTT transport: a broker client that
 // answers requests published to RequestTopic(deviceID). See Serve.
 type Server struct {
@@ -149,7 +154,7 @@ func ServeWith(ctx context.Context, brokerURL *url.URL, deviceID string, h trans
 	s := &Server{
 		b:        b,
 		deviceID: deviceID,
-		clientID: randomID("otadev-"),
+		clientID: randomID(DeviceClientIDPrefix),
 		h:        h,
 		opts:     opts,
 		so:       so.withDefaults(),
