@@ -154,3 +154,36 @@ func TestSettleTime(t *testing.T) {
 		t.Fatalf("Settle with a cancelled ctx = %v", err)
 	}
 }
+
+// Over one shared broker connection (mqtt.Sessions), two devices with one
+// id fail that id's calls only: the device next to them, on the same
+// broker connection, goes on answering.
+func TestDuplicateStaysWithItsDevice(t *testing.T) {
+	bu := mqtttest.StartBroker(t)
+	transporttest.LeakCheck(t)
+	mqttDevice(t, bu, "twin", "twin")
+	mqttDevice(t, bu, "twin", "twin")
+	mqttDevice(t, bu, "single", "single")
+	p := mqtt.NewSessions(mqtt.SessionsOptions{})
+	t.Cleanup(func() { p.Close() })
+	twin := dialClient(t, p.Dial, bu+"/twin")
+	single := dialClient(t, p.Dial, bu+"/single")
+	for i := 0; i < 3 && twin.Err() == nil; i++ {
+		_, _ = twin.Call(transporttest.Ctx(t), "Sys.GetInfo", nil)
+		_ = settle(t, twin)
+	}
+	if err := twin.Err(); !errors.Is(err, rpc.ErrDuplicateReply) || !strings.Contains(err.Error(), "device id twin") {
+		t.Fatalf("twin: Err = %v, want ErrDuplicateReply", err)
+	}
+	for range 3 {
+		if _, err := single.Call(transporttest.Ctx(t), "Sys.GetInfo", nil); err != nil {
+			t.Fatalf("single, next to the twins: %v", err)
+		}
+	}
+	if err := settle(t, single); err != nil {
+		t.Fatalf("single: Settle = %v", err)
+	}
+	if st := p.Stats(); st.Connects != 1 || st.Devices != 2 {
+		t.Fatalf("stats %+v: want one broker connection for both ids", st)
+	}
+}

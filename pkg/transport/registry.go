@@ -7,6 +7,7 @@ import (
 	"net/url"
 	"sort"
 	"strings"
+	"sync"
 	"unicode/utf8"
 )
 
@@ -14,9 +15,14 @@ import (
 type DialFunc func(ctx context.Context, u *url.URL, opts Options) (Conn, error)
 
 // Registry maps URL schemes to transports. The zero value is empty and ready;
-// pkg/transport/all builds one with every transport.
+// pkg/transport/all builds one with every transport. A registry whose
+// transports hold state across dials (MQTT sessions shared by many devices)
+// is closed with Close when its owner is done with it.
 type Registry struct {
 	dialers map[string]DialFunc
+
+	closeMu sync.Mutex
+	closers []func() error
 }
 
 // Register adds a transport for scheme (lower case, without "://").
@@ -25,6 +31,32 @@ func (r *Registry) Register(scheme string, dial DialFunc) {
 		r.dialers = map[string]DialFunc{}
 	}
 	r.dialers[strings.ToLower(scheme)] = dial
+}
+
+// OnClose registers fn to run when the registry is closed: a transport
+// whose dials share state (a broker connection) releases it there.
+func (r *Registry) OnClose(fn func() error) {
+	r.closeMu.Lock()
+	defer r.closeMu.Unlock()
+	r.closers = append(r.closers, fn)
+}
+
+// Close runs the functions registered with OnClose, last first, once, and
+// returns the first error. Connections dialed through the registry that
+// are still open end with it (their Send and Recv return ErrClosed). It is
+// idempotent; a registry without such functions has nothing to close.
+func (r *Registry) Close() error {
+	r.closeMu.Lock()
+	fns := r.closers
+	r.closers = nil
+	r.closeMu.Unlock()
+	var first error
+	for i := len(fns) - 1; i >= 0; i-- {
+		if err := fns[i](); err != nil && first == nil {
+			first = err
+		}
+	}
+	return first
 }
 
 // Schemes lists the registered schemes, sorted.

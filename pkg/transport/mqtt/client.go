@@ -17,6 +17,10 @@ import (
 // made to wait (the ack is held back).
 const recvQueue = 64
 
+// recentSent is how many request ids a connection remembers, to route a
+// reply when several connections to one device share a session.
+const recentSent = 64
+
 // DeviceID returns the device id named by the path of an mqtt:// URL
 // ("mqtt://broker/esp32_ABCDEF" → "esp32_ABCDEF"), without surrounding
 // slashes.
@@ -28,7 +32,9 @@ func DeviceID(u *url.URL) string {
 }
 
 // Dial connects to the broker named by u (mqtt://[user:pass@]broker[:1883]/<device_id>
-// or mqtts://…:8883) and returns a connection to the device <device_id>.
+// or mqtts://…:8883) and returns a connection to the device <device_id>
+// over a broker connection of its own, which Close ends. To reach many
+// devices over one broker connection, dial through a Sessions.
 //
 // The client id is opts.ClientID, or "otactl-" and 16 random hex digits,
 // new for every connection (two clients with one id knock each other off the
@@ -39,88 +45,88 @@ func DeviceID(u *url.URL) string {
 // ReplyTopic(deviceID, clientID) is subscribed, so no reply can be missed.
 // ctx bounds the whole dial.
 func Dial(ctx context.Context, u *url.URL, opts transport.Options) (transport.Conn, error) {
-	b, err := parseBroker(u)
+	d, err := parseDial(u, opts)
 	if err != nil {
-		return nil, err
-	}
-	deviceID := DeviceID(u)
-	if deviceID == "" {
-		return nil, fmt.Errorf("%w: %s: no device id: use %s://[user:pass@]broker[:port]/<device_id>, e.g. %s://%s/esp32_ABCDEF",
-			transport.ErrBadPort, transport.Redact(u), u.Scheme, u.Scheme, u.Host)
-	}
-	if err := checkTopicPart("device id", deviceID); err != nil {
-		return nil, err
-	}
-	clientID := opts.ClientID
-	if clientID == "" {
-		clientID = randomID("otactl-")
-	} else if err := checkTopicPart("MQTT client id", clientID); err != nil {
 		return nil, err
 	}
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("connect to MQTT broker %s: %w", transport.Redact(u), err)
 	}
-
-	c := &conn{
-		b:        b,
-		opts:     opts,
-		deviceID: deviceID,
-		clientID: clientID,
-		reqTopic: RequestTopic(deviceID),
-		src:      ReplySrc(deviceID, clientID),
-		in:       make(chan incoming, recvQueue),
-		done:     make(chan struct{}),
-		lost:     make(chan struct{}),
-	}
-	d := newDialer(ctx, b, opts.TLS)
-	po := clientOptions(b, clientID, d)
-	po.SetConnectionLostHandler(func(_ paho.Client, err error) { c.connectionLost(err) })
-	c.cl = paho.NewClient(po)
-
-	if err := connect(ctx, c.cl, d, b); err != nil {
+	s := newSession(nil, d, opts)
+	if err := s.connect(ctx); err != nil {
+		s.connected(err, ctx.Err() != nil)
 		return nil, err
 	}
-	// Subscribe before anything is published: the device answers at once.
-	if err := subscribe(ctx, c.cl, ReplyTopic(deviceID, clientID), c.onMessage, c.lost); err != nil {
-		c.Close()
-		if e := c.lostErr(); e != nil {
-			return nil, e
-		}
-		return nil, fmt.Errorf("MQTT broker %s: %w", transport.Redact(u), err)
+	s.connected(nil, false)
+	c, err := s.attach(ctx, u, d.deviceID, opts)
+	if err != nil {
+		s.shutdown()
+		return nil, err
 	}
-	c.logf("connected to MQTT broker", "broker", transport.Redact(u), "client_id", clientID, "device", deviceID)
 	return c, nil
 }
 
-// conn is a client connection; see Dial.
-type conn struct {
-	b        *broker
-	opts     transport.Options
-	cl       paho.Client
+// dialTarget is a checked device URL.
+type dialTarget struct {
+	b        *broker // its URL is the dialled one without the device path
 	deviceID string
-	clientID string
+	clientID string // the ClientID option; empty: random per session
+}
+
+// parseDial checks a device URL and the client id option.
+func parseDial(u *url.URL, opts transport.Options) (dialTarget, error) {
+	b, err := parseBroker(u)
+	if err != nil {
+		return dialTarget{}, err
+	}
+	deviceID := DeviceID(u)
+	if deviceID == "" {
+		return dialTarget{}, fmt.Errorf("%w: %s: no device id: use %s://[user:pass@]broker[:port]/<device_id>, e.g. %s://%s/esp32_ABCDEF",
+			transport.ErrBadPort, transport.Redact(u), u.Scheme, u.Scheme, u.Host)
+	}
+	if err := checkTopicPart("device id", deviceID); err != nil {
+		return dialTarget{}, err
+	}
+	if opts.ClientID != "" {
+		if err := checkTopicPart("MQTT client id", opts.ClientID); err != nil {
+			return dialTarget{}, err
+		}
+	}
+	// The session is the broker's, not the device's: its messages name
+	// the broker without the device path.
+	bu := *u
+	bu.Path, bu.RawPath, bu.RawQuery, bu.Fragment = "", "", "", ""
+	b.u = &bu
+	return dialTarget{b: b, deviceID: deviceID, clientID: opts.ClientID}, nil
+}
+
+// conn is a client connection to one device over a session; see Dial and
+// Sessions.Dial.
+type conn struct {
+	s        *brokerSession
+	r        *route // the device's reply topic on s
+	u        *url.URL
+	opts     transport.Options
+	deviceID string
 	reqTopic string
 	src      string
 
 	in   chan incoming
 	done chan struct{} // closed by Close
-	t    tracker       // message callbacks and publishing goroutines
-	gate pubGate       // requests published on cl
 
 	closeOnce sync.Once
 
-	lost     chan struct{} // closed when the broker connection broke
-	lostOnce sync.Once
-	lostMu   sync.Mutex
-	lostE    error
+	sentMu sync.Mutex
+	sent   [recentSent]int64 // ids of the last requests sent, for routing
+	next   int
 }
 
 // DeviceID returns the device id the connection talks to (the rpc client
 // names it when two devices answer).
 func (c *conn) DeviceID() string { return c.deviceID }
 
-// ClientID returns the MQTT client id of the connection.
-func (c *conn) ClientID() string { return c.clientID }
+// ClientID returns the MQTT client id of the connection (its session's).
+func (c *conn) ClientID() string { return c.s.clientID }
 
 func (c *conn) logf(msg string, args ...any) {
 	if c.opts.Logger != nil {
@@ -128,44 +134,45 @@ func (c *conn) logf(msg string, args ...any) {
 	}
 }
 
-func (c *conn) connectionLost(err error) {
-	c.lostOnce.Do(func() {
-		c.lostMu.Lock()
-		c.lostE = fmt.Errorf("connection to MQTT broker %s lost: %v: check the broker and retry", transport.Redact(c.b.u), err)
-		c.lostMu.Unlock()
-		close(c.lost)
-	})
-}
-
-func (c *conn) lostErr() error {
-	c.lostMu.Lock()
-	defer c.lostMu.Unlock()
-	return c.lostE
-}
-
-// onMessage runs in its own paho goroutine per message (order does not
-// matter); it hands the frame to Recv and then acks it, so a reader that
-// falls behind slows the broker down rather than losing replies.
-func (c *conn) onMessage(_ paho.Client, m paho.Message) {
-	if !c.t.enter() {
-		m.Ack()
+// remember records the id of a request sent on c.
+func (c *conn) remember(id int64) {
+	if id == 0 {
 		return
 	}
-	defer c.t.leave()
-	defer m.Ack()
-	data := m.Payload()
+	c.sentMu.Lock()
+	c.sent[c.next] = id
+	c.next = (c.next + 1) % recentSent
+	c.sentMu.Unlock()
+}
+
+// sentID reports whether c sent one of its last requests with id.
+func (c *conn) sentID(id int64) bool {
+	c.sentMu.Lock()
+	defer c.sentMu.Unlock()
+	for _, s := range c.sent {
+		if s == id {
+			return true
+		}
+	}
+	return false
+}
+
+// deliver hands a message on the device's reply topic to Recv. It blocks
+// while Recv lags recvQueue frames behind (the broker then waits for the
+// ack), until c is closed.
+func (c *conn) deliver(topic string, data []byte) {
 	c.opts.DebugFrame("recv", data)
 	// Only the device answers on this client's own reply topic: anything
 	// there that is not a frame is its answer, unreadable.
-	what := fmt.Sprintf("an MQTT message on %s", m.Topic())
+	what := fmt.Sprintf("an MQTT message on %s", topic)
 	var in incoming
 	if max := c.opts.MaxFrame(); len(data) > max {
-		e := transport.NewNotRPCError(what, fmt.Sprintf("larger than %d bytes, the most otactl reads of a reply", max), data, transport.Redact(c.b.u))
+		e := transport.NewNotRPCError(what, fmt.Sprintf("larger than %d bytes, the most otactl reads of a reply", max), data, transport.Redact(c.u))
 		in.err = e
 	} else if f, reason := transport.ParseReply(data); f != nil {
 		in.f = f
 	} else {
-		e := transport.NewNotRPCError(what, reason, data, transport.Redact(c.b.u))
+		e := transport.NewNotRPCError(what, reason, data, transport.Redact(c.u))
 		e.Hint = "check that the device at this id runs Mongoose OS RPC over MQTT"
 		in.err = e
 	}
@@ -175,7 +182,7 @@ func (c *conn) onMessage(_ paho.Client, m paho.Message) {
 	}
 }
 
-// incoming is what onMessage hands to Recv: a frame, or the error for a
+// incoming is what deliver hands to Recv: a frame, or the error for a
 // message that is not one.
 type incoming struct {
 	f   *frame.Frame
@@ -186,12 +193,15 @@ type incoming struct {
 // ReplySrc(deviceID, clientID), to RequestTopic(deviceID) at QoS 1, and
 // waits for the broker's PUBACK or ctx.
 func (c *conn) Send(ctx context.Context, f *frame.Frame) error {
+	s := c.s
 	select {
 	case <-c.done:
 		return transport.ErrClosed
+	case <-s.done:
+		return transport.ErrClosed
 	default:
 	}
-	if err := c.lostErr(); err != nil {
+	if err := s.lostErr(); err != nil {
 		return err
 	}
 	if err := ctx.Err(); err != nil {
@@ -205,16 +215,17 @@ func (c *conn) Send(ctx context.Context, f *frame.Frame) error {
 		return fmt.Errorf("encode RPC frame: %w", err)
 	}
 	c.opts.DebugFrame("send", data)
+	c.remember(f.ID)
 
 	// Publish itself may block (up to the write timeout) when the link is
 	// stalled; run it aside so that ctx and Close are honoured meanwhile.
-	if !c.t.enter() {
+	if !s.t.enter() {
 		return transport.ErrClosed
 	}
 	toks := make(chan paho.Token, 1)
 	go func() {
-		defer c.t.leave()
-		if tok, ok := c.gate.publish(c.cl, c.reqTopic, data, c.lost); ok {
+		defer s.t.leave()
+		if tok, ok := s.gate.publish(s.cl, c.reqTopic, data, s.lost); ok {
 			toks <- tok
 		}
 	}()
@@ -225,8 +236,10 @@ func (c *conn) Send(ctx context.Context, f *frame.Frame) error {
 		return ctx.Err()
 	case <-c.done:
 		return transport.ErrClosed
-	case <-c.lost:
-		return c.lostErr()
+	case <-s.done:
+		return transport.ErrClosed
+	case <-s.lost:
+		return s.lostErr()
 	}
 	// The message is queued on the connection in order: a caller keeping
 	// several requests in flight may send the next one (transport.WithSent).
@@ -234,28 +247,33 @@ func (c *conn) Send(ctx context.Context, f *frame.Frame) error {
 	select {
 	case <-tok.Done():
 		if err := tok.Error(); err != nil {
-			if e := c.lostErr(); e != nil {
+			if e := s.lostErr(); e != nil {
 				return e
 			}
 			select {
 			case <-c.done:
 				return transport.ErrClosed
+			case <-s.done:
+				return transport.ErrClosed
 			default:
 			}
-			return fmt.Errorf("publish to MQTT topic %q on %s: %w", c.reqTopic, transport.Redact(c.b.u), err)
+			return fmt.Errorf("publish to MQTT topic %q on %s: %w", c.reqTopic, transport.Redact(s.b.u), err)
 		}
 		return nil
 	case <-ctx.Done():
 		return ctx.Err()
 	case <-c.done:
 		return transport.ErrClosed
-	case <-c.lost:
-		return c.lostErr()
+	case <-s.done:
+		return transport.ErrClosed
+	case <-s.lost:
+		return s.lostErr()
 	}
 }
 
-// Recv returns the next frame published to the reply topic.
+// Recv returns the next frame published to the device's reply topic.
 func (c *conn) Recv(ctx context.Context) (*frame.Frame, error) {
+	s := c.s
 	select {
 	case <-c.done:
 		return nil, transport.ErrClosed
@@ -268,26 +286,28 @@ func (c *conn) Recv(ctx context.Context) (*frame.Frame, error) {
 		return nil, ctx.Err()
 	case <-c.done:
 		return nil, transport.ErrClosed
-	case <-c.lost:
+	case <-s.done:
+		return nil, transport.ErrClosed
+	case <-s.lost:
 		// Hand out what arrived before the link broke.
 		select {
 		case in := <-c.in:
 			return in.f, in.err
 		default:
 		}
-		return nil, c.lostErr()
+		return nil, s.lostErr()
 	}
 }
 
-// Close disconnects from the broker and waits for the connection's
-// goroutines. It is idempotent and unblocks Send and Recv.
+// Close ends the connection to the device: its Send and Recv return
+// ErrClosed. The session's other connections go on; a connection of its
+// own (Dial) is disconnected from the broker, and Close waits for its
+// goroutines. It is idempotent.
 func (c *conn) Close() error {
 	c.closeOnce.Do(func() {
-		c.t.shut()
 		close(c.done)
-		c.gate.close()
-		disconnect(c.cl)
-		c.t.wait()
+		c.s.detach(c)
+		c.s.release()
 	})
 	return nil
 }

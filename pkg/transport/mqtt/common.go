@@ -5,12 +5,14 @@
 //     mqtt://[user:pass@]broker[:1883]/<device_id> and mqtts://… (port 8883).
 //     Requests are published to "<device_id>/rpc"; the device answers on
 //     "<device_id>/rpc-resp/<client_id>/rpc", which Dial subscribes to before
-//     it returns.
+//     it returns. Dial opens a broker connection per device; Sessions.Dial
+//     serves any number of devices over one broker connection per broker
+//     (docs/transports.md, "One broker connection for many devices").
 //   - Serve is the device side used by the emulator: it subscribes to
 //     "<device_id>/rpc" and publishes each reply to "<reply dst>/rpc".
 //
 // Both use github.com/eclipse/paho.mqtt.golang with MQTT 3.1.1, a clean
-// session, keepalive 30 s, QoS 1 and a fresh client per connection.
+// session, keepalive 30 s and QoS 1.
 package mqtt
 
 import (
@@ -279,18 +281,12 @@ func explainConnectError(b *broker, err error, cw *transport.CertWatch) error {
 	return fmt.Errorf("cannot connect to MQTT broker %s (%s): check the address and that the broker is running: %w", where, b.addr, err)
 }
 
-// disconnect ends cl and waits until paho's workers have stopped.
-//
-// Disconnect returns after the quiesce time even when its work is still
-// running; a second Disconnect waits for a disconnect in progress to finish
-// (or returns at once when there is nothing to do), so that Close does not
-// leave paho goroutines behind.
-// pubGate keeps paho's Publish from racing with Disconnect: once a
-// connection's writer has stopped, a Publish blocks for the whole write
-// timeout (paho hands messages to the writer through an unbuffered channel),
-// and a Close waiting for it would stall that long. Publish calls hold the
-// gate open; close waits for those under way (they return at once while the
-// connection is up) and lets no more through.
+// pubGate keeps paho's Publish (and SubscribeMultiple) from racing with
+// Disconnect: once a connection's writer has stopped, a Publish blocks for
+// the whole write timeout (paho hands messages to the writer through an
+// unbuffered channel), and a Close waiting for it would stall that long.
+// Publish calls hold the gate open; close waits for those under way (they
+// return at once while the connection is up) and lets no more through.
 type pubGate struct {
 	mu     sync.RWMutex
 	closed bool
@@ -299,6 +295,17 @@ type pubGate struct {
 // publish calls cl.Publish, unless the gate is closed or lost is (ok is
 // false then).
 func (g *pubGate) publish(cl paho.Client, topic string, data []byte, lost <-chan struct{}) (tok paho.Token, ok bool) {
+	return g.do(lost, func() paho.Token { return cl.Publish(topic, qos, false, data) })
+}
+
+// subscribe calls cl.SubscribeMultiple (which blocks as Publish does) for
+// filters, with no callback of its own (the client's default handler gets
+// the messages), unless the gate is closed or lost is (ok is false then).
+func (g *pubGate) subscribe(cl paho.Client, filters map[string]byte, lost <-chan struct{}) (tok paho.Token, ok bool) {
+	return g.do(lost, func() paho.Token { return cl.SubscribeMultiple(filters, nil) })
+}
+
+func (g *pubGate) do(lost <-chan struct{}, call func() paho.Token) (tok paho.Token, ok bool) {
 	g.mu.RLock()
 	defer g.mu.RUnlock()
 	if g.closed {
@@ -309,7 +316,7 @@ func (g *pubGate) publish(cl paho.Client, topic string, data []byte, lost <-chan
 		return nil, false
 	default:
 	}
-	return cl.Publish(topic, qos, false, data), true
+	return call(), true
 }
 
 // close waits for the Publish calls under way and lets no more through.
@@ -319,6 +326,12 @@ func (g *pubGate) close() {
 	g.mu.Unlock()
 }
 
+// disconnect ends cl and waits until paho's workers have stopped.
+//
+// Disconnect returns after the quiesce time even when its work is still
+// running; a second Disconnect waits for a disconnect in progress to finish
+// (or returns at once when there is nothing to do), so that Close does not
+// leave paho goroutines behind.
 func disconnect(cl paho.Client) {
 	cl.Disconnect(quiesce)
 	cl.Disconnect(5 * quiesce)

@@ -20,6 +20,7 @@ import (
 	"net"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -44,6 +45,10 @@ type Config struct {
 	Users map[string]string
 	// TLS, when set, makes the listener speak TLS (mqtts).
 	TLS *tls.Config
+	// ACL, when set, decides whether the client with clientID may
+	// publish to (write) or subscribe to (!write) topic; a refused
+	// subscription is granted 0x80. Nil: everything is allowed.
+	ACL func(clientID, topic string, write bool) bool
 }
 
 // Broker is an in-process broker started by Start.
@@ -55,7 +60,35 @@ type Broker struct {
 	URL string
 
 	srv       *mochi.Server
+	hook      *authHook
 	closeOnce sync.Once
+}
+
+// Clients returns how many clients whose client id starts with prefix are
+// connected now ("otactl-" for otactl's connections, "otadev-" for
+// devices'; "" for all).
+func (b *Broker) Clients(prefix string) int {
+	n := 0
+	for id, cl := range b.srv.Clients.GetAll() {
+		if strings.HasPrefix(id, prefix) && !cl.Closed() {
+			n++
+		}
+	}
+	return n
+}
+
+// Connects returns how many connections from clients whose client id
+// starts with prefix the broker accepted since it started.
+func (b *Broker) Connects(prefix string) int {
+	b.hook.mu.Lock()
+	defer b.hook.mu.Unlock()
+	n := 0
+	for _, id := range b.hook.connected {
+		if strings.HasPrefix(id, prefix) {
+			n++
+		}
+	}
+	return n
 }
 
 // Close stops the broker and drops its clients. It is idempotent; Start
@@ -75,7 +108,8 @@ func Start(t testing.TB, c Config) *Broker {
 	for u, p := range c.Users {
 		users[u] = p
 	}
-	if err := srv.AddHook(&authHook{users: users}, nil); err != nil {
+	hook := &authHook{users: users, acl: c.ACL}
+	if err := srv.AddHook(hook, nil); err != nil {
 		t.Fatalf("mqtttest: add auth hook: %v", err)
 	}
 	addr := c.Addr
@@ -90,7 +124,7 @@ func Start(t testing.TB, c Config) *Broker {
 		_ = srv.Close()
 		t.Fatalf("mqtttest: serve: %v", err)
 	}
-	b := &Broker{Addr: l.Address(), srv: srv}
+	b := &Broker{Addr: l.Address(), srv: srv, hook: hook}
 	scheme := "mqtt"
 	if c.TLS != nil {
 		scheme = "mqtts"
@@ -177,12 +211,17 @@ func Mosquitto(t testing.TB) string {
 }
 
 // authHook admits everyone when users is empty, else only the listed user
-// names with their passwords; every admitted client may use every topic.
-// (mochi's own hooks/auth package would pull gopkg.in/yaml.v3 into the
-// module for a few lines of logic.)
+// names with their passwords; every admitted client may use every topic
+// unless acl says otherwise. It also records the client id of every
+// accepted connection. (mochi's own hooks/auth package would pull
+// gopkg.in/yaml.v3 into the module for a few lines of logic.)
 type authHook struct {
 	mochi.HookBase
 	users map[string]string
+	acl   func(clientID, topic string, write bool) bool
+
+	mu        sync.Mutex
+	connected []string
 }
 
 // ID implements mochi.Hook.
@@ -190,7 +229,7 @@ func (h *authHook) ID() string { return "mqtttest-auth" }
 
 // Provides implements mochi.Hook.
 func (h *authHook) Provides(b byte) bool {
-	return b == mochi.OnConnectAuthenticate || b == mochi.OnACLCheck
+	return b == mochi.OnConnectAuthenticate || b == mochi.OnACLCheck || b == mochi.OnSessionEstablished
 }
 
 // OnConnectAuthenticate implements mochi.Hook.
@@ -203,4 +242,13 @@ func (h *authHook) OnConnectAuthenticate(cl *mochi.Client, pk packets.Packet) bo
 }
 
 // OnACLCheck implements mochi.Hook.
-func (h *authHook) OnACLCheck(cl *mochi.Client, topic string, write bool) bool { return true }
+func (h *authHook) OnACLCheck(cl *mochi.Client, topic string, write bool) bool {
+	return h.acl == nil || h.acl(cl.ID, topic, write)
+}
+
+// OnSessionEstablished implements mochi.Hook.
+func (h *authHook) OnSessionEstablished(cl *mochi.Client, pk packets.Packet) {
+	h.mu.Lock()
+	h.connected = append(h.connected, cl.ID)
+	h.mu.Unlock()
+}

@@ -1,0 +1,434 @@
+package mqtt
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"strings"
+	"sync"
+
+	paho "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/otactl/otactl/pkg/transport"
+)
+
+// How a session subscribes to its devices' reply topics
+// (docs/transports.md, "One broker connection for many devices"): the
+// topics of devices dialled at about the same time go out together, at
+// most maxTopicsPerSubscribe in one SUBSCRIBE (AWS IoT Core refuses more
+// than 8, as a hard limit), with up to maxSubscribesInFlight SUBSCRIBEs
+// awaiting their SUBACK at once. Nothing waits on a timer: a topic waits
+// only while the SUBSCRIBEs before it are in flight.
+const (
+	maxTopicsPerSubscribe = 8
+	maxSubscribesInFlight = 16
+)
+
+// session is one MQTT client connection to a broker (one paho client, one
+// client id), shared by the connections to any number of devices. Each
+// device's reply topic is subscribed once, on first use, and stays
+// subscribed while the session lives; replies are routed by topic to the
+// device's connections (by request id when a device has more than one).
+//
+// A session made by Dial serves one connection and ends with it; a
+// session of a Sessions pool ends when its last connection closed and
+// its linger time passed, when its broker connection is lost, or with the
+// pool.
+type brokerSession struct {
+	owner    *Sessions // nil: Dial's session of its own
+	key      sessionKey
+	b        *broker // URL without the device path
+	clientID string
+	tls      *tls.Config
+	logger   *slog.Logger
+
+	cl   paho.Client
+	gate pubGate // Publish and Subscribe calls on cl
+	t    tracker // message callbacks, SUBSCRIBE and publishing goroutines
+
+	// abort ends a connect under way when the session is shut down.
+	abortCtx context.Context
+	abort    context.CancelFunc
+
+	ready   chan struct{} // closed when the connect attempt ended
+	connErr error         // its error; written before ready is closed
+	ctxErr  bool          // connErr came from the opener's ctx
+
+	done     chan struct{} // closed by shutdown
+	shutOnce sync.Once
+
+	lost     chan struct{} // closed when the broker connection broke
+	lostOnce sync.Once
+	lostMu   sync.Mutex
+	lostE    error
+
+	mu      sync.Mutex
+	routes  map[string]*route // by reply topic
+	pending []*route          // waiting for a SUBSCRIBE
+	subs    int               // SUBSCRIBEs awaiting their SUBACK
+
+	// Guarded by owner.mu.
+	refs       int         // open connections and dials under way
+	closing    bool        // shut down or about to be
+	failed     bool        // the connect failed
+	open       bool        // counted as an open broker connection
+	lingerGen  int         // invalidates a linger timer that fired late
+	stopLinger func() bool // stops the linger timer; nil: none
+}
+
+// route is one device's reply topic on a session.
+type route struct {
+	topic string
+	ready chan struct{} // closed once the SUBSCRIBE was answered
+	err   error         // why the subscription failed; written before ready closes
+	conns []*conn       // the device's connections; replaced, never changed in place (session.mu)
+}
+
+func newSession(owner *Sessions, d dialTarget, opts transport.Options) *brokerSession {
+	clientID := d.clientID
+	if clientID == "" {
+		clientID = randomID("otactl-")
+	}
+	s := &brokerSession{
+		owner:    owner,
+		key:      keyOf(d, opts),
+		b:        d.b,
+		clientID: clientID,
+		tls:      opts.TLS,
+		logger:   opts.Logger,
+		ready:    make(chan struct{}),
+		done:     make(chan struct{}),
+		lost:     make(chan struct{}),
+		routes:   map[string]*route{},
+	}
+	s.abortCtx, s.abort = context.WithCancel(context.Background())
+	return s
+}
+
+func (s *brokerSession) debug(msg string, args ...any) {
+	if s.logger != nil {
+		s.logger.Debug(msg, args...)
+	}
+}
+
+// connect connects to the broker, bounded by ctx (and by shutdown). The
+// caller then reports the result with connected.
+func (s *brokerSession) connect(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stop := context.AfterFunc(s.abortCtx, cancel)
+	defer stop()
+	d := newDialer(ctx, s.b, s.tls)
+	po := clientOptions(s.b, s.clientID, d)
+	po.SetConnectionLostHandler(func(_ paho.Client, err error) { s.connectionLost(err) })
+	// Messages reach onMessage through paho's default handler: the
+	// session routes them itself, by a map lookup, rather than through
+	// one paho route per device tried in turn.
+	po.SetDefaultPublishHandler(s.onMessage)
+	s.cl = paho.NewClient(po)
+	if err := connect(ctx, s.cl, d, s.b); err != nil {
+		return err
+	}
+	s.debug("connected to MQTT broker", "broker", transport.Redact(s.b.u), "client_id", s.clientID)
+	return nil
+}
+
+// connected records the result of connect and lets the dials waiting for
+// it go on.
+func (s *brokerSession) connected(err error, ctxErr bool) {
+	s.connErr, s.ctxErr = err, ctxErr
+	close(s.ready)
+}
+
+func (s *brokerSession) connectionLost(err error) {
+	s.lostOnce.Do(func() {
+		s.lostMu.Lock()
+		s.lostE = fmt.Errorf("connection to MQTT broker %s lost: %v: check the broker and retry", transport.Redact(s.b.u), err)
+		s.lostMu.Unlock()
+		close(s.lost)
+		s.debug("MQTT broker connection lost", "broker", transport.Redact(s.b.u), "client_id", s.clientID, "err", err)
+		if s.owner != nil {
+			s.owner.forget(s)
+		}
+	})
+}
+
+func (s *brokerSession) lostErr() error {
+	s.lostMu.Lock()
+	defer s.lostMu.Unlock()
+	return s.lostE
+}
+
+func (s *brokerSession) isLost() bool {
+	select {
+	case <-s.lost:
+		return true
+	default:
+		return false
+	}
+}
+
+// attach opens a connection to deviceID on the connected session: it
+// subscribes to the device's reply topic, or waits for the SUBSCRIBE under
+// way, or finds the topic subscribed already.
+func (s *brokerSession) attach(ctx context.Context, u *url.URL, deviceID string, opts transport.Options) (*conn, error) {
+	c := &conn{
+		s:        s,
+		u:        u,
+		opts:     opts,
+		deviceID: deviceID,
+		reqTopic: RequestTopic(deviceID),
+		src:      ReplySrc(deviceID, s.clientID),
+		in:       make(chan incoming, recvQueue),
+		done:     make(chan struct{}),
+	}
+	topic := ReplyTopic(deviceID, s.clientID)
+	s.mu.Lock()
+	r := s.routes[topic]
+	if r == nil {
+		r = &route{topic: topic, ready: make(chan struct{})}
+		s.routes[topic] = r
+		s.pending = append(s.pending, r)
+		s.kick()
+	}
+	r.conns = append(r.conns[:len(r.conns):len(r.conns)], c)
+	c.r = r
+	s.mu.Unlock()
+
+	var err error
+	select {
+	case <-r.ready:
+		err = r.err
+	case <-ctx.Done():
+		err = fmt.Errorf("subscribe to MQTT topic %q: %w", topic, ctx.Err())
+	case <-s.lost:
+		err = s.lostErr()
+	case <-s.done:
+		err = fmt.Errorf("subscribe to MQTT topic %q: %w", topic, transport.ErrClosed)
+	}
+	if err != nil {
+		s.detach(c)
+		if e := s.lostErr(); e != nil {
+			return nil, e
+		}
+		return nil, fmt.Errorf("MQTT broker %s: %w", transport.Redact(u), err)
+	}
+	c.logf("connected to MQTT broker", "broker", transport.Redact(u), "client_id", s.clientID, "device", deviceID)
+	return c, nil
+}
+
+// detach removes c from its device's route. The route stays subscribed.
+func (s *brokerSession) detach(c *conn) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	r := c.r
+	if r == nil {
+		return
+	}
+	conns := make([]*conn, 0, len(r.conns))
+	for _, o := range r.conns {
+		if o != c {
+			conns = append(conns, o)
+		}
+	}
+	r.conns = conns
+}
+
+// kick sends SUBSCRIBEs for pending topics while fewer than
+// maxSubscribesInFlight await their SUBACK. s.mu is held.
+func (s *brokerSession) kick() {
+	for len(s.pending) > 0 && s.subs < maxSubscribesInFlight {
+		n := min(len(s.pending), maxTopicsPerSubscribe)
+		batch := s.pending[:n:n]
+		s.pending = s.pending[n:]
+		if !s.t.enter() {
+			// Shut down: the dials waiting see s.done.
+			continue
+		}
+		s.subs++
+		go s.subscribe(batch)
+	}
+	if len(s.pending) == 0 {
+		s.pending = nil // let the array go
+	}
+}
+
+// subscribe sends one SUBSCRIBE for batch and settles its routes.
+func (s *brokerSession) subscribe(batch []*route) {
+	defer s.t.leave()
+	filters := make(map[string]byte, len(batch))
+	for _, r := range batch {
+		filters[r.topic] = qos
+	}
+	var granted map[string]byte
+	err := func() error {
+		tok, ok := s.gate.subscribe(s.cl, filters, s.lost)
+		if !ok {
+			if e := s.lostErr(); e != nil {
+				return e
+			}
+			return transport.ErrClosed
+		}
+		select {
+		case <-tok.Done():
+		case <-s.done:
+			return transport.ErrClosed
+		case <-s.lost:
+			return s.lostErr()
+		}
+		if err := tok.Error(); err != nil {
+			return err
+		}
+		if st, ok := tok.(*paho.SubscribeToken); ok {
+			granted = st.Result()
+		}
+		return nil
+	}()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, r := range batch {
+		switch {
+		case err != nil:
+			r.err = fmt.Errorf("subscribe to MQTT topic %q: %w", r.topic, err)
+		case granted[r.topic] == 0x80:
+			r.err = fmt.Errorf("the MQTT broker refused the subscription to %q: check its access rules for this user", r.topic)
+		}
+		if r.err != nil && s.routes[r.topic] == r {
+			// A later dial tries again.
+			delete(s.routes, r.topic)
+		}
+		close(r.ready)
+	}
+	s.subs--
+	s.kick()
+}
+
+// onMessage runs in its own paho goroutine per message (order does not
+// matter). It hands the message to the connections of the device whose
+// reply topic it came on and then acks it, so that a reader that falls
+// behind slows the broker down rather than losing replies.
+func (s *brokerSession) onMessage(_ paho.Client, m paho.Message) {
+	if !s.t.enter() {
+		m.Ack()
+		return
+	}
+	defer s.t.leave()
+	defer m.Ack()
+	topic := m.Topic()
+	s.mu.Lock()
+	var conns []*conn
+	if r := s.routes[topic]; r != nil {
+		conns = r.conns
+	}
+	s.mu.Unlock()
+	if len(conns) == 0 {
+		// A late reply for a device no connection talks to any more, or
+		// a topic this client never asked for.
+		s.debug("MQTT message for no open connection dropped", "topic", topic)
+		return
+	}
+	data := m.Payload()
+	if len(conns) > 1 {
+		conns = pick(conns, data)
+	}
+	for _, c := range conns {
+		c.deliver(topic, data)
+	}
+}
+
+// pick returns the connections among conns (to one device) that sent the
+// request data answers, or all of them when none did or data names no id
+// (then every connection sees it, and each RPC client ignores a reply to
+// a request it did not make).
+func pick(conns []*conn, data []byte) []*conn {
+	f, _ := transport.ParseReply(data)
+	if f == nil || f.ID == 0 {
+		return conns
+	}
+	var out []*conn
+	for _, c := range conns {
+		if c.sentID(f.ID) {
+			out = append(out, c)
+		}
+	}
+	if len(out) == 0 {
+		return conns
+	}
+	return out
+}
+
+// release drops one reference to the session: a closed connection or a
+// dial that failed.
+func (s *brokerSession) release() {
+	if s.owner != nil {
+		s.owner.release(s)
+		return
+	}
+	s.shutdown()
+}
+
+// shutdown ends the session: a connect under way is aborted, dials
+// waiting fail, connections' Send and Recv return ErrClosed, the client
+// disconnects, and shutdown waits for the session's goroutines. It is
+// idempotent.
+func (s *brokerSession) shutdown() {
+	s.shutOnce.Do(func() {
+		s.abort()
+		<-s.ready
+		s.t.shut()
+		close(s.done)
+		s.gate.close()
+		if s.connErr == nil {
+			disconnect(s.cl)
+		}
+		s.t.wait()
+	})
+}
+
+// devices returns how many reply topics the session subscribed.
+func (s *brokerSession) devices() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for _, r := range s.routes {
+		select {
+		case <-r.ready:
+			if r.err == nil {
+				n++
+			}
+		default:
+		}
+	}
+	return n
+}
+
+// sessionKey says which dials share a session: the same broker (scheme,
+// host and port), broker credentials, client id option and TLS
+// configuration (the same *tls.Config: equal configs that are distinct
+// values do not share).
+type sessionKey struct {
+	tls      bool
+	addr     string
+	user     string
+	pass     string
+	hasPwd   bool
+	clientID string
+	tlsConf  *tls.Config
+}
+
+func keyOf(d dialTarget, opts transport.Options) sessionKey {
+	k := sessionKey{
+		tls:      d.b.tls,
+		addr:     strings.ToLower(d.b.addr),
+		user:     d.b.user,
+		pass:     d.b.pass,
+		hasPwd:   d.b.hasPwd,
+		clientID: d.clientID,
+	}
+	if d.b.tls {
+		k.tlsConf = opts.TLS
+	}
+	return k
+}
