@@ -5,6 +5,7 @@ package cli
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -13,6 +14,7 @@ import (
 	"os/signal"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -25,6 +27,7 @@ import (
 	"github.com/otactl/otactl/pkg/rpc"
 	"github.com/otactl/otactl/pkg/transport"
 	"github.com/otactl/otactl/pkg/transport/all"
+	"github.com/otactl/otactl/pkg/transport/mqtt"
 )
 
 // Version is set at build time with -ldflags "-X ...cli.Version=...".
@@ -84,7 +87,17 @@ type Factory struct {
 	IO       *IOStreams
 	Getenv   func(string) string
 	Registry *transport.Registry
-	G        Globals
+	// MQTT shares one broker connection among every MQTT dial of the
+	// process (Registry dials through it): the outcome wait and a push's
+	// reconnects reuse it (docs/transports.md). Nil with a registry of
+	// another making.
+	MQTT *mqtt.Sessions
+	G    Globals
+	// tlsMu guards tlsConf: built once, so that every dial presents the
+	// same *tls.Config and MQTT dials share their session.
+	tlsMu     sync.Mutex
+	tlsConf   *tls.Config
+	tlsLoaded bool
 	// timeoutSet is true when --timeout (or its environment variable) was
 	// given, rather than defaulted.
 	timeoutSet bool
@@ -116,7 +129,9 @@ func mainContext(ctx context.Context, args []string, ios *IOStreams, getenv func
 	stdout := &countingWriter{w: ios.Out}
 	cios := *ios
 	cios.Out = stdout
-	f := &Factory{IO: &cios, Getenv: getenv, Registry: all.NewRegistry()}
+	reg, sessions := all.NewSharedRegistry(mqtt.SessionsOptions{})
+	defer reg.Close()
+	f := &Factory{IO: &cios, Getenv: getenv, Registry: reg, MQTT: sessions}
 	root := NewRootCmd(f)
 	root.SetArgs(args)
 	root.SetIn(ios.In)
@@ -341,12 +356,28 @@ func (f *Factory) transportOptions() (transport.Options, error) {
 		return opts, err
 	}
 	opts.Creds = creds
-	tlsConf, err := f.tlsConfig()
+	tlsConf, err := f.sharedTLSConfig()
 	if err != nil {
 		return opts, err
 	}
 	opts.TLS = tlsConf
 	return opts, nil
+}
+
+// sharedTLSConfig builds the TLS configuration from the flags once and
+// returns the same one every time.
+func (f *Factory) sharedTLSConfig() (*tls.Config, error) {
+	f.tlsMu.Lock()
+	defer f.tlsMu.Unlock()
+	if f.tlsLoaded {
+		return f.tlsConf, nil
+	}
+	conf, err := f.tlsConfig()
+	if err != nil {
+		return nil, err
+	}
+	f.tlsConf, f.tlsLoaded = conf, true
+	return conf, nil
 }
 
 func parseCreds(s string) (*transport.Credentials, error) {

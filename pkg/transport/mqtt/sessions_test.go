@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -794,4 +795,36 @@ func TestSessionsConformanceMochi(t *testing.T) {
 func TestSessionsConformanceMosquitto(t *testing.T) {
 	bu := mqtttest.Mosquitto(t)
 	transporttest.Run(t, sessionsStart(func(*testing.T) string { return bu }))
+}
+
+// Through a real mosquitto: 200 devices, one broker connection, counted
+// as this process's TCP connections to the broker.
+func TestSessionsManyDevicesMosquitto(t *testing.T) {
+	bu := mqtttest.Mosquitto(t)
+	noLeaks(t)
+	addr := strings.TrimPrefix(bu, "mqtt://")
+	responder(t, bu)
+	base, err := mqtttest.TCPConns(os.Getpid(), addr)
+	if err != nil {
+		t.Skip(err)
+	}
+	p := newSessions(t, SessionsOptions{})
+	ids := make([]string, 200)
+	for i := range ids {
+		ids[i] = randomID("fleet-")
+	}
+	conns := callEach(t, p.Dial, bu, ids, 50)
+	n, err := mqtttest.TCPConns(os.Getpid(), addr)
+	for _, c := range conns {
+		c.Close()
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n-base != 1 {
+		t.Fatalf("%d devices over %d broker connections, want 1", len(ids), n-base)
+	}
+	if st := p.Stats(); st.Connects != 1 || st.Devices != len(ids) {
+		t.Fatalf("stats %+v", st)
+	}
 }
