@@ -157,7 +157,7 @@ func BenchmarkBrokerConnections(b *testing.B) {
 		for _, mode := range []string{"shared", "own"} {
 			b.Run("broker="+br.name+"/dial="+mode, func(b *testing.B) {
 				u, count := br.start(b)
-				held := 0
+				held, subscribes := 0, 0
 				b.ResetTimer()
 				for range b.N {
 					dial := transport.DialFunc(Dial)
@@ -168,16 +168,31 @@ func BenchmarkBrokerConnections(b *testing.B) {
 					}
 					conns := callEach(b, dial, u, ids, parallel)
 					held = max(held, count())
+					if p != nil {
+						subscribes += p.Stats().Subscribes
+					}
 					for _, c := range conns {
 						c.Close()
 					}
 					if p != nil {
 						p.Close()
 					}
+					// The next op counts its own connections only: wait
+					// until the broker saw these go.
+					b.StopTimer()
+					for deadline := time.Now().Add(10 * time.Second); count() != 0; time.Sleep(5 * time.Millisecond) {
+						if time.Now().After(deadline) {
+							b.Fatalf("%d connections still open after Close", count())
+						}
+					}
+					b.StartTimer()
 				}
 				b.StopTimer()
 				b.ReportMetric(float64(held), "broker-conns")
 				b.ReportMetric(float64(devices), "devices")
+				if mode == "shared" {
+					b.ReportMetric(float64(subscribes)/float64(b.N), "subscribes")
+				}
 			})
 		}
 	}

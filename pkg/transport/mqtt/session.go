@@ -68,6 +68,8 @@ type brokerSession struct {
 	routes  map[string]*route // by reply topic
 	pending []*route          // waiting for a SUBSCRIBE
 	subs    int               // SUBSCRIBEs awaiting their SUBACK
+	// subscribes counts the SUBSCRIBEs sent.
+	subscribes int
 
 	// Guarded by owner.mu.
 	refs       int         // open connections and dials under way
@@ -215,7 +217,7 @@ func (s *brokerSession) attach(ctx context.Context, u *url.URL, deviceID string,
 		}
 		return nil, fmt.Errorf("MQTT broker %s: %w", transport.Redact(u), err)
 	}
-	c.logf("connected to MQTT broker", "broker", transport.Redact(u), "client_id", s.clientID, "device", deviceID)
+	c.logf("device reachable over MQTT", "broker", transport.Redact(s.b.u), "client_id", s.clientID, "device", deviceID, "reply_topic", topic)
 	return c, nil
 }
 
@@ -248,6 +250,7 @@ func (s *brokerSession) kick() {
 			continue
 		}
 		s.subs++
+		s.subscribes++
 		go s.subscribe(batch)
 	}
 	if len(s.pending) == 0 {
@@ -387,8 +390,9 @@ func (s *brokerSession) shutdown() {
 	})
 }
 
-// devices returns how many reply topics the session subscribed.
-func (s *brokerSession) devices() int {
+// counts returns how many reply topics the session subscribed, and in how
+// many SUBSCRIBEs.
+func (s *brokerSession) counts() (devices, subscribes int) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	n := 0
@@ -401,7 +405,7 @@ func (s *brokerSession) devices() int {
 		default:
 		}
 	}
-	return n
+	return n, s.subscribes
 }
 
 // sessionKey says which dials share a session: the same broker (scheme,

@@ -112,6 +112,9 @@ type SessionStats struct {
 	// Devices is how many device reply topics the open broker connections
 	// have subscribed.
 	Devices int
+	// Subscribes is how many SUBSCRIBE packets the open broker connections
+	// sent (each for up to 8 devices' reply topics).
+	Subscribes int
 }
 
 // NewSessions returns an empty pool of sessions configured by opts.
@@ -136,7 +139,9 @@ func (p *Sessions) Stats() SessionStats {
 	}
 	p.mu.Unlock()
 	for _, s := range live {
-		st.Devices += s.devices()
+		d, subs := s.counts()
+		st.Devices += d
+		st.Subscribes += subs
 	}
 	return st
 }
