@@ -834,3 +834,26 @@ func TestSessionsManyDevicesMosquitto(t *testing.T) {
 		t.Fatalf("stats %+v", st)
 	}
 }
+
+// Close while a dial is connecting to a broker that does not answer ends
+// the dial at once with ErrClosed.
+func TestSessionsCloseDuringConnect(t *testing.T) {
+	noLeaks(t)
+	front, accepted := stallFirst(t, "127.0.0.1:1")
+	p := NewSessions(SessionsOptions{})
+	dialErr := make(chan error, 1)
+	go func() {
+		_, err := p.Dial(ctxT(t), mustURL(t, "mqtt://"+front+"/a"), transport.Options{})
+		dialErr <- err
+	}()
+	<-accepted
+	p.Close()
+	select {
+	case err := <-dialErr:
+		if !errors.Is(err, transport.ErrClosed) {
+			t.Fatalf("dial during Close: %v, want ErrClosed", err)
+		}
+	case <-time.After(wait):
+		t.Fatal("Close did not end the dial under way")
+	}
+}
