@@ -129,7 +129,9 @@ func TestJournalConcurrentAppends(t *testing.T) {
 	ts := targets(200)
 	errs := make(chan error, len(ts))
 	for _, tg := range ts {
-		go func() { errs <- j.Append(Record{Device: tg.Name, Address: tg.Address, Result: Result{Outcome: Skipped}}) }()
+		go func() {
+			errs <- j.Append(Record{Device: tg.Name, Address: tg.Address, Result: Result{Outcome: Skipped}})
+		}()
 	}
 	for range ts {
 		if err := <-errs; err != nil {

@@ -181,4 +181,3 @@ func (c *sentCounter) Write(p []byte) (int, error) {
 	c.progress(c.sent, c.total)
 	return n, err
 }
-
