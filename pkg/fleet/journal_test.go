@@ -148,3 +148,19 @@ func TestJournalConcurrentAppends(t *testing.T) {
 	}
 	_ = context.Background
 }
+
+// Devices that failed in an earlier run go last, and never make the
+// canary group.
+func TestRolloutRetriesLast(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := &fakeRunner{}
+		r := &Rollout{Plan: Plan{Parallel: 1, Canary: 1}, Targets: targets(4), Runner: f, Retry: map[int]bool{0: true, 2: true}}
+		sum := r.Run(t.Context(), t.Context())
+		if got := strings.Join(f.ran, ","); got != "d002,d004,d001,d003" {
+			t.Errorf("order %s, want d002,d004,d001,d003", got)
+		}
+		if !sum.Records[1].Canary || sum.Records[0].Canary {
+			t.Errorf("canary: %+v", sum.Records)
+		}
+	})
+}

@@ -106,6 +106,11 @@ type Rollout struct {
 	// Done holds the targets (by index) that ended well in an earlier run,
 	// read from the journal: they are not run again and keep that record.
 	Done map[int]Record
+	// Retry holds the targets (by index) that failed in an earlier run:
+	// they start after every other device, so that the canary group is
+	// made of devices not known to fail, and the devices never tried go
+	// first.
+	Retry map[int]bool
 	// Journal, if set, gets every record as its device finishes.
 	Journal  *Journal
 	Observer Observer
@@ -171,7 +176,7 @@ func (r *Rollout) Run(ctx, hard context.Context) *Summary {
 	p.Parallel = max(p.Parallel, 1)
 
 	sum := &Summary{Records: make([]Record, len(r.Targets)), Totals: map[Outcome]int{}}
-	var queue []int
+	var queue, retry []int
 	for i, t := range r.Targets {
 		if rec, ok := r.Done[i]; ok {
 			rec.FromJournal = true
@@ -179,8 +184,13 @@ func (r *Rollout) Run(ctx, hard context.Context) *Summary {
 			continue
 		}
 		sum.Records[i] = Record{Device: t.Name, Address: t.Address, Result: Result{Outcome: NotStarted, Reason: "not_started"}}
-		queue = append(queue, i)
+		if r.Retry[i] {
+			retry = append(retry, i)
+		} else {
+			queue = append(queue, i)
+		}
 	}
+	queue = append(queue, retry...)
 	sum.Threshold = p.MaxFailures.Floor(len(queue))
 
 	results := make(chan done)
