@@ -363,17 +363,17 @@ func listenForDevices(serveAddr, firstDevice string) (net.Listener, error) {
 type fleetDoc struct {
 	// Result: "ok", "failed" (some device did not end well), "stopped"
 	// (the rollout stopped at its threshold or canary), "interrupted".
-	Result   string          `json:"result"`
-	Message  string          `json:"message"`
-	ExitCode int             `json:"exit_code"`
-	Bundle   fleet.Bundle    `json:"bundle"`
-	Plan     fleetPlanDoc    `json:"plan"`
-	Totals   fleetTotals     `json:"totals"`
-	Stopped  *fleet.Stop     `json:"stopped,omitempty"`
-	Started  time.Time       `json:"started"`
-	Finished time.Time       `json:"finished"`
-	Seconds  float64         `json:"seconds"`
-	Journal  string          `json:"journal,omitempty"`
+	Result   string           `json:"result"`
+	Message  string           `json:"message"`
+	ExitCode int              `json:"exit_code"`
+	Bundle   fleet.Bundle     `json:"bundle"`
+	Plan     fleetPlanDoc     `json:"plan"`
+	Totals   fleetTotals      `json:"totals"`
+	Stopped  *fleet.Stop      `json:"stopped,omitempty"`
+	Started  time.Time        `json:"started"`
+	Finished time.Time        `json:"finished"`
+	Seconds  float64          `json:"seconds"`
+	Journal  string           `json:"journal,omitempty"`
 	Devices  []fleetRecordDoc `json:"devices"`
 }
 
