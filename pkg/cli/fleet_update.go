@@ -296,7 +296,7 @@ func runFleetUpdate(cmd *cobra.Command, f *Factory, o *fleetUpdateOptions) error
 		if f.IO.ErrWidth != nil {
 			width = f.IO.ErrWidth()
 		}
-		live = newLiveView(f.IO.ErrOut, width, terminalRows(f.IO.ErrOut), targets, toRun, o.plan.Commit, false)
+		live = newLiveView(f.IO.ErrOut, width, terminalRows(f.IO.ErrOut), targets, toRun, o.plan.Commit, nil)
 		obs = live
 	case !f.G.JSON || f.G.Verbose:
 		obs = &lineView{w: f.IO.ErrOut, nameW: nameWidth(targets), total: toRun}

@@ -129,13 +129,16 @@ func terminalRows(w io.Writer) int {
 	return 0
 }
 
-func newLiveView(w io.Writer, width, rows int, targets []fleet.Target, toRun int, commit bool, forceRefresh bool) *liveView {
+// newLiveView draws on w, width columns wide and rows high (0: unknown).
+// refresh, when set, redraws the view at each receive (tests); else it
+// redraws itself a few times a second.
+func newLiveView(w io.Writer, width, rows int, targets []fleet.Target, toRun int, commit bool, refresh <-chan any) *liveView {
 	opts := []mpb.ContainerOption{mpb.WithOutput(w), mpb.WithRefreshRate(150 * time.Millisecond)}
 	if width > 0 {
 		opts = append(opts, mpb.WithWidth(width))
 	}
-	if forceRefresh {
-		opts = append(opts, mpb.WithAutoRefresh())
+	if refresh != nil {
+		opts = append(opts, mpb.WithManualRefresh(refresh))
 	}
 	v := &liveView{p: mpb.New(opts...), nameW: nameWidth(targets), commit: commit, shown: map[int]*deviceBar{}, names: map[int]string{}}
 	v.max = 10
