@@ -105,6 +105,9 @@ type Factory struct {
 	insecureWarned bool
 	// upd is the --json document of an update or push in progress.
 	upd *updateResult
+	// notifySignals, when set, replaces signal.Notify for the signals
+	// after the first (fleet update's second Ctrl-C); tests feed it.
+	notifySignals func(c chan<- os.Signal)
 }
 
 // Main runs otactl with args (without the program name) and returns the
@@ -292,6 +295,7 @@ over serial, HTTP, WebSocket or MQTT, wire-compatible with 'mos call OTA.*'.`,
 	root.AddCommand(NewCmdBundle(f))
 	root.AddCommand(NewCmdBootState(f), NewCmdStatus(f), NewCmdCommit(f), NewCmdRevert(f), NewCmdSnapshot(f))
 	root.AddCommand(NewCmdUpdate(f), NewCmdPush(f))
+	root.AddCommand(NewCmdFleet(f))
 	root.AddCommand(newCmdGenMan())
 	// The completion command captures its output writer when created.
 	root.SetOut(f.IO.Out)

@@ -36,6 +36,11 @@ type UpdateOptions struct {
 	// stopServing, when set, ends the bundle server of --file once the
 	// update is decided.
 	stopServing func()
+
+	// fleet, when set (otactl fleet update), is this device's share of
+	// the rollout: the bundle checked once, and a download of its own
+	// from the rollout's bundle server instead of a one-shot server.
+	fleet *fleetDevice
 }
 
 // What --on-health-fail takes.
@@ -207,7 +212,10 @@ func runUpdate(ctx context.Context, o *UpdateOptions) error {
 	var man *bundle.Manifest
 	updateURL := o.URL
 	if o.File != "" {
-		rep, err := localBundle(o.File)
+		rep, err := o.fleet.bundle()
+		if rep == nil && err == nil {
+			rep, err = localBundle(o.File)
+		}
 		if err != nil {
 			return err
 		}
@@ -227,7 +235,12 @@ func runUpdate(ctx context.Context, o *UpdateOptions) error {
 	}
 	bar := f.newProgressBar("downloading")
 	served := false // --file: the bar follows the bytes the device fetched
-	if o.File != "" {
+	if o.File != "" && o.fleet != nil {
+		dl := o.fleet.download(func(sent, total int64) { bar.Bytes(min(sent, total-1), total) })
+		o.stopServing = dl.Close
+		updateURL = dl.URL
+		served = true
+	} else if o.File != "" {
 		srv, err := serveOnce(o.File, o.ServeAddr, f.G.Port, func(sent, total int64) {
 			// The last byte is shown once the device said it is done: it
 			// still checks what it downloaded.

@@ -67,6 +67,13 @@ func (r *updateResult) setOutcome(out *ota.Outcome) {
 // writeUpdateDoc completes the document for err (nil: success) and prints
 // it.
 func (f *Factory) writeUpdateDoc(r *updateResult, err error) error {
+	completeUpdateDoc(r, err)
+	return writeJSON(f.IO.Out, r)
+}
+
+// completeUpdateDoc fills the exit code, and for a failure the reason,
+// result, message and error, of the document for err (nil: success).
+func completeUpdateDoc(r *updateResult, err error) {
 	r.ExitCode = ExitCode(err)
 	if err != nil {
 		if r.Reason == "" || r.Reason == ota.ReasonOK {
@@ -86,7 +93,6 @@ func (f *Factory) writeUpdateDoc(r *updateResult, err error) error {
 	} else if r.Reason == "" {
 		r.Reason = ota.ReasonOK
 	}
-	return writeJSON(f.IO.Out, r)
 }
 
 // updateFailed reports an update that did not take (exit 6): the JSON

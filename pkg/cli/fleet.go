@@ -1,0 +1,117 @@
+package cli
+
+import (
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"strings"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+
+	"github.com/otactl/otactl/pkg/fleet"
+	"github.com/otactl/otactl/pkg/transport"
+)
+
+// NewCmdFleet builds `otactl fleet` and its subcommands (docs/fleet.md).
+func NewCmdFleet(f *Factory) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "fleet",
+		Short: "Update many devices in one rollout, or read their boot states",
+		Long: `Commands over many devices at once. The devices come from an inventory
+(--devices FILE: one address per line, as --port takes it), from --device
+PORT (repeatable), or from --broker mqtt://host:port --ids FILE (one device
+id per line, all behind one broker). See docs/fleet.md.`,
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return usageErrorf("fleet needs a subcommand: update or bootstate")
+		},
+	}
+	cmd.AddCommand(newCmdFleetUpdate(f), newCmdFleetBootState(f))
+	return cmd
+}
+
+// fleetDevices are the flags that select the devices of a fleet command.
+type fleetDevices struct {
+	File    string
+	Devices []string
+	Broker  string
+	IDs     string
+}
+
+func (d *fleetDevices) add(fl *pflag.FlagSet) {
+	fl.StringVar(&d.File, "devices", "", "inventory file: one device address per line (mqtt://broker/ID, http://host/rpc, a serial path …); '#' starts a comment")
+	fl.StringArrayVar(&d.Devices, "device", nil, "a device address (repeatable), as --port takes it")
+	fl.StringVar(&d.Broker, "broker", "", "with --ids: the MQTT broker of the devices, mqtt[s]://[user:pass@]host[:port]")
+	fl.StringVar(&d.IDs, "ids", "", "with --broker: file of device ids, one per line")
+}
+
+// targets reads and checks every device address before anything is sent:
+// a bad line or a device listed twice is a usage error naming it.
+func (d *fleetDevices) targets(f *Factory, cmd *cobra.Command) ([]fleet.Target, error) {
+	if cmd.Root().PersistentFlags().Changed("port") {
+		return nil, usageErrorf("fleet commands take their devices from --devices FILE, --device PORT or --broker URL --ids FILE, not --port")
+	}
+	n := 0
+	for _, set := range []bool{d.File != "", len(d.Devices) > 0, d.Broker != "" || d.IDs != ""} {
+		if set {
+			n++
+		}
+	}
+	if n != 1 {
+		return nil, usageErrorf("give the devices with exactly one of --devices FILE, --device PORT (repeatable), or --broker URL --ids FILE")
+	}
+	inv := fleet.NewInventory(fleet.CheckAddress(f.Registry))
+	var err error
+	switch {
+	case d.File != "":
+		err = readInventory(d.File, "--devices", func(fh *os.File) error { return inv.AddFile(fh, d.File) })
+	case len(d.Devices) > 0:
+		for i, p := range d.Devices {
+			if err = inv.Add(p, fmt.Sprintf("--device #%d", i+1)); err != nil {
+				break
+			}
+		}
+	default:
+		if d.Broker == "" || d.IDs == "" {
+			return nil, usageErrorf("--broker and --ids go together: --broker mqtt://host:port --ids FILE")
+		}
+		var b *url.URL
+		b, err = transport.ParsePort(d.Broker)
+		if err == nil && b.Scheme != "mqtt" && b.Scheme != "mqtts" {
+			err = fmt.Errorf("%w: --broker %s: want mqtt://host[:port] or mqtts://host[:port]", transport.ErrBadPort, transport.Redact(b))
+		}
+		if err == nil && strings.Trim(b.Path, "/") != "" {
+			err = fmt.Errorf("%w: --broker %s: give the broker without a device id (the ids come from --ids)", transport.ErrBadPort, transport.Redact(b))
+		}
+		if err != nil {
+			return nil, &UsageError{Err: err}
+		}
+		err = readInventory(d.IDs, "--ids", func(fh *os.File) error { return inv.AddIDs(b, fh, d.IDs) })
+	}
+	var ie *fleet.InventoryError
+	if errors.As(err, &ie) {
+		return nil, &UsageError{Err: err}
+	}
+	if err != nil {
+		return nil, err
+	}
+	if len(inv.Targets) == 0 {
+		return nil, usageErrorf("no devices: the inventory lists none")
+	}
+	inv.Name()
+	return inv.Targets, nil
+}
+
+func readInventory(path, flag string, fn func(*os.File) error) error {
+	fh, err := os.Open(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return usageErrorf("%s %s does not exist", flag, path)
+	}
+	if err != nil {
+		return fmt.Errorf("cannot read %s %s: %w", flag, path, err)
+	}
+	defer fh.Close()
+	return fn(fh)
+}

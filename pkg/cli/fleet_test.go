@@ -1,0 +1,88 @@
+package cli
+
+import (
+	"context"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/otactl/otactl/pkg/fleet"
+)
+
+// The first interrupt ends the command's context (Main); the hard context
+// of the devices in flight ends only at the second.
+func TestFleetSecondInterrupt(t *testing.T) {
+	ch := make(chan chan<- os.Signal, 1)
+	f := &Factory{notifySignals: func(c chan<- os.Signal) { ch <- c }}
+	ctx, cancel := context.WithCancel(t.Context())
+	hard, stop := f.interrupts(ctx)
+	defer stop()
+	sig := <-ch
+	sig <- os.Interrupt
+	cancel()
+	select {
+	case <-hard.Done():
+		t.Fatal("the first interrupt ended the devices in flight")
+	case <-time.After(50 * time.Millisecond):
+	}
+	sig <- os.Interrupt
+	select {
+	case <-hard.Done():
+	case <-time.After(10 * time.Second):
+		t.Fatal("the second interrupt did not end the devices in flight")
+	}
+}
+
+func TestFleetExit(t *testing.T) {
+	rec := func(o fleet.Outcome, code int) fleet.Record {
+		return fleet.Record{Result: fleet.Result{Outcome: o, ExitCode: code}}
+	}
+	for _, tc := range []struct {
+		name string
+		recs []fleet.Record
+		stop *fleet.Stop
+		want int
+	}{
+		{"all committed", []fleet.Record{rec(fleet.UpdatedCommitted, 0), rec(fleet.Skipped, 0)}, nil, 0},
+		{"uncommitted under --commit", []fleet.Record{rec(fleet.UpdatedCommitted, 0), rec(fleet.UpdatedUncommitted, 6)}, nil, 6},
+		{"one rolled back", []fleet.Record{rec(fleet.UpdatedCommitted, 0), rec(fleet.RolledBack, 6)}, nil, 6},
+		{"nothing reached", []fleet.Record{rec(fleet.Unreachable, 5), rec(fleet.NotStarted, 0)}, &fleet.Stop{Reason: "canary_failed"}, 5},
+		{"broker refused", []fleet.Record{rec(fleet.NotApplied, 4), rec(fleet.NotApplied, 4)}, nil, 4},
+		{"unreachable after updates", []fleet.Record{rec(fleet.UpdatedCommitted, 0), rec(fleet.Unreachable, 5)}, nil, 6},
+		{"mixed failures", []fleet.Record{rec(fleet.Unreachable, 5), rec(fleet.RolledBack, 6)}, nil, 6},
+		{"stopped, all started ok", []fleet.Record{rec(fleet.UpdatedCommitted, 0), rec(fleet.NotStarted, 0)}, &fleet.Stop{Reason: "max_failures"}, 6},
+		{"interrupted", []fleet.Record{rec(fleet.UpdatedCommitted, 0), rec(fleet.NotStarted, 0)}, &fleet.Stop{Reason: "interrupted"}, 1},
+	} {
+		sum := &fleet.Summary{Records: tc.recs, Stop: tc.stop}
+		if got := fleetExit(sum, true); got != tc.want {
+			t.Errorf("%s: exit %d, want %d", tc.name, got, tc.want)
+		}
+	}
+}
+
+// The live view draws device lines and the overall bar, and prints each
+// finished device above them.
+func TestFleetLiveView(t *testing.T) {
+	var buf strings.Builder
+	refresh := make(chan any)
+	ts := []fleet.Target{{Name: "dev-0001"}, {Name: "dev-0002"}, {Name: "dev-0003"}}
+	v := newLiveView(&buf, 100, 0, ts, 3, true, refresh)
+	v.Started(0, fleet.Record{Device: "dev-0001"})
+	v.Started(1, fleet.Record{Device: "dev-0002"})
+	v.Progress(0, fleet.Progress{Phase: "downloading", Done: 50, Total: 100})
+	for range 3 { // the view draws at each; the third waits for the first to be drawn
+		refresh <- nil
+	}
+	v.Finished(0, fleet.Record{Device: "dev-0001", Result: fleet.Result{Outcome: fleet.UpdatedCommitted, FromVersion: "1.0.0", Version: "2.0.0"}})
+	v.Finished(1, fleet.Record{Device: "dev-0002", Result: fleet.Result{Outcome: fleet.RolledBack, Reason: "rolled_back", FromVersion: "1.0.0", Version: "1.0.0"}})
+	v.Stopped(fleet.Stop{Message: "2 devices failed"})
+	v.Close()
+	out := buf.String()
+	for _, want := range []string{"dev-0001", "downloading", "50 %", "ok 0  failed 0  in flight 2",
+		"dev-0001  1.0.0 → 2.0.0", "updated-committed", "rolled-back", "rollout stopped: 2 devices failed", "STOPPED", "2/3"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("live view lacks %q:\n%s", want, out)
+		}
+	}
+}

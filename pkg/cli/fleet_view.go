@@ -1,0 +1,257 @@
+package cli
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/creack/pty"
+	"github.com/vbauerster/mpb/v8"
+	"github.com/vbauerster/mpb/v8/decor"
+
+	"github.com/otactl/otactl/pkg/fleet"
+)
+
+// fleetLine is the line of one device that finished: name, before → after,
+// outcome, duration, and for a failure its reason.
+func fleetLine(nameW int, r fleet.Record) string {
+	ver := versionChange(r)
+	line := fmt.Sprintf("%-*s  %-24s  %-19s  %7s", nameW, r.Device, ver, r.Outcome, fleetDuration(r))
+	if !r.Outcome.Ok(false) && r.Outcome != fleet.NotStarted {
+		line += "  " + r.Reason
+		if r.Message != "" {
+			line += ": " + r.Message
+		}
+	}
+	return strings.TrimRight(line, " ")
+}
+
+// versionChange is "1.0.0 → 2.0.0" (or the one version when it did not
+// change, "?" when unknown).
+func versionChange(r fleet.Record) string {
+	from, to := r.FromVersion, r.Version
+	switch {
+	case from == "" && to == "":
+		return "?"
+	case from == "":
+		return "? → " + to
+	case to == "":
+		return from + " → ?"
+	}
+	return from + " → " + to
+}
+
+func fleetDuration(r fleet.Record) string {
+	if r.Started.IsZero() || r.Finished.IsZero() {
+		return "-"
+	}
+	return preciseDuration(r.Duration())
+}
+
+func nameWidth(ts []fleet.Target) int {
+	w := len("DEVICE")
+	for _, t := range ts {
+		w = max(w, len(t.Name))
+	}
+	return min(w, 40)
+}
+
+// lineView prints one line per device as it finishes (stderr, not a
+// terminal).
+type lineView struct {
+	w     io.Writer
+	nameW int
+	total int
+	mu    sync.Mutex
+	n     int
+}
+
+func (v *lineView) Started(int, fleet.Record)    {}
+func (v *lineView) Progress(int, fleet.Progress) {}
+func (v *lineView) Finished(i int, r fleet.Record) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	v.n++
+	fmt.Fprintf(v.w, "[%*d/%d] %s\n", len(fmt.Sprint(v.total)), v.n, v.total, fleetLine(v.nameW, r))
+}
+func (v *lineView) Stopped(s fleet.Stop) {
+	fmt.Fprintf(v.w, "rollout stopped: %s\n", s.Message)
+}
+
+// liveView is the terminal view of a rollout (mpb): one line per device in
+// flight with its phase and progress, as many as the terminal has room
+// for, and an overall bar with the counts and the ETA; a device's line is
+// printed above the bars when it finishes.
+type liveView struct {
+	p      *mpb.Progress
+	total  *mpb.Bar
+	nameW  int
+	commit bool
+	max    int // device bars at most
+
+	mu       sync.Mutex
+	shown    map[int]*deviceBar
+	waiting  []int // in flight, without a bar
+	names    map[int]string
+	ok, bad  int
+	inflight int
+	stopped  string
+}
+
+type deviceBar struct {
+	bar   *mpb.Bar
+	mu    sync.Mutex
+	phase string
+}
+
+func (d *deviceBar) setPhase(s string) {
+	d.mu.Lock()
+	d.phase = s
+	d.mu.Unlock()
+}
+
+func (d *deviceBar) getPhase() string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.phase
+}
+
+// terminalRows is the height of the terminal w is, or 0.
+func terminalRows(w io.Writer) int {
+	if fh, ok := w.(*os.File); ok {
+		if rows, _, err := pty.Getsize(fh); err == nil {
+			return rows
+		}
+	}
+	return 0
+}
+
+// newLiveView draws on w, width columns wide and rows high (0: unknown).
+// refresh, when set, redraws the view at each receive (tests); else it
+// redraws itself a few times a second.
+func newLiveView(w io.Writer, width, rows int, targets []fleet.Target, toRun int, commit bool, refresh <-chan any) *liveView {
+	opts := []mpb.ContainerOption{mpb.WithOutput(w), mpb.WithRefreshRate(150 * time.Millisecond)}
+	if width > 0 {
+		opts = append(opts, mpb.WithWidth(width))
+	}
+	if refresh != nil {
+		opts = append(opts, mpb.WithManualRefresh(refresh))
+	}
+	v := &liveView{p: mpb.New(opts...), nameW: nameWidth(targets), commit: commit, shown: map[int]*deviceBar{}, names: map[int]string{}}
+	v.max = 10
+	if rows > 0 {
+		v.max = max(rows-4, 1)
+	}
+	for i, t := range targets {
+		v.names[i] = t.Name
+	}
+	v.total = v.p.New(int64(toRun), mpb.BarStyle().Lbound("[").Rbound("]"),
+		mpb.BarPriority(1<<30), // the overall bar stays at the bottom
+		mpb.PrependDecorators(decor.Any(func(decor.Statistics) string { return v.counts() })),
+		mpb.AppendDecorators(decor.CountersNoUnit("%d/%d", decor.WCSyncSpace), decor.Name(" "), decor.AverageETA(decor.ET_STYLE_GO)),
+	)
+	if toRun == 0 {
+		v.total.SetTotal(0, true)
+	}
+	return v
+}
+
+func (v *liveView) counts() string {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	s := fmt.Sprintf("ok %d  failed %d  in flight %d", v.ok, v.bad, v.inflight)
+	if hidden := len(v.waiting); hidden > 0 {
+		s += fmt.Sprintf(" (%d not shown)", hidden)
+	}
+	if v.stopped != "" {
+		s += "  STOPPED"
+	}
+	return s
+}
+
+func (v *liveView) addBar(i int) {
+	d := &deviceBar{phase: "starting"}
+	d.bar = v.p.New(100, mpb.BarStyle().Lbound("[").Rbound("]"),
+		mpb.PrependDecorators(decor.Name(v.names[i], decor.WC{W: v.nameW + 1, C: decor.DindentRight}),
+			decor.Any(func(decor.Statistics) string { return d.getPhase() }, decor.WC{W: 13, C: decor.DindentRight})),
+		mpb.AppendDecorators(decor.Percentage(decor.WC{W: 5})),
+	)
+	v.shown[i] = d
+}
+
+func (v *liveView) Started(i int, r fleet.Record) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	v.inflight++
+	if len(v.shown) < v.max {
+		v.addBar(i)
+		return
+	}
+	v.waiting = append(v.waiting, i)
+}
+
+func (v *liveView) Progress(i int, p fleet.Progress) {
+	v.mu.Lock()
+	d := v.shown[i]
+	v.mu.Unlock()
+	if d == nil {
+		return
+	}
+	d.setPhase(p.Phase)
+	if p.Total > 0 {
+		d.bar.SetCurrent(p.Done * 100 / p.Total)
+	}
+}
+
+func (v *liveView) Finished(i int, r fleet.Record) {
+	v.mu.Lock()
+	v.inflight--
+	if r.Outcome.Ok(v.commit) {
+		v.ok++
+	} else {
+		v.bad++
+	}
+	if d := v.shown[i]; d != nil {
+		d.bar.Abort(true)
+		delete(v.shown, i)
+		if len(v.waiting) > 0 {
+			next := v.waiting[0]
+			v.waiting = v.waiting[1:]
+			v.addBar(next)
+		}
+	} else {
+		for k, w := range v.waiting {
+			if w == i {
+				v.waiting = append(v.waiting[:k], v.waiting[k+1:]...)
+				break
+			}
+		}
+	}
+	v.mu.Unlock()
+	fmt.Fprintln(v.p, fleetLine(v.nameW, r))
+	v.total.Increment()
+}
+
+func (v *liveView) Stopped(s fleet.Stop) {
+	v.mu.Lock()
+	v.stopped = s.Message
+	v.mu.Unlock()
+	fmt.Fprintf(v.p, "rollout stopped: %s\n", s.Message)
+}
+
+// Close ends the view: the overall bar stays on the screen.
+func (v *liveView) Close() {
+	v.mu.Lock()
+	for i, d := range v.shown {
+		d.bar.Abort(true)
+		delete(v.shown, i)
+	}
+	v.mu.Unlock()
+	if !v.total.Completed() {
+		v.total.Abort(false)
+	}
+	v.p.Wait()
+}
