@@ -36,18 +36,19 @@ const (
 // BenchmarkFleet measures, side by side in one run, against one `otactl
 // emulator --count 1000` on the mosquitto of OTACTL_TEST_MOSQUITTO, with a
 // 64 KiB bundle served with --file, --parallel 200, --commit:
+//   - figure 2: the wall time of `fleet update` of 1,000 devices ÷ the same
+//     of 100 (goal ≤ 3);
+//   - figure 3: `fleet update` of 100 devices ÷ 100 sequential `otactl
+//     update` runs (timed on 10 runs, scaled to 100; goal ≤ 0.1);
+//   - figure 4: `fleet bootstate` of 1,000 devices ÷ one `otactl bootstate`
+//     (median of 5), whole processes (goal ≤ 200);
+//   - figure 5: the most MQTT connections to the broker the otactl process
+//     held at once during the 1,000-device update (goal 1), and how many it
+//     opened in all.
+//
+// Run it with:
 //
 //	scripts/with-mosquitto.sh go test -run='^$' -bench=Fleet -benchtime=1x ./cmd/otactl/
-//
-//  2. the wall time of `fleet update` of 1,000 devices ÷ the same of 100
-//     (goal ≤ 3);
-//  3. `fleet update` of 100 devices ÷ 100 sequential `otactl update` runs
-//     (timed on 10 runs, scaled to 100; goal ≤ 0.1);
-//  4. `fleet bootstate` of 1,000 devices ÷ one `otactl bootstate` (median
-//     of 5), whole processes (goal ≤ 200);
-//  5. the most MQTT connections to the broker the otactl process held at
-//     once during the 1,000-device update (goal 1), and how many it opened
-//     in all.
 //
 // Each figure is printed next to its goal and reported as a metric.
 func BenchmarkFleet(b *testing.B) {
