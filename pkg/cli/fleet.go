@@ -23,6 +23,11 @@ func NewCmdFleet(f *Factory) *cobra.Command {
 (--devices FILE: one address per line, as --port takes it), from --device
 PORT (repeatable), or from --broker mqtt://host:port --ids FILE (one device
 id per line, all behind one broker). See docs/fleet.md.`,
+		Example: `  # Rehearse on 100 emulated devices behind an embedded broker
+  otactl emulator --count 100 --state-dir "$(mktemp -d)" --mqtt-broker embedded:127.0.0.1:1883 --inventory-file devices.txt &
+  while [ ! -s devices.txt ]; do sleep 0.2; done   # written once all are reachable
+  otactl fleet update --file fw.zip --devices devices.txt --commit --parallel 20 --max-failures 5%
+  otactl fleet bootstate --devices devices.txt`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return usageErrorf("fleet needs a subcommand: update or bootstate")

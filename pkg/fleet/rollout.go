@@ -302,6 +302,9 @@ func (r *Rollout) Run(ctx, hard context.Context) *Summary {
 			case d := <-results:
 				finish(d)
 			case <-ctx.Done():
+				// An interrupt while waiting for the next start stops
+				// the rollout (Stop "interrupted"), as one at a start.
+				interrupted()
 				return false
 			}
 		}

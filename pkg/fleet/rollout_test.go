@@ -272,3 +272,22 @@ func TestRolloutInterrupted(t *testing.T) {
 		}
 	})
 }
+
+// An interrupt that comes while the rollout waits for its next start slot
+// (--max-per-minute) stops it as "interrupted", like one at a start: the
+// summary must not read as a rollout that ended by itself.
+func TestRolloutInterruptedWhileWaiting(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		ctx, cancel := context.WithCancel(t.Context())
+		f := &fakeRunner{dur: func(string) time.Duration { return time.Second }}
+		r := &Rollout{Plan: Plan{Parallel: 8, MaxPerMinute: 1}, Targets: targets(3), Runner: f}
+		time.AfterFunc(5*time.Second, cancel)
+		sum := r.Run(ctx, t.Context())
+		if sum.Stop == nil || sum.Stop.Reason != "interrupted" {
+			t.Fatalf("stop %+v, want interrupted", sum.Stop)
+		}
+		if sum.Ran != 1 || sum.Totals[UpdatedCommitted] != 1 || sum.Totals[NotStarted] != 2 {
+			t.Errorf("ran %d, totals %v", sum.Ran, sum.Totals)
+		}
+	})
+}
