@@ -148,13 +148,30 @@ func TestHTTPLimitsBoundSlowClients(t *testing.T) {
 			t.Fatalf("dripping client %d was never closed (first line %q)", i, first)
 		}
 	}
-	// The WebSocket connection and, for a while, the idle one hold 2 of the
-	// 4 slots: at most 2 drippers were served, and each was closed by its
-	// header or read timeout; every other one was refused with 503. (The
-	// server accepts all 60 well within the 500 ms before the first slot
-	// frees; one more served dripper is tolerated all the same.)
-	if refused < n-(lim.MaxConns-1) {
-		t.Fatalf("%d of %d dripping clients refused with 503, want at least %d", refused, n, n-(lim.MaxConns-1))
+	// The limit held: never more than MaxConns connections were served at
+	// once (the WebSocket connection, for a while the idle one, and the
+	// drippers that got a slot), every dripper served was closed by its
+	// header or read timeout (above), and the others were refused with 503
+	// at once. How many got a slot depends on how fast the 60 connect
+	// compared with the 500 ms after which a slot frees: on a loaded
+	// machine more may; most are refused all the same.
+	var hl *HTTPListener
+	for _, l := range e.d.listeners {
+		if h, ok := l.(*HTTPListener); ok {
+			hl = h
+		}
+	}
+	if hl == nil {
+		t.Fatal("no HTTP listener")
+	}
+	hl.mu.Lock()
+	peak := hl.ln.peakOpen()
+	hl.mu.Unlock()
+	if peak > lim.MaxConns {
+		t.Fatalf("%d connections served at once, more than the limit %d", peak, lim.MaxConns)
+	}
+	if refused < n/2 {
+		t.Fatalf("only %d of %d dripping clients refused with 503", refused, n)
 	}
 	if err := <-idleDone; isTimeout(err) {
 		t.Fatal("the idle kept-alive connection was never closed")

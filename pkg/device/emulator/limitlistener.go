@@ -34,6 +34,7 @@ type limitListener struct {
 	mu      sync.Mutex
 	max     int // connections served at once
 	open    int // connections being served
+	peak    int // the most connections served at once (tests)
 	refused map[net.Conn]struct{}
 	wg      sync.WaitGroup
 }
@@ -60,6 +61,7 @@ func (l *limitListener) Accept() (net.Conn, error) {
 		ok := l.open < l.max
 		if ok {
 			l.open++
+			l.peak = max(l.peak, l.open)
 		}
 		l.mu.Unlock()
 		if ok {
@@ -67,6 +69,13 @@ func (l *limitListener) Accept() (net.Conn, error) {
 		}
 		l.refuse(c)
 	}
+}
+
+// peakOpen is the most connections served at once so far.
+func (l *limitListener) peakOpen() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.peak
 }
 
 func (l *limitListener) release() {
