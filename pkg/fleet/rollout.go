@@ -37,7 +37,10 @@ type Plan struct {
 	Parallel int
 	// Canary is the size of the canary group: devices updated first, all
 	// of which must end well before any other device starts (0: none).
-	// Devices skipped (already on the build) do not count towards it.
+	// Devices skipped (already on the build) do not count towards it;
+	// devices that the journal shows updated by an earlier run of the
+	// rollout do: a resumed rollout whose canaries already succeeded has
+	// no canary group left.
 	Canary int
 	// Batch splits the devices after the canary group: a batch starts once
 	// the one before it has finished (Ansible's serial). Unset: one batch.
@@ -192,6 +195,13 @@ func (r *Rollout) Run(ctx, hard context.Context) *Summary {
 	}
 	queue = append(queue, retry...)
 	sum.Threshold = p.MaxFailures.Floor(len(queue))
+	// Devices an earlier run updated proved the bundle as canaries would.
+	for _, rec := range r.Done {
+		if rec.Outcome.Ok(p.Commit) && rec.Outcome != Skipped {
+			p.Canary--
+		}
+	}
+	p.Canary = max(p.Canary, 0)
 
 	results := make(chan done)
 	inflight := 0

@@ -291,3 +291,33 @@ func TestRolloutInterruptedWhileWaiting(t *testing.T) {
 		}
 	})
 }
+
+// A resumed rollout counts the devices the journal shows updated towards
+// its canary group: with the canaries proven by the first run, a failure
+// of the first device it starts now counts against --max-failures, not as
+// a failed canary that stops everything.
+func TestRolloutResumedCanaryProven(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := &fakeRunner{outcomes: map[string]Outcome{"d003": RolledBack}}
+		done := map[int]Record{
+			0: {Device: "d001", Result: Result{Outcome: UpdatedCommitted}},
+			1: {Device: "d002", Result: Result{Outcome: UpdatedCommitted}},
+		}
+		r := &Rollout{Plan: Plan{Parallel: 1, Canary: 2, Commit: true, MaxFailures: Size{N: 100, set: true}},
+			Targets: targets(6), Runner: f, Done: done}
+		sum := r.Run(t.Context(), t.Context())
+		if sum.Stop != nil {
+			t.Fatalf("stop %+v: the canaries were proven by the journal", sum.Stop)
+		}
+		if sum.Ran != 4 || sum.Totals[RolledBack] != 1 || sum.Totals[UpdatedCommitted] != 5 {
+			t.Errorf("ran %d, totals %v", sum.Ran, sum.Totals)
+		}
+		// With only one of two canaries proven, one canary is still due.
+		r.Done = map[int]Record{0: done[0]}
+		f.outcomes = map[string]Outcome{"d002": RolledBack}
+		sum = r.Run(t.Context(), t.Context())
+		if sum.Stop == nil || sum.Stop.Reason != "canary_failed" || sum.Stop.Device != "d002" {
+			t.Fatalf("stop %+v, want canary_failed on d002", sum.Stop)
+		}
+	})
+}
