@@ -76,6 +76,9 @@ type fakeDev struct {
 	moved   chan struct{} // closed and replaced when data grows
 	// replyHook, if set, may change each reply as it leaves.
 	replyHook func(req, resp *frame.Frame)
+	// loseGetInfo: that many Sys.GetInfo requests are lost (never seen,
+	// never answered), as requests sent while a device was away are.
+	loseGetInfo int
 
 	// link and reboots
 	clientOpts rpc.ClientOptions
@@ -279,6 +282,15 @@ func (d *fakeDev) handler() transport.Handler {
 			d.mu.Lock()
 			d.frameSizes = append(d.frameSizes, len(b))
 			d.mu.Unlock()
+		}
+		d.mu.Lock()
+		lost := f.Method == "Sys.GetInfo" && d.loseGetInfo > 0
+		if lost {
+			d.loseGetInfo--
+		}
+		d.mu.Unlock()
+		if lost {
+			return nil
 		}
 		resp := d.srv.HandleFrame(ctx, f)
 		d.mu.Lock()

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/otactl/otactl/pkg/rpc"
@@ -126,6 +127,13 @@ type WaitOptions struct {
 	// PollInterval spaces attempts while the device answers but has not
 	// rebooted yet (default 500 ms).
 	PollInterval time.Duration
+	// Resend is how long an attempt's first call waits for an answer
+	// before it sends the same call again, the first still pending
+	// (default 1 s; at most AttemptTimeout in all). A request sent while
+	// the device is away is lost, not queued — an MQTT message published
+	// before the device subscribed again, a serial frame sent while it
+	// boots — and would otherwise hold the attempt for AttemptTimeout.
+	Resend time.Duration
 	// Backoff spaces attempts while the device does not answer.
 	Backoff Backoff
 	// OnEvent, if set, gets EventWaiting, EventNotRebooted and EventBack.
@@ -141,6 +149,9 @@ func (o *WaitOptions) defaults() {
 	}
 	if o.PollInterval <= 0 {
 		o.PollInterval = 500 * time.Millisecond
+	}
+	if o.Resend <= 0 {
+		o.Resend = time.Second
 	}
 	if o.Backoff.Initial <= 0 {
 		o.Backoff.Initial = 250 * time.Millisecond
@@ -328,7 +339,7 @@ func attempt(ctx context.Context, opts WaitOptions) (*rpc.Client, probe, error) 
 		defer cancel()
 		return f(sctx)
 	}
-	err = call(func(ctx context.Context) (err error) { first, err = d.GetInfo(ctx); return err })
+	first, err = firstInfo(ctx, d, opts)
 	if err == nil {
 		firstAt = time.Now()
 		err = call(func(ctx context.Context) (err error) { p.boot, err = d.GetBootState(ctx); return err })
@@ -358,6 +369,49 @@ func attempt(ctx context.Context, opts WaitOptions) (*rpc.Client, probe, error) 
 		return nil, probe{}, errRebootedDuringProbe
 	}
 	return c, p, nil
+}
+
+// firstInfo is an attempt's first call, Sys.GetInfo: sent again every
+// opts.Resend while no answer came (the device may have been away when
+// the first was sent, and lost it), the calls in flight together, the
+// first answer taken; the whole bounded by AttemptTimeout. A call that
+// fails otherwise (link down, an error reply) ends it at once.
+func firstInfo(ctx context.Context, d *Device, opts WaitOptions) (SysInfo, error) {
+	ctx, cancel := context.WithTimeout(ctx, opts.AttemptTimeout)
+	type answer struct {
+		info SysInfo
+		err  error
+	}
+	n := int(opts.AttemptTimeout/opts.Resend) + 1
+	answers := make(chan answer, n)
+	var wg sync.WaitGroup
+	defer func() {
+		cancel() // the calls still in flight end at once
+		wg.Wait()
+	}()
+	send := func() {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			info, err := d.GetInfo(ctx)
+			answers <- answer{info, err}
+		}()
+	}
+	send()
+	sent := 1
+	resend := time.NewTicker(opts.Resend)
+	defer resend.Stop()
+	for {
+		select {
+		case a := <-answers:
+			return a.info, a.err
+		case <-resend.C:
+			if sent < n {
+				send()
+				sent++
+			}
+		}
+	}
 }
 
 // sameBoot reports whether two Sys.GetInfo answers, received at a and b,

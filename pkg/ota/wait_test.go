@@ -553,3 +553,31 @@ func TestCheckHealthGrace(t *testing.T) {
 		contains(t, err, "App.Health did not answer without error within 10s (5 tries; last: ", "warming up")
 	})
 }
+
+// A link that connects at once while the device is still away (a broker
+// session, a serial port) loses the request sent meanwhile: the first call
+// of an attempt is sent again after Resend, so the device is seen as soon
+// as it answers, not AttemptTimeout later.
+func TestWaitOutcomeResendsALostProbe(t *testing.T) {
+	bubble(t, func(t *testing.T, ctx context.Context) {
+		d := newFakeDev(t)
+		before, res := pushed(t, ctx, d, 0)
+		d.rebootInto(0, d.newFW, ota.BootState{ActiveSlot: 1, RevertSlot: 0, IsCommitted: false, CommitTimeout: 300})
+		d.mu.Lock()
+		d.loseGetInfo = 2
+		d.mu.Unlock()
+		start := time.Now()
+		o, c, err := ota.WaitOutcome(ctx, ota.WaitOptions{Dial: d.dial(t), Before: before, Accepted: res.Confirmed, Expect: d.newFW})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if o.Result != ota.UpdatedUncommitted || o.Attempts != 1 {
+			t.Fatalf("outcome %+v", o)
+		}
+		// Two copies lost, the third answered: 2 × Resend (1 s).
+		if el := time.Since(start); el != 2*time.Second {
+			t.Fatalf("waited %v, want 2s", el)
+		}
+	})
+}
