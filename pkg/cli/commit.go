@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"errors"
 	"strings"
 	"time"
 
@@ -74,7 +75,11 @@ commit timeout passes or at any reboot. Commit makes it permanent, then
 checks the boot state to confirm. With --health-method, that method must
 answer without error first — it is retried for --health-grace (default 30s)
 — or nothing is committed (exit 6; the firmware then falls back at its
-commit timeout, or run 'otactl revert').`,
+commit timeout, or run 'otactl revert').
+
+A firmware that is committed already is not an error: otactl says
+"already committed" (--json: "already_committed": true) and exits 0, so
+scripts can run commit whenever they want the running firmware kept.`,
 		Example: `  otactl --port /dev/ttyUSB0 commit
   otactl commit --health-method App.Health`,
 		Args: noArgs,
@@ -88,11 +93,14 @@ commit timeout, or run 'otactl revert').`,
 			}
 			return f.withDeviceTimeout(cmd.Context(), timeout, func(ctx context.Context, c *rpc.Client, d *ota.Device) error {
 				bs, err := d.CommitAfterHealthCheck(ctx, ota.HealthOptions{Method: health, Grace: grace, CallTimeout: min(f.G.Timeout, 5*time.Second)})
+				if errors.Is(err, ota.ErrNothingToCommit) {
+					return f.alreadyCommitted(ctx, d, bs)
+				}
 				if err != nil {
 					return err
 				}
 				if f.G.JSON {
-					return writeJSON(f.IO.Out, map[string]any{"committed": true, "boot_state": bs})
+					return writeJSON(f.IO.Out, map[string]any{"committed": true, "already_committed": false, "boot_state": bs})
 				}
 				f.out("%s: slot %d boots from now on.", f.outPalette().green("committed"), bs.ActiveSlot)
 				return nil

@@ -27,7 +27,7 @@ func (d *Device) CommitAfterHealthCheck(ctx context.Context, h HealthOptions) (B
 		return bs, fmt.Errorf("reading the boot state before committing: %w", err)
 	}
 	if bs.IsCommitted {
-		return bs, fmt.Errorf("%w: slot %d is active and committed, nothing to commit", ErrAlreadyCommitted, bs.ActiveSlot)
+		return bs, fmt.Errorf("%w: slot %d is active and committed, nothing to commit", ErrNothingToCommit, bs.ActiveSlot)
 	}
 	if h.Method != "" {
 		if _, err := d.CheckHealth(ctx, h); err != nil {
@@ -46,6 +46,14 @@ func (d *Device) CommitAfterHealthCheck(ctx context.Context, h HealthOptions) (B
 			// first read: return what it shows now.
 			if now, berr := d.GetBootState(ctx); berr == nil {
 				bs = now
+				switch {
+				case now.IsCommitted && now.ActiveSlot == slot:
+					// Committed by someone else since the first read.
+					return bs, fmt.Errorf("%w: slot %d was committed meanwhile, nothing to commit", ErrNothingToCommit, slot)
+				case now.ActiveSlot != slot:
+					return bs, fmt.Errorf("committing slot %d: %w; the device boots slot %d next (committed=%t): slot %d fell back or was reverted before the commit, so it was not committed",
+						slot, err, now.ActiveSlot, now.IsCommitted, slot)
+				}
 			}
 		}
 		return bs, fmt.Errorf("committing slot %d: %w", slot, err)

@@ -279,6 +279,14 @@ func (d *Device) SetBootState(ctx context.Context, c BootStateChange) error {
 // commit.
 var ErrAlreadyCommitted = errors.New("the running firmware is already committed")
 
+// ErrNothingToCommit is wrapped by CommitAfterHealthCheck when the firmware
+// it was asked to commit is committed already (the boot state read before
+// committing shows it committed, or OTA.Commit was refused and the boot
+// state then shows the same slot committed): nothing is left to do. It
+// wraps ErrAlreadyCommitted; a commit refused because the device fell back
+// to another slot meanwhile wraps ErrAlreadyCommitted only.
+var ErrNothingToCommit = fmt.Errorf("%w", ErrAlreadyCommitted)
+
 // Commit calls OTA.Commit: the firmware on trial becomes permanent.
 func (d *Device) Commit(ctx context.Context) error {
 	_, err := d.c.Call(ctx, "OTA.Commit", nil)
@@ -293,7 +301,7 @@ func (d *Device) Commit(ctx context.Context) error {
 func (d *Device) Revert(ctx context.Context) error {
 	_, err := d.c.Call(ctx, "OTA.Revert", nil)
 	if isCode(err, -1) {
-		return fmt.Errorf("%w (only a firmware on trial can be reverted; use OTA.SetBootState to boot another slot): %w", ErrAlreadyCommitted, err)
+		return fmt.Errorf("%w (only a firmware on trial can be reverted; to boot another slot's firmware, use `otactl bootstate set --active-slot N`): %w", ErrAlreadyCommitted, err)
 	}
 	return err
 }

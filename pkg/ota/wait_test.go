@@ -269,9 +269,40 @@ func TestCommitAfterHealthCheck(t *testing.T) {
 	bubble(t, func(t *testing.T, ctx context.Context) {
 		d, dev := setup(t, true, nil)
 		_, err := dev.CommitAfterHealthCheck(ctx, ota.HealthOptions{Method: "App.Health"})
-		if !errors.Is(err, ota.ErrAlreadyCommitted) || d.count("App.Health") != 0 || d.count("OTA.Commit") != 0 {
+		if !errors.Is(err, ota.ErrNothingToCommit) || !errors.Is(err, ota.ErrAlreadyCommitted) || d.count("App.Health") != 0 || d.count("OTA.Commit") != 0 {
 			t.Fatalf("err %v", err)
 		}
+	})
+	bubble(t, func(t *testing.T, ctx context.Context) {
+		// Committed by someone else between the read and OTA.Commit:
+		// nothing left to commit.
+		d, dev := setup(t, false, nil)
+		d.srv.Handle("OTA.Commit", func(context.Context, *rpc.Request) (any, error) {
+			d.mu.Lock()
+			defer d.mu.Unlock()
+			d.boot.IsCommitted = true
+			return nil, &rpc.Error{Code: -1}
+		})
+		bs, err := dev.CommitAfterHealthCheck(ctx, ota.HealthOptions{})
+		if !errors.Is(err, ota.ErrNothingToCommit) || !bs.IsCommitted || bs.ActiveSlot != 1 {
+			t.Fatalf("%+v %v", bs, err)
+		}
+	})
+	bubble(t, func(t *testing.T, ctx context.Context) {
+		// Fell back between the read and OTA.Commit: not "nothing to
+		// commit" — the firmware on trial is gone.
+		d, dev := setup(t, false, nil)
+		d.srv.Handle("OTA.Commit", func(context.Context, *rpc.Request) (any, error) {
+			d.mu.Lock()
+			defer d.mu.Unlock()
+			d.boot = ota.BootState{ActiveSlot: 0, RevertSlot: 0, IsCommitted: true}
+			return nil, &rpc.Error{Code: -1}
+		})
+		bs, err := dev.CommitAfterHealthCheck(ctx, ota.HealthOptions{})
+		if errors.Is(err, ota.ErrNothingToCommit) || !errors.Is(err, ota.ErrAlreadyCommitted) || bs.ActiveSlot != 0 {
+			t.Fatalf("%+v %v", bs, err)
+		}
+		contains(t, err, "boots slot 0 next", "fell back or was reverted before the commit")
 	})
 	bubble(t, func(t *testing.T, ctx context.Context) {
 		d, dev := setup(t, false, nil)

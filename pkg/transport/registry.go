@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/url"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"unicode/utf8"
@@ -82,6 +84,11 @@ func ParsePort(port string) (*url.URL, error) {
 	}
 	i := strings.Index(port, "://")
 	if i < 0 {
+		if hostPort(port) {
+			// "192.168.4.1:80" is a network address typed without its
+			// scheme, not a serial device in the working directory.
+			return nil, fmt.Errorf("%w: %s is not a serial port: did you mean http://%s/rpc or ws://%s/rpc?", ErrBadPort, port, port, port)
+		}
 		return &url.URL{Scheme: "serial", Path: port}, nil
 	}
 	if !utf8.ValidString(port) {
@@ -101,6 +108,30 @@ func ParsePort(port string) (*url.URL, error) {
 	}
 	u.Scheme = strings.ToLower(u.Scheme)
 	return u, nil
+}
+
+// hostPort reports whether s is HOST:PORT (an IP address, "localhost" or a
+// dotted host name, then a port number): an address that lacks its scheme.
+func hostPort(s string) bool {
+	host, port, err := net.SplitHostPort(s)
+	if err != nil || host == "" || port == "" {
+		return false
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 || strings.Trim(port, "0123456789") != "" {
+		return false
+	}
+	if net.ParseIP(host) != nil || strings.EqualFold(host, "localhost") {
+		return true
+	}
+	if !strings.Contains(host, ".") {
+		return false
+	}
+	for _, c := range host {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '.') {
+			return false
+		}
+	}
+	return true
 }
 
 // validScheme reports whether s is a URL scheme (RFC 3986): a letter, then

@@ -63,6 +63,12 @@ var (
 	ErrBadPartName = &Error{Msg: "Invalid part name"}
 )
 
+// StoredHint says how to rebuild a bundle with compressed entries, which
+// no device takes (docs/commands.md, "bundle").
+const StoredHint = "a device takes stored (uncompressed) entries only: rebuild the bundle stored, " +
+	"with `otactl bundle create` (it stores every entry), or unzip it and zip it again with " +
+	"`zip -0 -X NEW.zip manifest.json PART-FILES...` (manifest.json first)"
+
 // StatusMessage returns the device status message for err: the Msg of the
 // *Error in its chain, or err.Error() when there is none.
 func StatusMessage(err error) string {

@@ -229,7 +229,7 @@ func (rd *Reader) readLocalHeader() (*Entry, error) {
 		return nil, err
 	}
 	if method != 0 {
-		return nil, &Error{Msg: ErrCompressed.Msg, Detail: fmt.Sprintf("entry %q uses compression method %d", buf[:nameLen], method)}
+		return nil, &Error{Msg: ErrCompressed.Msg, Detail: fmt.Sprintf("entry %q uses compression method %d; %s", buf[:nameLen], method, StoredHint)}
 	}
 	if n := len(baseName(string(buf[:nameLen]))); n > MaxDeviceNameLen {
 		return nil, &Error{Msg: ErrFileName.Msg, Detail: fmt.Sprintf("entry %q: a device takes names of at most %d bytes", buf[:nameLen], MaxDeviceNameLen)}

@@ -65,7 +65,7 @@ func RewriteSignatures(in io.ReaderAt, size int64, w io.Writer, edit func(manife
 		return &Error{Msg: ErrNotManifest.Msg, Detail: fmt.Sprintf("got %q", nameExtra[:nameLen])}
 	}
 	if method != 0 {
-		return &Error{Msg: ErrCompressed.Msg, Detail: "manifest.json is compressed; a device takes stored entries only"}
+		return &Error{Msg: ErrCompressed.Msg, Detail: "manifest.json is compressed; " + StoredHint}
 	}
 	if flags&flagDescriptor != 0 || csize != usize {
 		return &Error{Msg: ErrMalformed.Msg, Detail: "manifest.json has no size in its local header (data descriptor)"}

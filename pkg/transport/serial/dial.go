@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io/fs"
 	"net/url"
+	"os"
 	"runtime"
 	"strconv"
 	"strings"
@@ -132,6 +133,9 @@ func (p *lockedPort) Close() error {
 }
 
 func openPort(cfg portConfig, opts transport.Options) (_ serial.Port, err error) {
+	if err := checkDevice(cfg.path); err != nil {
+		return nil, err
+	}
 	lock, err := lockPort(cfg.path, cfg.lockDirs)
 	if err != nil {
 		if errors.Is(err, ErrPortBusy) {
@@ -189,6 +193,34 @@ func openPort(cfg portConfig, opts transport.Options) (_ serial.Port, err error)
 	debug("cannot flush input", p.ResetInputBuffer())
 	debug("cannot flush output", p.ResetOutputBuffer())
 	return &lockedPort{Port: p, lock: lock}, nil
+}
+
+// checkDevice refuses, before anything is locked or opened, a path that
+// exists and is not a character device (a regular file, a directory): a
+// usage error that says what was given. A path that does not exist is left
+// to the open, whose error lists the ports there are. Windows names its
+// ports (COM3) without files to look at.
+func checkDevice(path string) error {
+	if runtime.GOOS == "windows" {
+		return nil
+	}
+	fi, err := os.Stat(path)
+	if err != nil || fi.Mode()&fs.ModeCharDevice != 0 {
+		return nil
+	}
+	what := "not a device"
+	switch {
+	case fi.Mode().IsRegular():
+		what = "a regular file"
+	case fi.IsDir():
+		what = "a directory"
+	case fi.Mode()&fs.ModeNamedPipe != 0:
+		what = "a named pipe"
+	case fi.Mode()&fs.ModeSocket != 0:
+		what = "a socket"
+	}
+	return fmt.Errorf("%w: %s is not a serial device (it is %s): give the device's serial port (/dev/ttyUSB0, /dev/ttyACM0, COM3) or its URL (http://HOST/rpc, ws://HOST/rpc, mqtt://BROKER/ID)",
+		transport.ErrBadPort, path, what)
 }
 
 // openError turns an error from opening a port into one that says what to do.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io/fs"
 	"net/url"
+	"os"
 	"path/filepath"
 	"runtime"
 	"strings"
@@ -131,5 +132,21 @@ func TestOpenErrorMessages(t *testing.T) {
 	err = openError(cfg, fmt.Errorf("open: %w", fs.ErrPermission))
 	if !strings.Contains(err.Error(), "permission denied opening serial port /dev/ttyUSB0") || !errors.Is(err, fs.ErrPermission) {
 		t.Errorf("permission: %v", err)
+	}
+}
+
+// A regular file or a directory given as a serial port is a usage error
+// that says so, before anything is locked or opened.
+func TestDialRefusesWhatIsNotADevice(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "fw.zip")
+	if err := os.WriteFile(file, []byte("PK"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for path, what := range map[string]string{file: "a regular file", dir: "a directory"} {
+		_, err := Dial(context.Background(), &url.URL{Scheme: "serial", Path: path}, transport.Options{})
+		if !errors.Is(err, transport.ErrBadPort) || !strings.Contains(err.Error(), path+" is not a serial device (it is "+what+")") {
+			t.Fatalf("Dial(%s) = %v; want ErrBadPort saying it is %s, not a serial device", path, err, what)
+		}
 	}
 }
