@@ -19,6 +19,8 @@ func NewCmdFleet(f *Factory) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "fleet",
 		Short: "Update many devices in one rollout, or read their boot states",
+		// The devices come from its own flags (docs/fleet.md).
+		Annotations: map[string]string{annotOwnDevices: "true"},
 		Long: `Commands over many devices at once. The devices come from an inventory
 (--devices FILE: one address per line, as --port takes it), from --device
 PORT (repeatable), or from --broker mqtt://host:port --ids FILE (one device
@@ -55,7 +57,7 @@ func (d *fleetDevices) add(fl *pflag.FlagSet) {
 // targets reads and checks every device address before anything is sent:
 // a bad line or a device listed twice is a usage error naming it.
 func (d *fleetDevices) targets(f *Factory, cmd *cobra.Command) ([]fleet.Target, error) {
-	if cmd.Root().PersistentFlags().Changed("port") {
+	if cmd.Flags().Changed("port") {
 		return nil, usageErrorf("fleet commands take their devices from --devices FILE, --device PORT or --broker URL --ids FILE, not --port")
 	}
 	n := 0

@@ -64,12 +64,15 @@ func SystemIO() *IOStreams {
 
 // Globals are the flags every command shares.
 type Globals struct {
-	Port       string
-	Timeout    time.Duration
-	RPCCreds   string
-	CACertFile string
-	CertFile   string
-	KeyFile    string
+	Port string
+	// Device names a device of the config file (--device); Config is the
+	// config file (--config).
+	Device, Config string
+	Timeout        time.Duration
+	RPCCreds       string
+	CACertFile     string
+	CertFile       string
+	KeyFile        string
 	// Insecure skips TLS verification (--insecure); TLSServerName is the
 	// name the device's certificate is checked against (--tls-server-name).
 	Insecure      bool
@@ -105,6 +108,14 @@ type Factory struct {
 	insecureWarned bool
 	// upd is the --json document of an update or push in progress.
 	upd *updateResult
+	// portGiven and deviceGiven count --port and --device on the command
+	// line (and from the environment): more than one is a usage error.
+	portGiven, deviceGiven int
+	// explicit names the shared flags given on the command line or in the
+	// environment: a named device's settings do not override them.
+	explicit map[string]bool
+	// cfg is the config file, once loaded (config).
+	cfg *Config
 	// notifySignals, when set, replaces signal.Notify for the signals
 	// after the first (fleet update's second Ctrl-C); tests feed it.
 	notifySignals func(c chan<- os.Signal)
@@ -260,67 +271,44 @@ over serial, HTTP, WebSocket or MQTT, wire-compatible with 'mos call OTA.*'.`,
 		SilenceErrors: true,
 		SilenceUsage:  true,
 		PersistentPreRunE: func(cmd *cobra.Command, args []string) error {
-			if err := applyEnv(cmd.Root().PersistentFlags(), f.Getenv); err != nil {
-				return err
-			}
-			f.timeoutSet = cmd.Root().PersistentFlags().Changed("timeout") || envSet(f.Getenv, "timeout")
-			if f.G.Timeout <= 0 {
-				return usageErrorf("--timeout must be positive")
-			}
-			return nil
+			return f.prepare(cmd)
 		},
 	}
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
 		return &UsageError{Err: err}
 	})
-	g := &f.G
-	pf := root.PersistentFlags()
-	pf.StringVar(&g.Port, "port", "", "device address: serial path (/dev/ttyUSB0, COM3), http://host/rpc, ws://host/rpc, mqtt://broker/DEVICE_ID, or the TLS forms (env OTACTL_PORT, then MOS_PORT)")
-	g.Timeout = 20 * time.Second
-	pf.Var(secondsFlag{d: &g.Timeout}, "timeout", "how long to wait for the device to answer (seconds, or 1m)")
-	pf.StringVar(&g.RPCCreds, "rpc-creds", "", "RPC credentials user:pass, or @FILE holding them (env OTACTL_RPC_CREDS): answer the device's digest challenge (in-frame, HTTP, WebSocket handshake)")
-	pf.StringVar(&g.CACertFile, "ca-cert-file", "", "CA certificate(s) (PEM) to verify the device or broker (TLS ports)")
-	pf.StringVar(&g.CertFile, "cert-file", "", "client certificate (PEM) for TLS ports")
-	pf.StringVar(&g.KeyFile, "key-file", "", "client private key (PEM) for --cert-file")
-	pf.BoolVar(&g.Insecure, "insecure", false, "do not verify the TLS certificate of the device or broker (tests only: anyone on the path can then read and change the traffic)")
-	pf.StringVar(&g.TLSServerName, "tls-server-name", "", "check the device's TLS certificate against this name (for a device addressed by IP whose certificate names a host)")
-	pf.BoolVar(&g.JSON, "json", false, "machine-readable output: one JSON document on stdout")
-	pf.BoolVarP(&g.Verbose, "verbose", "v", false, "show frames and device log lines on stderr")
-	pf.BoolVar(&g.NoColor, "no-color", false, "no colour in output (also: NO_COLOR env)")
-	pf.IntVar(&g.BaudRate, "baud-rate", 115200, "serial port speed")
-	pf.BoolVar(&g.HWFlow, "hw-flow-control", false, "serial RTS/CTS hardware flow control")
+	f.addOutputFlags(root.PersistentFlags())
 
 	root.AddCommand(NewCmdCall(f, nil))
-	root.AddCommand(NewCmdEmulator(f, nil))
-	root.AddCommand(NewCmdBundle(f))
+	root.AddCommand(markOffline(NewCmdEmulator(f, nil)))
+	root.AddCommand(markOffline(NewCmdBundle(f)))
 	root.AddCommand(NewCmdBootState(f), NewCmdStatus(f), NewCmdCommit(f), NewCmdRevert(f), NewCmdSnapshot(f))
 	root.AddCommand(NewCmdUpdate(f), NewCmdPush(f))
 	root.AddCommand(NewCmdFleet(f))
-	root.AddCommand(newCmdGenMan())
+	root.AddCommand(markOffline(NewCmdDevices(f)))
+	root.AddCommand(markOffline(newCmdGenMan()))
 	// The completion command captures its output writer when created.
 	root.SetOut(f.IO.Out)
 	root.SetErr(f.IO.ErrOut)
 	setupCompletion(root)
+	// Last: device flags go to every command not marked offline.
+	f.addDeviceFlags(root)
 	return root
 }
 
-func envSet(getenv func(string) string, flag string) bool {
+// applyEnv fills the shared flags of fs not given on the command line from
+// OTACTL_<FLAG> and then MOS_<FLAG> (e.g. OTACTL_PORT, MOS_PORT), and
+// returns the names it set. For a command that talks to no device
+// (offline), the device flags are left alone: OTACTL_PORT exported in a
+// shell does not concern `otactl bundle create`.
+func applyEnv(fs *pflag.FlagSet, getenv func(string) string, offline bool) (map[string]bool, error) {
+	set := map[string]bool{}
 	if getenv == nil {
-		return false
-	}
-	key := strings.ToUpper(strings.ReplaceAll(flag, "-", "_"))
-	return getenv("OTACTL_"+key) != "" || getenv("MOS_"+key) != ""
-}
-
-// applyEnv fills global flags not given on the command line from
-// OTACTL_<FLAG> and then MOS_<FLAG> (e.g. OTACTL_PORT, MOS_PORT).
-func applyEnv(fs *pflag.FlagSet, getenv func(string) string) error {
-	if getenv == nil {
-		return nil
+		return set, nil
 	}
 	var err error
 	fs.VisitAll(func(fl *pflag.Flag) {
-		if fl.Changed || err != nil {
+		if fl.Changed || err != nil || fl.Annotations[annotGlobal] == nil || (offline && fl.Annotations[annotDevice] != nil) {
 			return
 		}
 		key := strings.ToUpper(strings.ReplaceAll(fl.Name, "-", "_"))
@@ -329,11 +317,12 @@ func applyEnv(fs *pflag.FlagSet, getenv func(string) string) error {
 				if e := fl.Value.Set(v); e != nil {
 					err = usageErrorf("environment variable %s%s=%q: %v", prefix, key, v, e)
 				}
+				set[fl.Name] = true
 				return
 			}
 		}
 	})
-	return err
+	return set, err
 }
 
 // logger returns the verbose logger, or nil.
