@@ -549,14 +549,25 @@ func withBrokerCreds(port, credsFile, source string) (string, error) {
 // command line or in the environment (explicit, by flag name): flag >
 // environment > config file.
 func (p *DeviceProfile) apply(g *Globals, explicit map[string]bool) error {
-	set := func(name string) bool { return !explicit[name] }
-	if set("port") {
-		port, err := withBrokerCreds(p.Port, p.BrokerCreds, p.Source())
+	if !explicit["port"] {
+		port, err := p.port()
 		if err != nil {
 			return err
 		}
 		g.Port = port
 	}
+	p.applySettings(g, explicit)
+	return nil
+}
+
+// port is the device's port, with the broker credentials of broker-creds.
+func (p *DeviceProfile) port() (string, error) {
+	return withBrokerCreds(p.Port, p.BrokerCreds, p.Source())
+}
+
+// applySettings is apply without the port.
+func (p *DeviceProfile) applySettings(g *Globals, explicit map[string]bool) {
+	set := func(name string) bool { return !explicit[name] }
 	if p.RPCCreds != "" && set("rpc-creds") {
 		g.RPCCreds = "@" + p.RPCCreds
 	}
@@ -584,7 +595,6 @@ func (p *DeviceProfile) apply(g *Globals, explicit map[string]bool) error {
 	if p.BaudRate != nil && set("baud-rate") {
 		g.BaudRate = *p.BaudRate
 	}
-	return nil
 }
 
 // settings lists the keys the device sets, for `otactl devices`.

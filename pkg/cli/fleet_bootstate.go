@@ -178,7 +178,7 @@ func runFleetBootState(cmd *cobra.Command, f *Factory, o *fleetBootStateOptions)
 // readFleetBoot reads one device as `otactl bootstate` does.
 func readFleetBoot(ctx context.Context, f *Factory, t fleet.Target) fleetBootRow {
 	row := fleetBootRow{Device: t.Name, Address: t.Address}
-	sub := f.deviceFactory(t.Addr, io.Discard)
+	sub := f.deviceFactory(t, io.Discard)
 	var bs ota.BootState
 	var info *ota.SysInfo
 	err := sub.withDevice(ctx, func(ctx context.Context, c *rpc.Client, d *ota.Device) error {

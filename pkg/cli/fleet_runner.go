@@ -60,7 +60,7 @@ func (d *fleetDevice) download(bar func(sent, total int64)) *fleet.Download {
 // deviceFactory is a Factory for one device of a rollout: the fleet
 // command's settings, the device's address, no output of its own (errOut
 // gets its progress notes).
-func (f *Factory) deviceFactory(addr string, errOut io.Writer) *Factory {
+func (f *Factory) deviceFactory(t fleet.Target, errOut io.Writer) *Factory {
 	sub := &Factory{
 		IO:       &IOStreams{In: strings.NewReader(""), Out: io.Discard, ErrOut: errOut},
 		Getenv:   f.Getenv,
@@ -69,7 +69,12 @@ func (f *Factory) deviceFactory(addr string, errOut io.Writer) *Factory {
 		// The fleet command warned about --insecure once.
 		timeoutSet: f.timeoutSet, insecureWarned: true,
 	}
-	sub.G.Port, sub.G.JSON, sub.G.Verbose = addr, false, false
+	if p := f.cfg.Device(t.Device); p != nil {
+		// A device listed by its name in the config file: its settings,
+		// where the fleet command's flags and environment give none.
+		p.applySettings(&sub.G, f.explicit)
+	}
+	sub.G.Port, sub.G.JSON, sub.G.Verbose = t.Addr, false, false
 	return sub
 }
 
@@ -97,7 +102,7 @@ func (w *phaseWriter) Write(p []byte) (int, error) {
 
 // Run updates one device.
 func (r *updateRunner) Run(ctx context.Context, t fleet.Target, progress func(fleet.Progress)) fleet.Result {
-	sub := r.f.deviceFactory(t.Addr, &phaseWriter{progress: progress})
+	sub := r.f.deviceFactory(t, &phaseWriter{progress: progress})
 	progress(fleet.Progress{Phase: "checking"})
 	var info ota.SysInfo
 	var bs ota.BootState

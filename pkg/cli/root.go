@@ -293,6 +293,7 @@ over serial, HTTP, WebSocket or MQTT, wire-compatible with 'mos call OTA.*'.`,
 	setupCompletion(root)
 	// Last: device flags go to every command not marked offline.
 	f.addDeviceFlags(root)
+	f.setupDynamicCompletion(root)
 	return root
 }
 

@@ -24,6 +24,9 @@ type Target struct {
 	// Source says where the device was listed ("devices.txt:12",
 	// "--device"), for errors.
 	Source string
+	// Device is the device's name in otactl's config file when it was
+	// listed by that name (its settings then apply to it), else "".
+	Device string
 }
 
 // key identifies a device whatever the credentials and the case of the
@@ -177,7 +180,9 @@ func (inv *Inventory) Name() {
 		t := &inv.Targets[i]
 		u, _ := transport.ParsePort(t.Addr)
 		t.Name = t.Address
-		if len(hosts) == 1 {
+		if t.Device != "" {
+			t.Name = t.Device // the name it was listed by
+		} else if len(hosts) == 1 {
 			switch u.Scheme {
 			case "serial":
 				t.Name = path.Base(u.Path)
