@@ -209,6 +209,9 @@ func TestScripts(t *testing.T) {
 			"waitfor":   cmdWaitFor,
 			"mkfile":    cmdMkfile,
 			"corrupt":   cmdCorrupt,
+			"expandenv": cmdExpandEnv,
+			"deflate":   cmdDeflate,
+			"subst":     cmdSubst,
 			// signed bundles (sign_cmds_test.go)
 			"tamper":      cmdTamper,
 			"treehash":    cmdTreeHash,

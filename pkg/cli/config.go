@@ -199,7 +199,11 @@ func loadConfig(path string, getenv func(string) string) (*Config, error) {
 	case err != nil:
 		return nil, fmt.Errorf("cannot read config file %s: %w", path, err)
 	}
-	return parseConfig(b, path, getenv)
+	cfg, err := parseConfig(b, path, getenv)
+	if err != nil {
+		return nil, &UsageError{Err: err}
+	}
+	return cfg, nil
 }
 
 // deviceKeys are the keys a device may set; inventoryKeys an inventory's.

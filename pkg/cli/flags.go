@@ -171,7 +171,11 @@ func (f *Factory) prepare(cmd *cobra.Command) error {
 			}
 		})
 		if len(given) > 0 {
-			return usageErrorf("%s does not apply to `%s`: it talks to no device", strings.Join(given, ", "), cmd.CommandPath())
+			verb := "does"
+			if len(given) > 1 {
+				verb = "do"
+			}
+			return usageErrorf("%s %s not apply to `%s`: it talks to no device", strings.Join(given, ", "), verb, cmd.CommandPath())
 		}
 	}
 	fromEnv, err := applyEnv(fs, f.Getenv, offline)
