@@ -55,11 +55,12 @@ func hasAnnotation(cmd *cobra.Command, key string) bool {
 }
 
 // isOffline reports whether cmd talks to no device. Cobra's own commands
-// (help, completion, __complete) are offline too.
+// (help, completion, __complete) are offline too, and so are `version` and
+// `ports` (which lists the serial ports, and opens none).
 func isOffline(cmd *cobra.Command) bool {
 	for c := cmd; c != nil && c.HasParent(); c = c.Parent() {
 		switch c.Name() {
-		case "help", "completion", cobra.ShellCompRequestCmd, cobra.ShellCompNoDescRequestCmd:
+		case "help", "completion", "version", "ports", cobra.ShellCompRequestCmd, cobra.ShellCompNoDescRequestCmd:
 			return true
 		}
 	}

@@ -264,7 +264,11 @@ func NewRootCmd(f *Factory) *cobra.Command {
 		Use:   "otactl",
 		Short: "Update Mongoose OS devices over the air, and know what booted",
 		Long: `otactl drives the OTA service of Mongoose OS devices (the OTA.* RPC methods)
-over serial, HTTP, WebSocket or MQTT, wire-compatible with 'mos call OTA.*'.`,
+over serial, HTTP, WebSocket or MQTT, wire-compatible with 'mos call OTA.*'.
+
+Commands that talk to a device take --port (or --device NAME, a device named
+in ~/.config/otactl/config.yaml: 'otactl devices'), before or after their
+name; 'otactl CMD --help' lists their flags.`,
 		Example: `  otactl --port http://192.168.4.1/rpc call Sys.GetInfo
   OTACTL_PORT=/dev/ttyUSB0 otactl call OTA.GetBootState`,
 		Version:       Version,
