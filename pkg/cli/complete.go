@@ -22,7 +22,7 @@ const completeMethodsTimeout = time.Second
 // and flag names (docs/commands.md, "completion"): --port (serial ports
 // and named devices), --device (names), --inventory (names), `call`'s
 // method (from the device's RPC.List, when it answers within a second),
-// --file and positional bundles (*.zip).
+// --file and positional bundles (*.zip), --config (*.yaml).
 func (f *Factory) setupDynamicCompletion(root *cobra.Command) {
 	var walk func(c *cobra.Command)
 	walk = func(c *cobra.Command) {
@@ -46,6 +46,9 @@ func (f *Factory) setupDynamicCompletion(root *cobra.Command) {
 		}
 		if fl := c.LocalFlags().Lookup("file"); fl != nil {
 			_ = c.MarkFlagFilename("file", "zip")
+		}
+		if fl := c.LocalFlags().Lookup("config"); fl != nil {
+			_ = c.MarkFlagFilename("config", "yaml", "yml")
 		}
 		switch c.CommandPath() {
 		case "otactl push", "otactl update", "otactl ota", "otactl bundle inspect", "otactl bundle verify", "otactl bundle sign":
