@@ -201,12 +201,12 @@ func (f *Factory) prepare(cmd *cobra.Command) error {
 	if f.G.Timeout <= 0 {
 		return usageErrorf("--timeout must be positive")
 	}
+	f.timeoutSet = f.explicit["timeout"]
 	if !hasAnnotation(cmd, annotOwnDevices) {
 		if err := f.resolveDevice(fromEnv); err != nil {
 			return err
 		}
 	}
-	f.timeoutSet = f.explicit["timeout"]
 	return nil
 }
 
@@ -269,6 +269,11 @@ func (f *Factory) resolveDevice(fromEnv map[string]bool) error {
 		delete(explicit, "port")
 	} else if explicit["port"] && fromEnv["port"] && !fromEnv["device"] {
 		fmt.Fprintf(f.IO.ErrOut, "note: the port of device %s comes from the environment (OTACTL_PORT or MOS_PORT), which overrides the config file\n", name)
+	}
+	if p.Timeout != nil {
+		// The file's timeout stands for --timeout (push's wait for a lost
+		// link follows a given timeout).
+		f.timeoutSet = true
 	}
 	return p.apply(&f.G, explicit)
 }

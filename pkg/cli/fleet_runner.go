@@ -73,6 +73,7 @@ func (f *Factory) deviceFactory(t fleet.Target, errOut io.Writer) *Factory {
 		// A device listed by its name in the config file: its settings,
 		// where the fleet command's flags and environment give none.
 		p.applySettings(&sub.G, f.explicit)
+		sub.timeoutSet = sub.timeoutSet || p.Timeout != nil
 	}
 	sub.G.Port, sub.G.JSON, sub.G.Verbose = t.Addr, false, false
 	return sub
