@@ -182,7 +182,8 @@ func mainContext(ctx context.Context, args []string, ios *IOStreams, getenv func
 		}
 		fmt.Fprintln(ios.ErrOut, f.palette().red("Error:"), err)
 		var ue *UsageError
-		if errors.As(err, &ue) && !strings.Contains(err.Error(), "--help") {
+		var ce *ConfigError // about the file, not the command line
+		if errors.As(err, &ue) && !errors.As(err, &ce) && !strings.Contains(err.Error(), "--help") {
 			if name := commandPath(root, args); name != "" {
 				fmt.Fprintf(ios.ErrOut, "Run '%s --help' for usage.\n", name)
 			}
