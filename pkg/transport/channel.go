@@ -32,6 +32,34 @@ type Channel struct {
 
 	mu        sync.Mutex
 	challenge string
+	aborted   bool
+}
+
+// Abort tells the transport that the device went away while this request
+// was in flight (a reboot or a power cut): no answer will come, and the link
+// breaks as a real device's reboot breaks its TCP connections. The HTTP
+// transport closes the request's connection without an answer and the
+// WebSocket transport closes its connection, so that the client sees a lost
+// link at once instead of an empty answer that leaves it waiting for its
+// timeout. Serial and MQTT ignore it: the device side of those links goes
+// away by itself.
+func (c *Channel) Abort() {
+	if c == nil {
+		return
+	}
+	c.mu.Lock()
+	c.aborted = true
+	c.mu.Unlock()
+}
+
+// Aborted reports whether Abort was called.
+func (c *Channel) Aborted() bool {
+	if c == nil {
+		return false
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.aborted
 }
 
 // Challenge asks an HTTP channel to answer the request with "401

@@ -476,14 +476,15 @@ func (d *Device) handleFrame(ctx context.Context, f *frame.Frame) *frame.Frame {
 	epoch := d.epoch
 	d.mu.Unlock()
 	if !online || d.poweredOff.Load() {
-		return nil
+		return cutOff(ctx)
 	}
 	if beh == BehaviorNoRPC {
 		select {
 		case <-ctx.Done():
+			return nil
 		case <-epoch.Done():
+			return cutOff(ctx)
 		}
-		return nil
 	}
 	resp := d.srv.HandleFrame(ctx, f)
 	if d.poweredOff.Load() || d.fl.dead.Load() || epoch.Err() != nil {
@@ -491,9 +492,20 @@ func (d *Device) handleFrame(ctx context.Context, f *frame.Frame) *frame.Frame {
 		// of its previous run. (The flash dies first at a power cut, and
 		// poweredOff follows: a handler that failed on the dead flash
 		// must not get its error out in between.)
-		return nil
+		return cutOff(ctx)
 	}
 	return resp
+}
+
+// cutOff ends a call the device went away from (a reboot or a power cut
+// while it was in flight): no reply, and the link breaks, as a real device's
+// reboot resets its TCP connections (transport.Channel.Abort): an HTTP
+// request's connection closes without an answer, a WebSocket connection
+// closes. Without it the HTTP side would answer an empty 200, which a client
+// takes as "no answer" and waits its whole timeout for.
+func cutOff(ctx context.Context) *frame.Frame {
+	transport.ChannelFrom(ctx).Abort()
+	return nil
 }
 
 // Start boots the device and brings up its transports.

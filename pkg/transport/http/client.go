@@ -185,9 +185,10 @@ func (c *Conn) Send(ctx context.Context, f *frame.Frame) error {
 func (c *Conn) checkReply(f *frame.Frame, reply []byte) error {
 	if len(reply) == 0 {
 		// A request without id gets no reply. For one with an id an empty
-		// 200 is no answer either (the device side ends a call it will not
-		// answer that way, as when it reboots meanwhile): nothing is queued,
-		// and the call waits for its timeout, as for a silent device.
+		// 200 is no answer either: nothing is queued, and the call waits
+		// for its timeout, as for a silent device. (A device that reboots
+		// while the call is in flight breaks the connection instead, which
+		// fails the call at once as a lost link.)
 		return nil
 	}
 	c.opts.DebugFrame("recv", reply)

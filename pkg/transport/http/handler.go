@@ -59,6 +59,8 @@ type Handler struct {
 //     code 404 and 500 for any other code, exactly as a device maps them.
 //     (A device also treats an error object with code 0 as a failure; here
 //     code 0 is success, as everywhere else in the protocol.)
+//   - A request the device went away from (h aborted its channel,
+//     transport.Channel.Abort) gets no answer: its connection is closed.
 //   - OPTIONS on either: 200 with the CORS headers a device sends.
 //   - A WebSocket upgrade on /rpc goes to opts.WebSocket.
 //
@@ -170,6 +172,7 @@ func (s *Handler) serveFrame(w http.ResponseWriter, r *http.Request, body []byte
 	}
 	ch := httpChannel(r)
 	reply := s.h.HandleFrame(transport.WithChannel(r.Context(), ch), req)
+	abortIfAborted(ch, reply)
 	if s.challenged(w, ch) {
 		return
 	}
@@ -213,6 +216,7 @@ func (s *Handler) serveMethod(w http.ResponseWriter, r *http.Request, method str
 	}
 	ch := httpChannel(r)
 	reply := s.h.HandleFrame(transport.WithChannel(r.Context(), ch), req)
+	abortIfAborted(ch, reply)
 	if s.challenged(w, ch) {
 		return
 	}
@@ -279,6 +283,18 @@ func queryArgs(raw string) (json.RawMessage, error) {
 	}
 	buf.WriteByte('}')
 	return frame.ASCII(buf.Bytes()), nil
+}
+
+// abortIfAborted breaks the connection of a request the device went away
+// from (transport.Channel.Abort: a reboot or a power cut while the call was
+// in flight): net/http closes it without writing anything, so the client
+// sees the connection end (EOF) at once, as when a real device reboots. An
+// empty 200 would instead read as "no answer" and leave the client waiting
+// for its timeout.
+func abortIfAborted(ch *transport.Channel, reply *frame.Frame) {
+	if reply == nil && ch.Aborted() {
+		panic(http.ErrAbortHandler)
+	}
 }
 
 // httpChannel describes the request for the handler's authorisation check

@@ -131,6 +131,13 @@ func (s *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // handle runs one request and writes its reply.
 func (s *Handler) handle(ctx context.Context, c *serverConn, req *frame.Frame) {
 	reply := s.h.HandleFrame(ctx, req)
+	if reply == nil && transport.ChannelFrom(ctx).Aborted() {
+		// The device went away while the call was in flight: its
+		// connections break, as a real device's reboot breaks them.
+		c.cancel()
+		_ = c.ws.Close()
+		return
+	}
 	if reply == nil || req.ID == 0 || ctx.Err() != nil {
 		return
 	}
