@@ -223,6 +223,16 @@ func (c *countingReader) Read(p []byte) (int, error) {
 	if n > 0 && !c.u.push { // a push counts in OTA.Write, before it replies
 		c.u.got.Add(int64(n))
 	}
+	if err == io.EOF && !c.u.push {
+		// The parser stops at the central directory, so it reads to the
+		// end of a download only when that ended before the archive did
+		// (a Content-Length shorter than the bundle, a close-delimited
+		// body cut short): the download failed, the bundle may well be
+		// fine. A device reports "Update failed" when the connection
+		// closes before the update finished (ota-http-client). (A push
+		// ends its data with OTA.End: then the archive is truncated.)
+		err = fmt.Errorf("the download ended after %d bytes, before the end of the archive: %w", c.u.got.Load(), io.ErrUnexpectedEOF)
+	}
 	if err != nil && err != io.EOF {
 		if cerr := c.u.ctx.Err(); cerr != nil {
 			return n, context.Cause(c.u.ctx)
