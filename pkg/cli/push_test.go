@@ -12,7 +12,9 @@ import (
 
 	"github.com/otactl/otactl/pkg/device/emulator"
 	"github.com/otactl/otactl/pkg/ota/bundle"
+	"github.com/otactl/otactl/pkg/rpc"
 	"github.com/otactl/otactl/pkg/transport/mqtt/mqtttest"
+	"github.com/otactl/otactl/pkg/transport/pipe"
 )
 
 // pushBundle writes a bundle of version with an app part of size random
@@ -211,5 +213,65 @@ func TestPushGivesUpWhenTheLinkStaysDown(t *testing.T) {
 	}
 	if s := d.State(); s.OTAState != 1 || s.Boot != (emulator.BootState{IsCommitted: true}) {
 		t.Fatalf("device state %+v: the update should still be running, the boot state untouched", s)
+	}
+}
+
+// A device reset during a push over MQTT, where the link does not break
+// with the device: the reply to the first OTA.Write is lost (the device
+// went away before it got out), and the writes after it are answered 418
+// "shutting down" before the device reboots. A 418 says the device is
+// about to go: the writes still in flight are not waited for to their own
+// timeouts (the first write's, 60 s, as devices erase flash then), and the
+// push ends at once with the reset's verdict (exit 6, device_reset).
+func TestPushResetWhileTheFirstWriteIsUnansweredEndsAtOnce(t *testing.T) {
+	var firstID atomic.Int64
+	var sawWrite atomic.Bool
+	reboot := make(chan struct{})
+	b := mqtttest.Start(t, mqtttest.Config{OnPublish: func(topic string, payload []byte) bool {
+		var f struct {
+			ID     int64  `json:"id"`
+			Method string `json:"method"`
+		}
+		if json.Unmarshal(payload, &f) != nil {
+			return false
+		}
+		if f.Method == "OTA.Write" && !sawWrite.Swap(true) {
+			firstID.Store(f.ID)
+			close(reboot)
+		}
+		// The device's answer to the first write is lost.
+		return f.Method == "" && f.ID != 0 && f.ID == firstID.Load()
+	}})
+	d, port := startEmulator(t, "mqtt", func(cfg *emulator.Config) { cfg.MQTTBroker = b.URL })
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		<-reboot
+		c := rpc.NewClient(pipe.New(d.Handler()), rpc.ClientOptions{})
+		defer c.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if _, err := c.Call(ctx, "Sys.Reboot", nil); err != nil {
+			t.Errorf("Sys.Reboot: %v", err)
+		}
+	}()
+	start := time.Now()
+	r := run(t, nil, "--port", port, "--timeout", "5s", "--json", "push", pushBundle(t, "2.0.0", 150<<10))
+	took := time.Since(start)
+	<-done
+	var doc struct {
+		ExitCode int    `json:"exit_code"`
+		Reason   string `json:"reason"`
+	}
+	if err := json.Unmarshal([]byte(r.stdout), &doc); err != nil || r.code != ExitUpdate || doc.Reason != "device_reset" {
+		t.Fatalf("exit %d, --json %s (%v); stderr:\n%s", r.code, r.stdout, err, r.stderr)
+	}
+	// Well below the first write's 60 s (and the push's --timeout of 5 s
+	// per write): the reboot takes 300 ms, finding it out a few calls.
+	if took > 20*time.Second {
+		t.Fatalf("the push ended %v after it began: it waited for a write the device could no longer answer", took.Round(time.Second))
+	}
+	if s := d.State(); s.Boots != 2 || s.Version != "1.0.0" || s.Boot != (emulator.BootState{IsCommitted: true}) {
+		t.Fatalf("device state %+v", s)
 	}
 }

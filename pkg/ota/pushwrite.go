@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync"
 	"time"
 
 	"github.com/otactl/otactl/pkg/rpc"
@@ -41,13 +42,88 @@ type starter interface {
 	Start(ctx context.Context, method string, params any) *rpc.Pending
 }
 
-// flight is one OTA.Write on its way.
+// flight is one OTA.Write on its way. Its reply is awaited from the
+// start, so that a later write's 418 is seen while an earlier one is still
+// unanswered (pusher.await).
 type flight struct {
-	off  int64
-	n    int
-	base int64 // what the device had confirmed when it was sent
-	t0   time.Time
-	wait func() error
+	off    int64
+	n      int
+	base   int64 // what the device had confirmed when it was sent
+	t0     time.Time
+	done   chan struct{} // closed once err is set
+	err    error
+	cancel context.CancelFunc // gives up on the reply
+}
+
+// shutdownWait is how long the writes still in flight get once the device
+// answered one of them 418 "shutting down in N ms": it reboots within N ms
+// (at most 100, MGOS_RPC_REBOOT_LOCKOUT_MS), so a reply that has not come
+// by then plus the time a reply takes on its way never will.
+const shutdownWait = 2 * time.Second
+
+// probeAfter is how long the oldest write in flight may go unanswered
+// before Push asks the device where it stands (OTA.Status, Sys.GetInfo),
+// and again each time as long after. Over MQTT nothing else tells that the
+// device went away: the link stays up while it reboots or is off, and its
+// writes would each wait for their timeout (60 s for the first one).
+const probeAfter = 5 * time.Second
+
+// window is one run of writes in flight, from the start of the transfer
+// or a recovery to the next failure.
+type window struct {
+	once     sync.Once
+	down     chan struct{} // closed once the device is known to be going or gone
+	deadline time.Time     // set before down is closed
+}
+
+func newWindow() *window { return &window{down: make(chan struct{})} }
+
+// goingDown records that the device is going away: the writes in flight
+// get until now+grace to be answered.
+func (w *window) goingDown(grace time.Duration) {
+	w.once.Do(func() {
+		w.deadline = time.Now().Add(grace)
+		close(w.down)
+	})
+}
+
+// await returns f's result: its reply, or no reply once the device is
+// known to have gone (a write of the window answered 418 and
+// shutdownWait passed, or a probe found the update ended: the device was
+// reset, or its update stopped).
+func (p *pusher) await(ctx context.Context, w *window, f *flight) error {
+	probe := time.NewTimer(probeAfter)
+	defer probe.Stop()
+	for {
+		select {
+		case <-f.done:
+			return f.err
+		case <-probe.C:
+			if p.updateGone(ctx) {
+				w.goingDown(0)
+			}
+			probe.Reset(probeAfter)
+			continue
+		case <-w.down:
+		}
+		t := time.NewTimer(time.Until(w.deadline))
+		defer t.Stop()
+		select {
+		case <-f.done:
+		case <-t.C:
+			f.cancel()
+			<-f.done
+		}
+		return f.err
+	}
+}
+
+// updateGone probes the device while writes wait for their replies: true
+// when it answers and no longer runs this push's update (reset since
+// OTA.Begin, or its update ended). No answer tells nothing.
+func (p *pusher) updateGone(ctx context.Context) bool {
+	st, rebooted, err := p.probe(ctx)
+	return err == nil && (rebooted || st.State != StateProgress)
 }
 
 // report passes confirmed progress on; the last byte is reported only once
@@ -69,8 +145,8 @@ func (p *pusher) confirm(end int64) {
 	}
 }
 
-// start reads the chunk at off and sends its OTA.Write.
-func (p *pusher) start(ctx context.Context, off int64) (*flight, error) {
+// start reads the chunk at off and sends its OTA.Write, as part of w.
+func (p *pusher) start(ctx context.Context, w *window, off int64) (*flight, error) {
 	n := int(min(int64(p.opts.ChunkSize), p.size-off))
 	if k, err := p.r.ReadAt(p.buf[:n], off); k < n {
 		if err == nil || err == io.EOF {
@@ -88,26 +164,29 @@ func (p *pusher) start(ctx context.Context, off int64) (*flight, error) {
 	}
 	p.sentEnd = max(p.sentEnd, off+int64(n))
 	wctx, cancel := context.WithTimeout(ctx, timeout)
-	f := &flight{off: off, n: n, base: p.acked, t0: time.Now()}
+	f := &flight{off: off, n: n, base: p.acked, t0: time.Now(), done: make(chan struct{}), cancel: cancel}
+	var wait func() error
 	if s, ok := p.dev.c.(starter); ok {
 		pend := s.Start(wctx, "OTA.Write", params)
-		f.wait = func() error {
-			defer cancel()
+		wait = func() error {
 			_, err := pend.Wait()
 			return err
 		}
-		return f, nil
+	} else {
+		c := p.dev.c
+		wait = func() error {
+			_, err := c.Call(wctx, "OTA.Write", params)
+			return err
+		}
 	}
-	done := make(chan error, 1)
-	c := p.dev.c
 	go func() {
-		_, err := c.Call(wctx, "OTA.Write", params)
-		done <- err
-	}()
-	f.wait = func() error {
+		defer close(f.done)
 		defer cancel()
-		return <-done
-	}
+		f.err = wait()
+		if isCode(f.err, CodeShuttingDown) {
+			w.goingDown(shutdownWait)
+		}
+	}()
 	return f, nil
 }
 
@@ -164,13 +243,14 @@ func isTransient(err error) bool {
 func (p *pusher) transfer(ctx context.Context) error {
 	var inflight []*flight
 	next := int64(0)
+	w := newWindow()
 	for p.acked < p.size {
 		for len(inflight) < p.opts.Window && next < p.size {
-			f, err := p.start(ctx, next)
+			f, err := p.start(ctx, w, next)
 			if err != nil {
 				t := &trouble{expected: -1}
 				for _, g := range inflight {
-					t.add(p, g, g.wait())
+					t.add(p, g, p.await(ctx, w, g))
 				}
 				return p.fail(ctx, next, err)
 			}
@@ -179,7 +259,7 @@ func (p *pusher) transfer(ctx context.Context) error {
 		}
 		f := inflight[0]
 		inflight = inflight[1:]
-		err := f.wait()
+		err := p.await(ctx, w, f)
 		if err == nil {
 			p.confirm(f.off + int64(f.n))
 			continue
@@ -189,9 +269,10 @@ func (p *pusher) transfer(ctx context.Context) error {
 		t := &trouble{expected: -1}
 		t.add(p, f, err)
 		for _, g := range inflight {
-			t.add(p, g, g.wait())
+			t.add(p, g, p.await(ctx, w, g))
 		}
 		inflight = nil
+		w = newWindow()
 		if next, err = p.recover(ctx, t); err != nil || p.finished {
 			return err
 		}

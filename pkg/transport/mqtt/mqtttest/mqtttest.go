@@ -49,6 +49,13 @@ type Config struct {
 	// publish to (write) or subscribe to (!write) topic; a refused
 	// subscription is granted 0x80. Nil: everything is allowed.
 	ACL func(clientID, topic string, write bool) bool
+	// OnPublish, when set, is called with the topic and payload of every
+	// message a client publishes, before the broker delivers it, on the
+	// broker's goroutine: it must not block, nor Close the broker itself
+	// (start a goroutine for that). When it returns true the broker drops
+	// the message (a message lost on its way). Tests use it to inject a
+	// fault at a chosen message.
+	OnPublish func(topic string, payload []byte) (drop bool)
 }
 
 // Broker is an in-process broker started by Start.
@@ -111,6 +118,11 @@ func Start(t testing.TB, c Config) *Broker {
 	hook := &authHook{users: users, acl: c.ACL}
 	if err := srv.AddHook(hook, nil); err != nil {
 		t.Fatalf("mqtttest: add auth hook: %v", err)
+	}
+	if c.OnPublish != nil {
+		if err := srv.AddHook(&publishHook{fn: c.OnPublish}, nil); err != nil {
+			t.Fatalf("mqtttest: add publish hook: %v", err)
+		}
 	}
 	addr := c.Addr
 	if addr == "" {
@@ -251,4 +263,24 @@ func (h *authHook) OnSessionEstablished(cl *mochi.Client, pk packets.Packet) {
 	h.mu.Lock()
 	h.connected = append(h.connected, cl.ID)
 	h.mu.Unlock()
+}
+
+// publishHook calls fn for every published message (Config.OnPublish).
+type publishHook struct {
+	mochi.HookBase
+	fn func(topic string, payload []byte) bool
+}
+
+// ID implements mochi.Hook.
+func (h *publishHook) ID() string { return "mqtttest-publish" }
+
+// Provides implements mochi.Hook.
+func (h *publishHook) Provides(b byte) bool { return b == mochi.OnPublish }
+
+// OnPublish implements mochi.Hook.
+func (h *publishHook) OnPublish(cl *mochi.Client, pk packets.Packet) (packets.Packet, error) {
+	if h.fn(pk.TopicName, pk.Payload) {
+		return pk, packets.ErrRejectPacket
+	}
+	return pk, nil
 }
