@@ -387,6 +387,16 @@ func (o *UpdateOptions) finish(ctx context.Context, before ota.Observation, acce
 			}
 			return &InterruptedError{Err: err, Msg: msg}
 		}
+		if !accepted.Confirmed {
+			// The link went before the device answered: otactl does not
+			// know that it took the update, nor that it rebooted.
+			method := "OTA.Update"
+			if tr != nil {
+				method = "OTA.End"
+			}
+			return deviceErr(fmt.Errorf("lost the link before the device answered %s, and could not reach it again within %s: the update may still be running, or the device may have installed it and rebooted into it (on trial, not committed); check with 'otactl status' and 'otactl bootstate': %w",
+				method, humanDuration(f.rebootTimeout()), err), f.rebootTimeout())
+		}
 		return deviceErr(fmt.Errorf("the device did not come back after the update: %w", err), f.rebootTimeout())
 	}
 	res.setOutcome(out)
