@@ -261,6 +261,7 @@ func commandPath(root *cobra.Command, args []string) string {
 
 // NewRootCmd builds the command tree.
 func NewRootCmd(f *Factory) *cobra.Command {
+	version := currentVersion()
 	root := &cobra.Command{
 		Use:   "otactl",
 		Short: "Update Mongoose OS devices over the air, and know what booted",
@@ -272,13 +273,15 @@ in ~/.config/otactl/config.yaml: 'otactl devices'), before or after their
 name; 'otactl CMD --help' lists their flags.`,
 		Example: `  otactl --port http://192.168.4.1/rpc call Sys.GetInfo
   OTACTL_PORT=/dev/ttyUSB0 otactl call OTA.GetBootState`,
-		Version:       Version,
+		Version:       version.Version,
 		SilenceErrors: true,
 		SilenceUsage:  true,
 		PersistentPreRunE: func(cmd *cobra.Command, args []string) error {
 			return f.prepare(cmd)
 		},
 	}
+	// --version prints the line `otactl version` prints (version.go).
+	root.SetVersionTemplate(strings.ReplaceAll(version.String(), "{{", "{ {") + "\n")
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
 		return &UsageError{Err: err}
 	})
@@ -291,6 +294,7 @@ name; 'otactl CMD --help' lists their flags.`,
 	root.AddCommand(NewCmdUpdate(f), NewCmdPush(f))
 	root.AddCommand(NewCmdFleet(f))
 	root.AddCommand(markOffline(NewCmdDevices(f)))
+	root.AddCommand(markOffline(NewCmdVersion(f)))
 	root.AddCommand(markOffline(newCmdGenMan()))
 	// The completion command captures its output writer when created.
 	root.SetOut(f.IO.Out)
