@@ -60,7 +60,7 @@ func newCmdGenMan() *cobra.Command {
 			}
 			root := cmd.Root()
 			root.DisableAutoGenTag = true
-			return doc.GenManTree(root, &doc.GenManHeader{Title: "OTACTL", Section: "1", Source: "otactl " + Version}, dir)
+			return genManTree(root, &doc.GenManHeader{Title: "OTACTL", Section: "1", Source: "otactl " + currentVersion().Version}, dir)
 		},
 	}
 	cmd.Flags().StringVar(&dir, "dir", "man", "directory to write the pages to")
