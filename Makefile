@@ -4,7 +4,21 @@ BIN     := bin/otactl
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X github.com/otactl/otactl/pkg/cli.Version=$(VERSION)
 
-.PHONY: all build test test-short bench demo lint fuzz powercut man clean
+.PHONY: all build test test-short bench demo lint fuzz powercut man completions install uninstall release clean
+
+# make install: where things go (PREFIX=$$HOME/.local needs no root; DESTDIR
+# stages an install for a package).
+PREFIX      ?= /usr/local
+DESTDIR     ?=
+BINDIR      ?= $(PREFIX)/bin
+MANDIR      ?= $(PREFIX)/share/man
+BASHCOMPDIR ?= $(PREFIX)/share/bash-completion/completions
+ZSHCOMPDIR  ?= $(PREFIX)/share/zsh/site-functions
+FISHCOMPDIR ?= $(PREFIX)/share/fish/vendor_completions.d
+
+# Man pages dated by the last commit, not by the day they were made.
+SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null)
+export SOURCE_DATE_EPOCH
 
 all: build
 
@@ -52,7 +66,44 @@ lint:
 	$(GO) vet ./...
 
 man: build
+	rm -rf man
 	$(BIN) gen-man --dir man
 
+completions: build
+	mkdir -p completions
+	$(BIN) completion bash >completions/otactl.bash
+	$(BIN) completion zsh >completions/_otactl
+	$(BIN) completion fish >completions/otactl.fish
+
+# The binary, its man pages and the bash, zsh and fish completions.
+install: build man completions
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(BASHCOMPDIR) $(DESTDIR)$(ZSHCOMPDIR) $(DESTDIR)$(FISHCOMPDIR)
+	install -m 0755 $(BIN) $(DESTDIR)$(BINDIR)/otactl
+	install -m 0644 man/*.1 $(DESTDIR)$(MANDIR)/man1/
+	install -m 0644 completions/otactl.bash $(DESTDIR)$(BASHCOMPDIR)/otactl
+	install -m 0644 completions/_otactl $(DESTDIR)$(ZSHCOMPDIR)/_otactl
+	install -m 0644 completions/otactl.fish $(DESTDIR)$(FISHCOMPDIR)/otactl.fish
+
+uninstall:
+	rm -f $(DESTDIR)$(BINDIR)/otactl $(DESTDIR)$(MANDIR)/man1/otactl.1 $(DESTDIR)$(MANDIR)/man1/otactl-*.1
+	rm -f $(DESTDIR)$(BASHCOMPDIR)/otactl $(DESTDIR)$(ZSHCOMPDIR)/_otactl $(DESTDIR)$(FISHCOMPDIR)/otactl.fish
+
+# Static binaries (no cgo) for every release platform, the version stamped,
+# in dist/ with SHA256SUMS (check with: cd dist && sha256sum -c SHA256SUMS).
+PLATFORMS ?= linux/amd64 linux/arm64 darwin/amd64 darwin/arm64 windows/amd64 windows/arm64
+release:
+	rm -rf dist
+	mkdir -p dist
+	set -e; for p in $(PLATFORMS); do \
+		os=$${p%/*}; arch=$${p#*/}; ext=; [ "$$os" = windows ] && ext=.exe; \
+		echo "dist/otactl-$(VERSION)-$$os-$$arch$$ext"; \
+		CGO_ENABLED=0 GOOS=$$os GOARCH=$$arch $(GO) build -trimpath -ldflags "$(LDFLAGS) -s -w" \
+			-o "dist/otactl-$(VERSION)-$$os-$$arch$$ext" ./cmd/otactl; \
+	done
+	cd dist && if command -v sha256sum >/dev/null; then sha256sum otactl-*; else shasum -a 256 otactl-*; fi >SHA256SUMS
+	@host=dist/otactl-$(VERSION)-$$($(GO) env GOOS)-$$($(GO) env GOARCH); \
+	if [ -x "$$host" ]; then v=$$("$$host" version) && echo "$$v" && \
+		case "$$v" in "otactl version $(VERSION) "*) ;; *) echo "$$host: not stamped $(VERSION)" >&2; exit 1;; esac; fi
+
 clean:
-	rm -rf bin man
+	rm -rf bin man completions dist
