@@ -9,9 +9,9 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
-	"go.bug.st/serial/enumerator"
 
 	"github.com/otactl/otactl/pkg/transport"
+	"github.com/otactl/otactl/pkg/transport/serial"
 )
 
 // completeMethodsTimeout bounds the RPC.List call behind the completion of
@@ -111,7 +111,7 @@ func (f *Factory) completeInventories(cmd *cobra.Command, args []string, toCompl
 // with their vendor and product ids), then the named devices.
 func (f *Factory) completePorts(cmd *cobra.Command, args []string, toComplete string) ([]string, cobra.ShellCompDirective) {
 	var out []string
-	if ports, err := enumerator.GetDetailedPortsList(); err == nil {
+	if ports, err := serial.ListPorts(); err == nil {
 		sort.Slice(ports, func(i, j int) bool { return ports[i].Name < ports[j].Name })
 		for _, p := range ports {
 			if !strings.HasPrefix(p.Name, toComplete) {
