@@ -65,24 +65,29 @@ lint:
 	@out=$$(gofmt -l .); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 
+# Where `make man` and `make completions` write (and `make install` takes
+# them from).
+MANOUT  ?= man
+COMPOUT ?= completions
+
 man: build
-	rm -rf man
-	$(BIN) gen-man --dir man
+	rm -rf $(MANOUT)
+	$(BIN) gen-man --dir $(MANOUT)
 
 completions: build
-	mkdir -p completions
-	$(BIN) completion bash >completions/otactl.bash
-	$(BIN) completion zsh >completions/_otactl
-	$(BIN) completion fish >completions/otactl.fish
+	mkdir -p $(COMPOUT)
+	$(BIN) completion bash >$(COMPOUT)/otactl.bash
+	$(BIN) completion zsh >$(COMPOUT)/_otactl
+	$(BIN) completion fish >$(COMPOUT)/otactl.fish
 
 # The binary, its man pages and the bash, zsh and fish completions.
 install: build man completions
 	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(BASHCOMPDIR) $(DESTDIR)$(ZSHCOMPDIR) $(DESTDIR)$(FISHCOMPDIR)
 	install -m 0755 $(BIN) $(DESTDIR)$(BINDIR)/otactl
-	install -m 0644 man/*.1 $(DESTDIR)$(MANDIR)/man1/
-	install -m 0644 completions/otactl.bash $(DESTDIR)$(BASHCOMPDIR)/otactl
-	install -m 0644 completions/_otactl $(DESTDIR)$(ZSHCOMPDIR)/_otactl
-	install -m 0644 completions/otactl.fish $(DESTDIR)$(FISHCOMPDIR)/otactl.fish
+	install -m 0644 $(MANOUT)/*.1 $(DESTDIR)$(MANDIR)/man1/
+	install -m 0644 $(COMPOUT)/otactl.bash $(DESTDIR)$(BASHCOMPDIR)/otactl
+	install -m 0644 $(COMPOUT)/_otactl $(DESTDIR)$(ZSHCOMPDIR)/_otactl
+	install -m 0644 $(COMPOUT)/otactl.fish $(DESTDIR)$(FISHCOMPDIR)/otactl.fish
 
 uninstall:
 	rm -f $(DESTDIR)$(BINDIR)/otactl $(DESTDIR)$(MANDIR)/man1/otactl.1 $(DESTDIR)$(MANDIR)/man1/otactl-*.1

@@ -155,3 +155,70 @@ func writeModuleZip(t *testing.T, root, prefix, path string) {
 		t.Fatalf("module zip: only %d files under %s", n, root)
 	}
 }
+
+// TestMakeInstall runs `make install` and `make uninstall` with DESTDIR and
+// PREFIX, the otactl under test standing for bin/otactl (make -o build: no
+// rebuild), and checks what lands where.
+func TestMakeInstall(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs make")
+	}
+	makeBin, err := exec.LookPath("make")
+	if err != nil {
+		t.Skip("no make")
+	}
+	otactl, err := exec.LookPath("otactl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	root := repoRoot(t)
+	tmp := t.TempDir()
+	dest := filepath.Join(tmp, "dest")
+	vars := []string{"-o", "build", "-C", root, "BIN=" + otactl, "DESTDIR=" + dest, "PREFIX=/usr",
+		"MANOUT=" + filepath.Join(tmp, "man"), "COMPOUT=" + filepath.Join(tmp, "completions")}
+	mk := func(target string) {
+		t.Helper()
+		cmd := exec.Command(makeBin, append(vars, target)...)
+		cmd.Env = withoutEnv(os.Environ(), "MAKEFLAGS=", "MFLAGS=")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("make %s: %v\n%s", target, err, out)
+		}
+	}
+	mk("install")
+	files := map[string]string{
+		"usr/bin/otactl":                                  "",
+		"usr/share/man/man1/otactl.1":                     ".SH EXIT STATUS",
+		"usr/share/man/man1/otactl-update.1":              ".SH ENVIRONMENT",
+		"usr/share/bash-completion/completions/otactl":    "__start_otactl",
+		"usr/share/zsh/site-functions/_otactl":            "#compdef otactl",
+		"usr/share/fish/vendor_completions.d/otactl.fish": "complete -c otactl",
+	}
+	for rel, want := range files {
+		b, err := os.ReadFile(filepath.Join(dest, rel))
+		if err != nil {
+			t.Errorf("make install: %v", err)
+			continue
+		}
+		if !strings.Contains(string(b), want) {
+			t.Errorf("make install: %s lacks %q", rel, want)
+		}
+	}
+	if st, err := os.Stat(filepath.Join(dest, "usr/bin/otactl")); err == nil && st.Mode()&0o111 == 0 {
+		t.Errorf("usr/bin/otactl is not executable: %v", st.Mode())
+	}
+	pages, _ := filepath.Glob(filepath.Join(dest, "usr/share/man/man1/otactl*.1"))
+	if len(pages) < 20 {
+		t.Errorf("make install: %d man pages", len(pages))
+	}
+	mk("uninstall")
+	var left []string
+	_ = filepath.WalkDir(dest, func(p string, d fs.DirEntry, err error) error {
+		if err == nil && !d.IsDir() {
+			left = append(left, p)
+		}
+		return nil
+	})
+	if len(left) > 0 {
+		t.Fatalf("make uninstall left %v", left)
+	}
+}
