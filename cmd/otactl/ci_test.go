@@ -44,6 +44,7 @@ func killPid(t *testing.T, s string) {
 // (action.yml) does: GITHUB_ENV and GITHUB_OUTPUT point at files, and the
 // next "step" finds the device through OTACTL_PORT alone.
 func TestCIEmulatorScript(t *testing.T) {
+	t.Parallel()
 	root := repoRoot(t)
 	tmp := t.TempDir()
 	ghEnv, ghOut := filepath.Join(tmp, "github_env"), filepath.Join(tmp, "github_output")
@@ -111,6 +112,7 @@ func TestCIEmulatorScript(t *testing.T) {
 // TestCIEmulatorScriptFails: an emulator that cannot start fails the step,
 // with its log.
 func TestCIEmulatorScriptFails(t *testing.T) {
+	t.Parallel()
 	root := repoRoot(t)
 	tmp := t.TempDir()
 	cmd := exec.Command("bash", filepath.Join(root, "scripts", "ci-emulator.sh"))
@@ -167,6 +169,7 @@ func TestActionRunsCIEmulatorScript(t *testing.T) {
 // script must fail, say which check failed with the document it checked, and
 // keep the emulator's log and otactl's output in $OTA_CI_LOGS.
 func TestCIRecipeSaysWhyItFailed(t *testing.T) {
+	t.Parallel()
 	if testing.Short() {
 		t.Skip("runs the CI recipe of the docs")
 	}

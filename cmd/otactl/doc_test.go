@@ -91,6 +91,7 @@ func docBlocks(t *testing.T, path string) []docBlock {
 // TestDocBlocks runs the shell blocks of README.md, docs/quickstart.md and
 // docs/emulator.md.
 func TestDocBlocks(t *testing.T) {
+	t.Parallel()
 	if testing.Short() {
 		t.Skip("runs every example of the docs")
 	}
@@ -98,12 +99,7 @@ func TestDocBlocks(t *testing.T) {
 		t.Skip("no bash")
 	}
 	root := repoRoot(t)
-	var counts [2]int // run, skipped
-	defer func() {
-		if counts[0] <= counts[1] {
-			t.Errorf("%d shell blocks run and %d are skipped: most examples must run", counts[0], counts[1])
-		}
-	}()
+	nrun, nskip := 0, 0
 	for _, tc := range []struct {
 		file string
 		// minRun is how many blocks of the file must run: a guide whose
@@ -114,23 +110,26 @@ func TestDocBlocks(t *testing.T) {
 		{"docs/quickstart.md", 5},
 		{"docs/emulator.md", 6},
 	} {
+		blocks := docBlocks(t, filepath.Join(root, tc.file))
+		var run []docBlock
+		for _, b := range blocks {
+			if b.skip == "" {
+				run = append(run, b)
+			} else {
+				t.Logf("%s:%d: not run: %s", b.file, b.line, b.skip)
+			}
+		}
+		if len(run) < tc.minRun {
+			t.Errorf("%s: only %d of its %d shell blocks run (want at least %d)", tc.file, len(run), len(blocks), tc.minRun)
+		}
+		nrun, nskip = nrun+len(run), nskip+len(blocks)-len(run)
 		t.Run(filepath.Base(tc.file), func(t *testing.T) {
-			blocks := docBlocks(t, filepath.Join(root, tc.file))
-			var run []docBlock
-			for _, b := range blocks {
-				if b.skip == "" {
-					run = append(run, b)
-				} else {
-					t.Logf("%s:%d: not run: %s", b.file, b.line, b.skip)
-				}
-			}
-			if len(run) < tc.minRun {
-				t.Fatalf("%s: only %d of its %d shell blocks run (want at least %d)", tc.file, len(run), len(blocks), tc.minRun)
-			}
-			counts[0] += len(run)
-			counts[1] += len(blocks) - len(run)
+			t.Parallel()
 			runDocBlocks(t, run)
 		})
+	}
+	if nrun <= nskip {
+		t.Errorf("%d shell blocks run and %d are skipped: most examples must run", nrun, nskip)
 	}
 }
 

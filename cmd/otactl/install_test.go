@@ -31,6 +31,7 @@ func repoRoot(t *testing.T) string {
 // the local module cache), and checks that `otactl version` reports the
 // module version without any -ldflags.
 func TestGoInstallVersion(t *testing.T) {
+	t.Parallel()
 	if testing.Short() {
 		t.Skip("builds otactl with the go command")
 	}
@@ -160,6 +161,7 @@ func writeModuleZip(t *testing.T, root, prefix, path string) {
 // PREFIX, the otactl under test standing for bin/otactl (make -o build: no
 // rebuild), and checks what lands where.
 func TestMakeInstall(t *testing.T) {
+	t.Parallel()
 	if testing.Short() {
 		t.Skip("runs make")
 	}

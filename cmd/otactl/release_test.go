@@ -83,6 +83,7 @@ func cgoOnly(t *testing.T, platform string, pkgs ...string) []string {
 // dependency that needs cgo there must sit behind a build tag with a
 // fallback (docs/development.md).
 func TestReleasePlatformsNeedNoCgo(t *testing.T) {
+	t.Parallel()
 	if testing.Short() {
 		t.Skip("runs go list for six platforms")
 	}
