@@ -120,7 +120,7 @@ func writeModuleZip(t *testing.T, root, prefix, path string) {
 		rel = filepath.ToSlash(rel)
 		if d.IsDir() {
 			switch rel {
-			case ".git", "bin", "dist", "man":
+			case ".git", "bin", "dist", "man", "completions":
 				return filepath.SkipDir
 			}
 			if rel != "." {
