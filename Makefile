@@ -28,8 +28,11 @@ build:
 # The whole suite under the race detector. When mosquitto is installed (and
 # OTACTL_TEST_MOSQUITTO is not already set) a private mosquitto is started on
 # loopback for the real-broker tests; without it those tests skip, saying so.
+# cmd/otactl runs the real binary against real emulators (fault matrix, docs
+# that run, fleets): about 4 minutes on 2 idle cores under -race, so the
+# per-package limit is above go test's default 10 minutes.
 test:
-	scripts/with-mosquitto.sh $(GO) test -race -count=1 ./...
+	scripts/with-mosquitto.sh $(GO) test -race -count=1 -timeout=20m ./...
 
 test-short:
 	$(GO) test -short ./...
