@@ -267,7 +267,7 @@ func startFleetEmulatorBin(b *testing.B, bin, broker, prefix string, count int) 
 	}
 }
 
-func readLines(b *testing.B, path string) []string {
+func readLines(b testing.TB, path string) []string {
 	b.Helper()
 	data, err := os.ReadFile(path)
 	if err != nil {
@@ -282,7 +282,7 @@ func readLines(b *testing.B, path string) []string {
 	return out
 }
 
-func writeLines(b *testing.B, path string, lines []string) {
+func writeLines(b testing.TB, path string, lines []string) {
 	b.Helper()
 	if err := os.WriteFile(path, []byte(strings.Join(lines, "\n")+"\n"), 0o644); err != nil {
 		b.Fatal(err)

@@ -272,7 +272,7 @@ func (r *Rollout) Run(ctx, hard context.Context) *Summary {
 					Message: fmt.Sprintf("canary %s ended %s: no other device was started", d.rec.Device, d.rec.Outcome)})
 			case sum.Failures > sum.Threshold:
 				stop(Stop{Reason: "max_failures", At: clock.Now(), Failures: sum.Failures, Threshold: sum.Threshold, Device: d.rec.Device,
-					Message: fmt.Sprintf("%d devices failed, more than --max-failures allows (%d): no more devices were started", sum.Failures, sum.Threshold)})
+					Message: fmt.Sprintf("%s failed, more than --max-failures allows (%d): no more devices were started", devices(sum.Failures), sum.Threshold)})
 			}
 		}
 	}
@@ -374,4 +374,12 @@ func (r *Rollout) Run(ctx, hard context.Context) *Summary {
 		sum.Totals[rec.Outcome]++
 	}
 	return sum
+}
+
+// devices is "1 device", "2 devices".
+func devices(n int) string {
+	if n == 1 {
+		return "1 device"
+	}
+	return fmt.Sprintf("%d devices", n)
 }
