@@ -86,3 +86,27 @@ func TestFleetLiveView(t *testing.T) {
 		}
 	}
 }
+
+// A device in flight without a line of its own (more in flight than the
+// terminal has rows) keeps its phase: when a line frees up, it shows the
+// phase the device is in, not "starting".
+func TestFleetLiveViewHiddenDeviceKeepsItsPhase(t *testing.T) {
+	var buf syncBuffer
+	refresh := make(chan any)
+	ts := []fleet.Target{{Name: "dev-0001"}, {Name: "dev-0002"}}
+	v := newLiveView(&buf, 100, 5, ts, 2, true, refresh) // 5 rows: one device line
+	v.Started(0, fleet.Record{Device: "dev-0001"})
+	v.Started(1, fleet.Record{Device: "dev-0002"})
+	v.Progress(1, fleet.Progress{Phase: "downloading", Done: 30, Total: 100})
+	v.Progress(1, fleet.Progress{Phase: "rebooting"})
+	v.Finished(0, fleet.Record{Device: "dev-0001", Result: fleet.Result{Outcome: fleet.UpdatedCommitted, FromVersion: "1.0.0", Version: "2.0.0"}})
+	for range 3 {
+		refresh <- nil
+	}
+	out := buf.String()
+	v.Finished(1, fleet.Record{Device: "dev-0002", Result: fleet.Result{Outcome: fleet.UpdatedCommitted, FromVersion: "1.0.0", Version: "2.0.0"}})
+	v.Close()
+	if !strings.Contains(out, "rebooting") {
+		t.Errorf("dev-0002's line does not show its phase:\n%s", out)
+	}
+}

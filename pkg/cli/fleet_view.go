@@ -94,7 +94,8 @@ type liveView struct {
 
 	mu       sync.Mutex
 	shown    map[int]*deviceBar
-	waiting  []int // in flight, without a bar
+	waiting  []int                  // in flight, without a bar
+	last     map[int]fleet.Progress // of each device in flight
 	names    map[int]string
 	ok, bad  int
 	inflight int
@@ -140,7 +141,7 @@ func newLiveView(w io.Writer, width, rows int, targets []fleet.Target, toRun int
 	if refresh != nil {
 		opts = append(opts, mpb.WithManualRefresh(refresh))
 	}
-	v := &liveView{p: mpb.New(opts...), nameW: nameWidth(targets), commit: commit, shown: map[int]*deviceBar{}, names: map[int]string{}}
+	v := &liveView{p: mpb.New(opts...), nameW: nameWidth(targets), commit: commit, shown: map[int]*deviceBar{}, names: map[int]string{}, last: map[int]fleet.Progress{}}
 	v.max = 10
 	if rows > 0 {
 		v.max = max(rows-4, 1)
@@ -172,13 +173,21 @@ func (v *liveView) counts() string {
 	return s
 }
 
+// addBar gives device i a line, showing the phase it is in.
 func (v *liveView) addBar(i int) {
 	d := &deviceBar{phase: "starting"}
+	p, seen := v.last[i]
+	if seen {
+		d.phase = p.Phase
+	}
 	d.bar = v.p.New(100, mpb.BarStyle().Lbound("[").Rbound("]"),
 		mpb.PrependDecorators(decor.Name(v.names[i], decor.WC{W: v.nameW + 1, C: decor.DindentRight}),
 			decor.Any(func(decor.Statistics) string { return d.getPhase() }, decor.WC{W: 13, C: decor.DindentRight})),
 		mpb.AppendDecorators(decor.Percentage(decor.WC{W: 5})),
 	)
+	if seen && p.Total > 0 {
+		d.bar.SetCurrent(p.Done * 100 / p.Total)
+	}
 	v.shown[i] = d
 }
 
@@ -195,6 +204,11 @@ func (v *liveView) Started(i int, r fleet.Record) {
 
 func (v *liveView) Progress(i int, p fleet.Progress) {
 	v.mu.Lock()
+	if p.Total == 0 { // a phase without bytes keeps the bytes seen last
+		prev := v.last[i]
+		p.Done, p.Total = prev.Done, prev.Total
+	}
+	v.last[i] = p
 	d := v.shown[i]
 	v.mu.Unlock()
 	if d == nil {
@@ -209,6 +223,7 @@ func (v *liveView) Progress(i int, p fleet.Progress) {
 func (v *liveView) Finished(i int, r fleet.Record) {
 	v.mu.Lock()
 	v.inflight--
+	delete(v.last, i)
 	if r.Outcome.Ok(v.commit) {
 		v.ok++
 	} else {
