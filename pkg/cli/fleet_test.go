@@ -2,6 +2,8 @@ package cli
 
 import (
 	"context"
+	"fmt"
+	"io"
 	"os"
 	"strings"
 	"testing"
@@ -109,4 +111,53 @@ func TestFleetLiveViewHiddenDeviceKeepsItsPhase(t *testing.T) {
 	if !strings.Contains(out, "rebooting") {
 		t.Errorf("dev-0002's line does not show its phase:\n%s", out)
 	}
+}
+
+// The view never waits for mpb while holding what mpb's drawing needs:
+// devices started and finished while the view redraws (more devices than
+// lines, so a finished device's line goes to one waiting) must not block
+// the rollout. (It did: Finished held the view's lock while mpb added a
+// bar, and mpb's drawing of the counts waited for that lock.)
+func TestFleetLiveViewDoesNotBlockTheRollout(t *testing.T) {
+	const n = 300
+	ts := make([]fleet.Target, n)
+	for i := range ts {
+		ts[i] = fleet.Target{Name: fmt.Sprintf("dev-%04d", i+1)}
+	}
+	refresh := make(chan any)
+	v := newLiveView(io.Discard, 100, 6, ts, n, true, refresh)
+	stop := make(chan struct{})
+	drawn := make(chan struct{})
+	go func() { // redraws as fast as mpb takes them
+		defer close(drawn)
+		for {
+			select {
+			case refresh <- nil:
+			case <-stop:
+				return
+			}
+		}
+	}()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := range n {
+			v.Started(i, fleet.Record{Device: ts[i].Name})
+			v.Progress(i, fleet.Progress{Phase: "downloading", Done: 1, Total: 2})
+			if i >= 10 {
+				v.Finished(i-10, fleet.Record{Device: ts[i-10].Name, Result: fleet.Result{Outcome: fleet.UpdatedCommitted}})
+			}
+		}
+		for i := n - 10; i < n; i++ {
+			v.Finished(i, fleet.Record{Device: ts[i].Name, Result: fleet.Result{Outcome: fleet.UpdatedCommitted}})
+		}
+	}()
+	select {
+	case <-done:
+	case <-time.After(time.Minute): // the loop takes milliseconds; a minute is a deadlock
+		t.Fatal("the live view blocked the rollout (deadlock between the view's lock and mpb's drawing)")
+	}
+	close(stop)
+	<-drawn
+	v.Close()
 }

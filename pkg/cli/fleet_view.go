@@ -92,13 +92,20 @@ type liveView struct {
 	commit bool
 	max    int // device bars at most
 
-	mu       sync.Mutex
-	shown    map[int]*deviceBar
-	waiting  []int                  // in flight, without a bar
-	last     map[int]fleet.Progress // of each device in flight
-	names    map[int]string
+	// mu guards the device lines; it may be held while calling mpb, so
+	// nothing mpb's drawing calls takes it.
+	mu      sync.Mutex
+	shown   map[int]*deviceBar
+	waiting []int                  // in flight, without a bar
+	last    map[int]fleet.Progress // of each device in flight
+	names   map[int]string
+
+	// cmu guards the counts the overall bar draws: never held while
+	// calling mpb or taking mu.
+	cmu      sync.Mutex
 	ok, bad  int
 	inflight int
+	hidden   int
 	stopped  string
 }
 
@@ -160,12 +167,13 @@ func newLiveView(w io.Writer, width, rows int, targets []fleet.Target, toRun int
 	return v
 }
 
+// counts is drawn by mpb: it takes cmu only.
 func (v *liveView) counts() string {
-	v.mu.Lock()
-	defer v.mu.Unlock()
+	v.cmu.Lock()
+	defer v.cmu.Unlock()
 	s := fmt.Sprintf("ok %d  failed %d  in flight %d", v.ok, v.bad, v.inflight)
-	if hidden := len(v.waiting); hidden > 0 {
-		s += fmt.Sprintf(" (%d not shown)", hidden)
+	if v.hidden > 0 {
+		s += fmt.Sprintf(" (%d not shown)", v.hidden)
 	}
 	if v.stopped != "" {
 		s += "  STOPPED"
@@ -191,15 +199,23 @@ func (v *liveView) addBar(i int) {
 	v.shown[i] = d
 }
 
+// setCounts updates the counts (with mu held: hidden is len(v.waiting)).
+func (v *liveView) setCounts(f func()) {
+	v.cmu.Lock()
+	defer v.cmu.Unlock()
+	f()
+	v.hidden = len(v.waiting)
+}
+
 func (v *liveView) Started(i int, r fleet.Record) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	v.inflight++
 	if len(v.shown) < v.max {
 		v.addBar(i)
-		return
+	} else {
+		v.waiting = append(v.waiting, i)
 	}
-	v.waiting = append(v.waiting, i)
+	v.setCounts(func() { v.inflight++ })
 }
 
 func (v *liveView) Progress(i int, p fleet.Progress) {
@@ -222,13 +238,7 @@ func (v *liveView) Progress(i int, p fleet.Progress) {
 
 func (v *liveView) Finished(i int, r fleet.Record) {
 	v.mu.Lock()
-	v.inflight--
 	delete(v.last, i)
-	if r.Outcome.Ok(v.commit) {
-		v.ok++
-	} else {
-		v.bad++
-	}
 	if d := v.shown[i]; d != nil {
 		d.bar.Abort(true)
 		delete(v.shown, i)
@@ -245,15 +255,23 @@ func (v *liveView) Finished(i int, r fleet.Record) {
 			}
 		}
 	}
+	v.setCounts(func() {
+		v.inflight--
+		if r.Outcome.Ok(v.commit) {
+			v.ok++
+		} else {
+			v.bad++
+		}
+	})
 	v.mu.Unlock()
 	fmt.Fprintln(v.p, fleetLine(v.nameW, r))
 	v.total.Increment()
 }
 
 func (v *liveView) Stopped(s fleet.Stop) {
-	v.mu.Lock()
+	v.cmu.Lock()
 	v.stopped = s.Message
-	v.mu.Unlock()
+	v.cmu.Unlock()
 	fmt.Fprintf(v.p, "rollout stopped: %s\n", s.Message)
 }
 
