@@ -161,3 +161,15 @@ func TestFleetLiveViewDoesNotBlockTheRollout(t *testing.T) {
 	<-drawn
 	v.Close()
 }
+
+// The tables end their lines without the padding of empty last cells.
+func TestTrimmedLines(t *testing.T) {
+	var b strings.Builder
+	w := &trimmedLines{w: &b}
+	for _, s := range []string{"dev-1  yes", "  ", "", "\n", "dev-2  no  ", " 3m\n", "a   \n"} {
+		w.Write([]byte(s))
+	}
+	if want := "dev-1  yes\ndev-2  no   3m\na\n"; b.String() != want {
+		t.Errorf("got %q, want %q", b.String(), want)
+	}
+}

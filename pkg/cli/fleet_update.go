@@ -489,7 +489,7 @@ func newFleetDoc(o *fleetUpdateOptions, b fleet.Bundle, sum *fleet.Summary, star
 // the totals on stdout.
 func (f *Factory) writeFleetSummary(targets []fleet.Target, o *fleetUpdateOptions, sum *fleet.Summary, doc *fleetDoc) {
 	p := f.outPalette()
-	w := tabwriter.NewWriter(f.IO.Out, 0, 4, 2, ' ', 0)
+	w := tabwriter.NewWriter(&trimmedLines{w: f.IO.Out}, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(w, "DEVICE\tVERSION\tOUTCOME\tDURATION\tNOTE")
 	for _, r := range sum.Records {
 		note := ""

@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"bytes"
 	"fmt"
 	"io"
 	"os"
@@ -287,4 +288,33 @@ func (v *liveView) Close() {
 		v.total.Abort(false)
 	}
 	v.p.Wait()
+}
+
+// trimmedLines writes to w with the spaces at the end of each line
+// removed (a tabwriter pads the cells of a column, empty last ones too).
+// Spaces are held back until something other than a newline follows.
+type trimmedLines struct {
+	w      io.Writer
+	spaces int
+}
+
+func (t *trimmedLines) Write(p []byte) (int, error) {
+	var b bytes.Buffer
+	for _, c := range p {
+		switch c {
+		case ' ':
+			t.spaces++
+			continue
+		case '\n':
+			t.spaces = 0
+		default:
+			b.WriteString(strings.Repeat(" ", t.spaces))
+			t.spaces = 0
+		}
+		b.WriteByte(c)
+	}
+	if _, err := t.w.Write(b.Bytes()); err != nil {
+		return 0, err
+	}
+	return len(p), nil
 }
