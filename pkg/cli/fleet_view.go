@@ -83,8 +83,8 @@ func (v *lineView) Stopped(s fleet.Stop) {
 }
 
 // liveView is the terminal view of a rollout (mpb): one line per device in
-// flight with its phase and progress, as many as the terminal has room
-// for, and an overall bar with the counts and the ETA; a device's line is
+// flight with its phase and progress, as many as half the terminal has
+// room for, and an overall bar with the counts and the ETA; a device's line is
 // printed above the bars when it finishes.
 type liveView struct {
 	p      *mpb.Progress
@@ -150,9 +150,11 @@ func newLiveView(w io.Writer, width, rows int, targets []fleet.Target, toRun int
 		opts = append(opts, mpb.WithManualRefresh(refresh))
 	}
 	v := &liveView{p: mpb.New(opts...), nameW: nameWidth(targets), commit: commit, shown: map[int]*deviceBar{}, names: map[int]string{}, last: map[int]fleet.Progress{}}
+	// Half the terminal at most: the lines of the devices that finished
+	// scroll by above the bars.
 	v.max = 10
 	if rows > 0 {
-		v.max = max(rows-4, 1)
+		v.max = max(min((rows-2)/2, 20), 1)
 	}
 	for i, t := range targets {
 		v.names[i] = t.Name
