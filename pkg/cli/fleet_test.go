@@ -5,9 +5,12 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/creack/pty"
 
 	"github.com/otactl/otactl/pkg/fleet"
 )
@@ -82,7 +85,7 @@ func TestFleetLiveView(t *testing.T) {
 	v.Close()
 	out := buf.String()
 	for _, want := range []string{"dev-0001", "downloading", "50 %", "ok 0  failed 0  in flight 2",
-		"dev-0001  1.0.0 → 2.0.0", "updated-committed", "rolled-back", "rollout stopped: 2 devices failed", "STOPPED", "2/3"} {
+		"(last: dev-0002 rolled-back)", "rollout stopped: 2 devices failed", "STOPPED", "2/3"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("live view lacks %q:\n%s", want, out)
 		}
@@ -171,5 +174,52 @@ func TestTrimmedLines(t *testing.T) {
 	}
 	if want := "dev-1  yes\ndev-2  no   3m\na\n"; b.String() != want {
 		t.Errorf("got %q, want %q", b.String(), want)
+	}
+}
+
+// On a terminal the view redraws in place (cursor up), also after many
+// devices finished between two redraws.
+func TestFleetLiveViewRedrawsInPlaceAfterABurst(t *testing.T) {
+	ptmx, tty, err := pty.Open()
+	if err != nil {
+		t.Skipf("no pty: %v", err)
+	}
+	defer ptmx.Close()
+	defer tty.Close()
+	if err := pty.Setsize(tty, &pty.Winsize{Rows: 24, Cols: 100}); err != nil {
+		t.Fatal(err)
+	}
+	var out syncBuffer
+	copied := make(chan struct{})
+	go func() { io.Copy(&out, ptmx); close(copied) }()
+
+	const n = 120
+	ts := make([]fleet.Target, n)
+	for i := range ts {
+		ts[i] = fleet.Target{Name: fmt.Sprintf("dev-%04d", i+1)}
+	}
+	refresh := make(chan any)
+	v := newLiveView(tty, 100, 24, ts, n, true, refresh)
+	for i := range n {
+		v.Started(i, fleet.Record{Device: ts[i].Name})
+	}
+	refresh <- nil
+	for i := range 60 { // a burst: 60 finish between two redraws
+		v.Finished(i, fleet.Record{Device: ts[i].Name, Result: fleet.Result{Outcome: fleet.UpdatedCommitted}})
+	}
+	refresh <- nil
+	mark := len(out.String())
+	for range 3 {
+		refresh <- nil
+	}
+	for i := 60; i < n; i++ {
+		v.Finished(i, fleet.Record{Device: ts[i].Name, Result: fleet.Result{Outcome: fleet.UpdatedCommitted}})
+	}
+	v.Close()
+	tty.Close()
+	<-copied
+	after := out.String()[mark:]
+	if !strings.Contains(after, "\x1b[") || !regexp.MustCompile(`\x1b\[\d+A`).MatchString(after) {
+		t.Errorf("after the burst the view no longer redraws in place (no cursor up):\n%q", after)
 	}
 }

@@ -84,8 +84,8 @@ func (v *lineView) Stopped(s fleet.Stop) {
 
 // liveView is the terminal view of a rollout (mpb): one line per device in
 // flight with its phase and progress, as many as half the terminal has
-// room for, and an overall bar with the counts and the ETA; a device's line is
-// printed above the bars when it finishes.
+// room for, and an overall bar with the counts (naming the last failure)
+// and the ETA.
 type liveView struct {
 	p      *mpb.Progress
 	total  *mpb.Bar
@@ -107,6 +107,7 @@ type liveView struct {
 	ok, bad  int
 	inflight int
 	hidden   int
+	lastBad  string // the device that failed last, and how
 	stopped  string
 }
 
@@ -177,6 +178,9 @@ func (v *liveView) counts() string {
 	s := fmt.Sprintf("ok %d  failed %d  in flight %d", v.ok, v.bad, v.inflight)
 	if v.hidden > 0 {
 		s += fmt.Sprintf(" (%d not shown)", v.hidden)
+	}
+	if v.lastBad != "" {
+		s += " (last: " + v.lastBad + ")"
 	}
 	if v.stopped != "" {
 		s += "  STOPPED"
@@ -264,10 +268,14 @@ func (v *liveView) Finished(i int, r fleet.Record) {
 			v.ok++
 		} else {
 			v.bad++
+			v.lastBad = fmt.Sprintf("%s %s", r.Device, r.Outcome)
 		}
 	})
 	v.mu.Unlock()
-	fmt.Fprintln(v.p, fleetLine(v.nameW, r))
+	// No line per finished device above the bars: when more devices finish
+	// between two redraws than the terminal has rows, mpb loses count of
+	// what it drew and stops redrawing in place. The counts say how many
+	// ended well; the last failure is named there; the summary lists all.
 	v.total.Increment()
 }
 
