@@ -178,7 +178,10 @@ func TestTrimmedLines(t *testing.T) {
 }
 
 // On a terminal the view redraws in place (cursor up), also after many
-// devices finished between two redraws.
+// devices finished between two redraws. (A device's bar that reached 100 %
+// was complete for mpb, which then ignored its removal when the device
+// finished: the bars piled up past the terminal's height, and from then on
+// every redraw scrolled the screen.)
 func TestFleetLiveViewRedrawsInPlaceAfterABurst(t *testing.T) {
 	ptmx, tty, err := pty.Open()
 	if err != nil {
@@ -202,6 +205,8 @@ func TestFleetLiveViewRedrawsInPlaceAfterABurst(t *testing.T) {
 	v := newLiveView(tty, 100, 24, ts, n, true, refresh)
 	for i := range n {
 		v.Started(i, fleet.Record{Device: ts[i].Name})
+		// Downloaded: the device's bar is full while it reboots.
+		v.Progress(i, fleet.Progress{Phase: "rebooting", Done: 100, Total: 100})
 	}
 	refresh <- nil
 	for i := range 60 { // a burst: 60 finish between two redraws
@@ -212,14 +217,26 @@ func TestFleetLiveViewRedrawsInPlaceAfterABurst(t *testing.T) {
 	for range 3 {
 		refresh <- nil
 	}
-	for i := 60; i < n; i++ {
+	for i := 60; i < n; i++ { // then one by one, redrawn every 5
 		v.Finished(i, fleet.Record{Device: ts[i].Name, Result: fleet.Result{Outcome: fleet.UpdatedCommitted}})
+		if i%5 == 0 {
+			refresh <- nil
+		}
 	}
-	v.Close()
+	v.Close() // the last frame: what stays on the screen
 	tty.Close()
 	<-copied
-	after := out.String()[mark:]
-	if !strings.Contains(after, "\x1b[") || !regexp.MustCompile(`\x1b\[\d+A`).MatchString(after) {
+	drawn := out.String()
+	after := drawn[mark:]
+	if !regexp.MustCompile(`\x1b\[\d+A`).MatchString(after) {
 		t.Errorf("after the burst the view no longer redraws in place (no cursor up):\n%q", after)
+	}
+	// The last frame: every device finished. mpb draws a removed bar one
+	// last time, so the lines of the devices that finished since the
+	// last redraw may show, no more (with the bug: every device that had
+	// downloaded, a hundred lines).
+	ups := regexp.MustCompile(`\x1b\[\d+A`).FindAllStringIndex(drawn, -1)
+	if last := drawn[ups[len(ups)-1][1]:]; strings.Count(last, "dev-") > 2*v.max+5 {
+		t.Errorf("the bars of finished devices are still drawn (%d lines):\n%s", strings.Count(last, "dev-"), last)
 	}
 }

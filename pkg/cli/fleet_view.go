@@ -111,10 +111,31 @@ type liveView struct {
 	stopped  string
 }
 
+// deviceBar is the line of one device in flight. Its mpb bar never
+// completes (its total is one more than the 100 % it can show): mpb ignores
+// the removal of a completed bar, so the line of a device that had
+// downloaded everything stayed on the screen after it finished.
 type deviceBar struct {
 	bar   *mpb.Bar
 	mu    sync.Mutex
 	phase string
+	pct   int64
+}
+
+const deviceBarTotal = 101
+
+func (d *deviceBar) setPercent(p int64) {
+	p = min(max(p, 0), 100)
+	d.mu.Lock()
+	d.pct = p
+	d.mu.Unlock()
+	d.bar.SetCurrent(p)
+}
+
+func (d *deviceBar) percent() string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return fmt.Sprintf("%3d %%", d.pct)
 }
 
 func (d *deviceBar) setPhase(s string) {
@@ -195,13 +216,13 @@ func (v *liveView) addBar(i int) {
 	if seen {
 		d.phase = p.Phase
 	}
-	d.bar = v.p.New(100, mpb.BarStyle().Lbound("[").Rbound("]"),
+	d.bar = v.p.New(deviceBarTotal, mpb.BarStyle().Lbound("[").Rbound("]"),
 		mpb.PrependDecorators(decor.Name(v.names[i], decor.WC{W: v.nameW + 1, C: decor.DindentRight}),
 			decor.Any(func(decor.Statistics) string { return d.getPhase() }, decor.WC{W: 13, C: decor.DindentRight})),
-		mpb.AppendDecorators(decor.Percentage(decor.WC{W: 5})),
+		mpb.AppendDecorators(decor.Any(func(decor.Statistics) string { return d.percent() }, decor.WC{W: 5})),
 	)
 	if seen && p.Total > 0 {
-		d.bar.SetCurrent(p.Done * 100 / p.Total)
+		d.setPercent(p.Done * 100 / p.Total)
 	}
 	v.shown[i] = d
 }
@@ -239,7 +260,7 @@ func (v *liveView) Progress(i int, p fleet.Progress) {
 	}
 	d.setPhase(p.Phase)
 	if p.Total > 0 {
-		d.bar.SetCurrent(p.Done * 100 / p.Total)
+		d.setPercent(p.Done * 100 / p.Total)
 	}
 }
 
