@@ -172,8 +172,8 @@ func newLiveView(w io.Writer, width, rows int, targets []fleet.Target, toRun int
 		opts = append(opts, mpb.WithManualRefresh(refresh))
 	}
 	v := &liveView{p: mpb.New(opts...), nameW: nameWidth(targets), commit: commit, shown: map[int]*deviceBar{}, names: map[int]string{}, last: map[int]fleet.Progress{}}
-	// Half the terminal at most: the lines of the devices that finished
-	// scroll by above the bars.
+	// Half the terminal at most, 20: the view stays a glance, and what
+	// was on the screen before stays in sight above it.
 	v.max = 10
 	if rows > 0 {
 		v.max = max(min((rows-2)/2, 20), 1)
