@@ -373,6 +373,10 @@ func (r *Rollout) Run(ctx, hard context.Context) *Summary {
 	for _, rec := range sum.Records {
 		sum.Totals[rec.Outcome]++
 	}
+	if st := sum.Stop; st != nil && st.Reason == "max_failures" && sum.Totals[NotStarted] == 0 {
+		// Crossed by the last devices in flight: nothing was held back.
+		st.Message = fmt.Sprintf("%s failed, more than --max-failures allows (%d), once every device had been started", devices(st.Failures), st.Threshold)
+	}
 	return sum
 }
 
