@@ -275,7 +275,7 @@ func TestFleetUpdateStopsAtMaxFailures(t *testing.T) {
 	if doc.Totals.ByOutcome["not-started"] == 0 {
 		t.Errorf("the rollout stopped with no device left to start: %+v", doc.Totals)
 	}
-	rolledBack, updated := map[string]bool{}, map[string]bool{}
+	rolledBack, updated, notStarted := map[string]bool{}, map[string]bool{}, map[string]bool{}
 	for _, d := range doc.Devices {
 		if !d.Started.IsZero() && d.Started.After(doc.Stopped.At) {
 			t.Errorf("%s started at %v, after the threshold was crossed at %v", d.Device, d.Started, doc.Stopped.At)
@@ -292,6 +292,7 @@ func TestFleetUpdateStopsAtMaxFailures(t *testing.T) {
 				t.Errorf("%s is a failing device but ended %s", d.Device, d.Outcome)
 			}
 		case "not-started":
+			notStarted[d.Device] = true
 			if !d.Started.IsZero() {
 				t.Errorf("%s has a start time but is not-started", d.Device)
 			}
@@ -333,6 +334,12 @@ func TestFleetUpdateStopsAtMaxFailures(t *testing.T) {
 	for id := range rolledBack {
 		if state[id] != "1.0.0" {
 			t.Errorf("%s rolled back but runs %q, want 1.0.0 committed", id, state[id])
+		}
+	}
+	// The devices not started were not touched.
+	for id := range notStarted {
+		if state[id] != "1.0.0" {
+			t.Errorf("%s was not started but runs %q, want 1.0.0 committed", id, state[id])
 		}
 	}
 

@@ -227,6 +227,13 @@ func runEmulator(ctx context.Context, o *EmulatorOptions) error {
 	for _, l := range infos {
 		fmt.Fprintf(ios.Out, "listening: %-6s %s\n", l.Transport, l.Addr)
 	}
+	// The inventory first: a script that waits for the ready file finds
+	// the inventory written (or, if it could not be, no ready file).
+	if o.InventoryFile != "" {
+		if err := writeInventory(o, []deviceAddrs{{id: o.ID, infos: infos}}); err != nil {
+			return err
+		}
+	}
 	if o.ReadyFile != "" {
 		doc := map[string]any{"listeners": readyListeners(infos)}
 		if o.FailRate > 0 {
@@ -237,11 +244,6 @@ func runEmulator(ctx context.Context, o *EmulatorOptions) error {
 			}
 		}
 		if err := writeJSONFile("--ready-file", o.ReadyFile, doc); err != nil {
-			return err
-		}
-	}
-	if o.InventoryFile != "" {
-		if err := writeInventory(o, []deviceAddrs{{id: o.ID, infos: infos}}); err != nil {
 			return err
 		}
 	}

@@ -154,13 +154,15 @@ func runEmulatorHost(ctx context.Context, o *EmulatorOptions) error {
 	for i, d := range devs {
 		addrs[i] = deviceAddrs{id: d.ID(), infos: d.Listeners()}
 	}
-	if o.ReadyFile != "" {
-		if err := writeHostReady(o, h, devs, addrs, failing); err != nil {
+	// The inventory first: a script that waits for the ready file finds
+	// the inventory written (or, if it could not be, no ready file).
+	if o.InventoryFile != "" {
+		if err := writeInventory(o, addrs); err != nil {
 			return err
 		}
 	}
-	if o.InventoryFile != "" {
-		if err := writeInventory(o, addrs); err != nil {
+	if o.ReadyFile != "" {
+		if err := writeHostReady(o, h, devs, addrs, failing); err != nil {
 			return err
 		}
 	}

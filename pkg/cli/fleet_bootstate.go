@@ -203,11 +203,13 @@ func readFleetBoot(ctx context.Context, f *Factory, t fleet.Target) fleetBootRow
 
 func (f *Factory) writeFleetBoot(doc *fleetBootDoc) {
 	p := f.outPalette()
-	w := tabwriter.NewWriter(f.IO.Out, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(w, "DEVICE\tVERSION\tBUILD\tSLOT\tCOMMITTED\tFALLS BACK IN\t")
+	w := tabwriter.NewWriter(&trimmedLines{w: f.IO.Out}, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(w, "DEVICE\tVERSION\tBUILD\tSLOT\tCOMMITTED\tFALLS BACK IN")
 	for _, r := range doc.Devices {
 		if !r.Answered {
-			fmt.Fprintf(w, "%s\t%s\t\t\t\t\t\n", r.Device, p.red(string(r.Reason)+": "+r.Error))
+			// The last cell of a line is outside the columns: a long
+			// error does not widen them.
+			fmt.Fprintf(w, "%s\t%s\n", r.Device, p.red(string(r.Reason)+": "+r.Error))
 			continue
 		}
 		slot := "?"
@@ -228,7 +230,7 @@ func (f *Factory) writeFleetBoot(doc *fleetBootDoc) {
 		if ver == "" {
 			ver = "?"
 		}
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t\n", r.Device, ver, r.BuildID, slot, committed, left)
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", r.Device, ver, r.BuildID, slot, committed, left)
 	}
 	w.Flush()
 	fmt.Fprintln(f.IO.Out)

@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/otactl/otactl/pkg/fleet"
 	"github.com/otactl/otactl/pkg/ota"
@@ -107,11 +109,13 @@ func (r *updateRunner) Run(ctx context.Context, t fleet.Target, progress func(fl
 	progress(fleet.Progress{Phase: "checking"})
 	var info ota.SysInfo
 	var bs ota.BootState
+	var at time.Time
 	err := sub.withDevice(ctx, func(ctx context.Context, c *rpc.Client, d *ota.Device) error {
 		var err error
 		if info, err = d.GetInfo(ctx); err != nil {
 			return err
 		}
+		at = time.Now()
 		bs, err = d.GetBootState(ctx)
 		return err
 	})
@@ -129,6 +133,9 @@ func (r *updateRunner) Run(ctx context.Context, t fleet.Target, progress func(fl
 			Message:     "already runs " + info.Firmware().String() + ", " + committed + ": nothing sent",
 			FromVersion: info.FWVersion, FromBuild: info.FWID, Version: info.FWVersion, BuildID: info.FWID}
 	}
+	if r.o.Commit && r.expect.BuildID != "" && info.FWID == r.expect.BuildID && ota.ViewBoot(bs, &info).OnTrial {
+		return r.commitOnTrial(ctx, sub, info, bs, at, progress)
+	}
 	o := r.o
 	o.F = sub
 	o.Sig = sigCheckFlags{} // checked once, for the whole rollout
@@ -140,6 +147,43 @@ func (r *updateRunner) Run(ctx context.Context, t fleet.Target, progress func(fl
 	doc := sub.updateDoc()
 	completeUpdateDoc(doc, err)
 	return fleetResult(doc, info)
+}
+
+// commitOnTrial finishes a device that already runs the bundle's build on
+// trial (uncommitted: installed by an earlier run that was interrupted
+// after the device rebooted, or by hand) when the rollout commits: the
+// health check and the commit of `otactl update --commit`, reverting on a
+// failed health check as it does. Nothing is sent again.
+func (r *updateRunner) commitOnTrial(ctx context.Context, sub *Factory, info ota.SysInfo, bs ota.BootState, at time.Time, progress func(fleet.Progress)) fleet.Result {
+	o := r.o
+	o.F = sub
+	res := sub.updateDoc()
+	fw := info.Firmware()
+	res.Attempted, res.Before, res.FromVersion = &fw, &bs, info.FWVersion
+	out := &ota.Outcome{Result: ota.UpdatedUncommitted, Reason: ota.ReasonOK, Before: bs, After: bs, BeforeInfo: info, Info: info,
+		Message: fmt.Sprintf("slot %d already runs %s, uncommitted", bs.ActiveSlot, fw)}
+	if v := ota.ViewBoot(bs, &info); v.FallbackIn != nil {
+		out.CommitDeadline = at.Add(*v.FallbackIn)
+	}
+	res.setOutcome(out)
+	progress(fleet.Progress{Phase: "committing"})
+	// The firmware it falls back to is not known here: a device that fell
+	// back before the commit is read again below.
+	before := ota.Observation{Boot: bs, At: at}
+	err := sub.withDevice(ctx, func(ctx context.Context, c *rpc.Client, d *ota.Device) error {
+		err := o.commit(ctx, c, out, before, res)
+		if res.Result == string(ota.RolledBack) && res.Version == "" {
+			if now, ierr := d.GetInfo(ctx); ierr == nil {
+				res.Version, res.BuildID = now.FWVersion, now.FWID
+			}
+		}
+		return err
+	})
+	if err == nil && res.Committed {
+		res.Message = "it already ran the build on trial (nothing sent): " + res.Message
+	}
+	completeUpdateDoc(res, err)
+	return fleetResult(res, info)
 }
 
 // fleetResult turns the document of one device's update into its fleet

@@ -85,7 +85,7 @@ See docs/fleet.md.`,
 	fl.BoolVar(&u.Force, "force", false, "allow --commit-timeout 0, and send a bundle whose platform differs from a device's")
 	u.Sig.add(fl)
 	o.dev.add(fl)
-	fl.IntVar(&o.plan.Parallel, "parallel", defaultFleetParallel, "devices in flight at once (AWS IoT Jobs: concurrency; Ansible: forks)")
+	fl.IntVar(&o.plan.Parallel, "parallel", defaultFleetParallel, "devices in flight at once (Ansible: forks)")
 	fl.IntVar(&o.plan.Canary, "canary", defaultFleetCanary, "devices updated first, alone; all must end well before any other starts (0: no canary)")
 	fl.Var(fleet.SizeFlag{S: &o.plan.Batch}, "batch", "devices per batch after the canary, N or P% of them; a batch starts when the one before has finished (Ansible: serial; default: one batch)")
 	fl.Var(fleet.SizeFlag{S: &o.plan.MaxFailures}, "max-failures", "failed devices tolerated, N or P% of the devices of this run; one more stops the rollout (hawkBit: error threshold; default 0)")
@@ -489,7 +489,7 @@ func newFleetDoc(o *fleetUpdateOptions, b fleet.Bundle, sum *fleet.Summary, star
 // the totals on stdout.
 func (f *Factory) writeFleetSummary(targets []fleet.Target, o *fleetUpdateOptions, sum *fleet.Summary, doc *fleetDoc) {
 	p := f.outPalette()
-	w := tabwriter.NewWriter(f.IO.Out, 0, 4, 2, ' ', 0)
+	w := tabwriter.NewWriter(&trimmedLines{w: f.IO.Out}, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(w, "DEVICE\tVERSION\tOUTCOME\tDURATION\tNOTE")
 	for _, r := range sum.Records {
 		note := ""

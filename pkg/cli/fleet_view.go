@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"bytes"
 	"fmt"
 	"io"
 	"os"
@@ -82,9 +83,9 @@ func (v *lineView) Stopped(s fleet.Stop) {
 }
 
 // liveView is the terminal view of a rollout (mpb): one line per device in
-// flight with its phase and progress, as many as the terminal has room
-// for, and an overall bar with the counts and the ETA; a device's line is
-// printed above the bars when it finishes.
+// flight with its phase and progress, as many as half the terminal has
+// room for, and an overall bar with the counts (naming the last failure)
+// and the ETA.
 type liveView struct {
 	p      *mpb.Progress
 	total  *mpb.Bar
@@ -92,19 +93,49 @@ type liveView struct {
 	commit bool
 	max    int // device bars at most
 
-	mu       sync.Mutex
-	shown    map[int]*deviceBar
-	waiting  []int // in flight, without a bar
-	names    map[int]string
+	// mu guards the device lines; it may be held while calling mpb, so
+	// nothing mpb's drawing calls takes it.
+	mu      sync.Mutex
+	shown   map[int]*deviceBar
+	waiting []int                  // in flight, without a bar
+	last    map[int]fleet.Progress // of each device in flight
+	names   map[int]string
+
+	// cmu guards the counts the overall bar draws: never held while
+	// calling mpb or taking mu.
+	cmu      sync.Mutex
 	ok, bad  int
 	inflight int
+	hidden   int
+	lastBad  string // the device that failed last, and how
 	stopped  string
 }
 
+// deviceBar is the line of one device in flight. Its mpb bar never
+// completes (its total is one more than the 100 % it can show): mpb ignores
+// the removal of a completed bar, so the line of a device that had
+// downloaded everything stayed on the screen after it finished.
 type deviceBar struct {
 	bar   *mpb.Bar
 	mu    sync.Mutex
 	phase string
+	pct   int64
+}
+
+const deviceBarTotal = 101
+
+func (d *deviceBar) setPercent(p int64) {
+	p = min(max(p, 0), 100)
+	d.mu.Lock()
+	d.pct = p
+	d.mu.Unlock()
+	d.bar.SetCurrent(p)
+}
+
+func (d *deviceBar) percent() string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return fmt.Sprintf("%3d %%", d.pct)
 }
 
 func (d *deviceBar) setPhase(s string) {
@@ -140,10 +171,12 @@ func newLiveView(w io.Writer, width, rows int, targets []fleet.Target, toRun int
 	if refresh != nil {
 		opts = append(opts, mpb.WithManualRefresh(refresh))
 	}
-	v := &liveView{p: mpb.New(opts...), nameW: nameWidth(targets), commit: commit, shown: map[int]*deviceBar{}, names: map[int]string{}}
+	v := &liveView{p: mpb.New(opts...), nameW: nameWidth(targets), commit: commit, shown: map[int]*deviceBar{}, names: map[int]string{}, last: map[int]fleet.Progress{}}
+	// Half the terminal at most, 20: the view stays a glance, and what
+	// was on the screen before stays in sight above it.
 	v.max = 10
 	if rows > 0 {
-		v.max = max(rows-4, 1)
+		v.max = max(min((rows-2)/2, 20), 1)
 	}
 	for i, t := range targets {
 		v.names[i] = t.Name
@@ -159,12 +192,16 @@ func newLiveView(w io.Writer, width, rows int, targets []fleet.Target, toRun int
 	return v
 }
 
+// counts is drawn by mpb: it takes cmu only.
 func (v *liveView) counts() string {
-	v.mu.Lock()
-	defer v.mu.Unlock()
+	v.cmu.Lock()
+	defer v.cmu.Unlock()
 	s := fmt.Sprintf("ok %d  failed %d  in flight %d", v.ok, v.bad, v.inflight)
-	if hidden := len(v.waiting); hidden > 0 {
-		s += fmt.Sprintf(" (%d not shown)", hidden)
+	if v.hidden > 0 {
+		s += fmt.Sprintf(" (%d not shown)", v.hidden)
+	}
+	if v.lastBad != "" {
+		s += " (last: " + v.lastBad + ")"
 	}
 	if v.stopped != "" {
 		s += "  STOPPED"
@@ -172,29 +209,50 @@ func (v *liveView) counts() string {
 	return s
 }
 
+// addBar gives device i a line, showing the phase it is in.
 func (v *liveView) addBar(i int) {
 	d := &deviceBar{phase: "starting"}
-	d.bar = v.p.New(100, mpb.BarStyle().Lbound("[").Rbound("]"),
+	p, seen := v.last[i]
+	if seen {
+		d.phase = p.Phase
+	}
+	d.bar = v.p.New(deviceBarTotal, mpb.BarStyle().Lbound("[").Rbound("]"),
 		mpb.PrependDecorators(decor.Name(v.names[i], decor.WC{W: v.nameW + 1, C: decor.DindentRight}),
 			decor.Any(func(decor.Statistics) string { return d.getPhase() }, decor.WC{W: 13, C: decor.DindentRight})),
-		mpb.AppendDecorators(decor.Percentage(decor.WC{W: 5})),
+		mpb.AppendDecorators(decor.Any(func(decor.Statistics) string { return d.percent() }, decor.WC{W: 5})),
 	)
+	if seen && p.Total > 0 {
+		d.setPercent(p.Done * 100 / p.Total)
+	}
 	v.shown[i] = d
+}
+
+// setCounts updates the counts (with mu held: hidden is len(v.waiting)).
+func (v *liveView) setCounts(f func()) {
+	v.cmu.Lock()
+	defer v.cmu.Unlock()
+	f()
+	v.hidden = len(v.waiting)
 }
 
 func (v *liveView) Started(i int, r fleet.Record) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	v.inflight++
 	if len(v.shown) < v.max {
 		v.addBar(i)
-		return
+	} else {
+		v.waiting = append(v.waiting, i)
 	}
-	v.waiting = append(v.waiting, i)
+	v.setCounts(func() { v.inflight++ })
 }
 
 func (v *liveView) Progress(i int, p fleet.Progress) {
 	v.mu.Lock()
+	if p.Total == 0 { // a phase without bytes keeps the bytes seen last
+		prev := v.last[i]
+		p.Done, p.Total = prev.Done, prev.Total
+	}
+	v.last[i] = p
 	d := v.shown[i]
 	v.mu.Unlock()
 	if d == nil {
@@ -202,18 +260,13 @@ func (v *liveView) Progress(i int, p fleet.Progress) {
 	}
 	d.setPhase(p.Phase)
 	if p.Total > 0 {
-		d.bar.SetCurrent(p.Done * 100 / p.Total)
+		d.setPercent(p.Done * 100 / p.Total)
 	}
 }
 
 func (v *liveView) Finished(i int, r fleet.Record) {
 	v.mu.Lock()
-	v.inflight--
-	if r.Outcome.Ok(v.commit) {
-		v.ok++
-	} else {
-		v.bad++
-	}
+	delete(v.last, i)
 	if d := v.shown[i]; d != nil {
 		d.bar.Abort(true)
 		delete(v.shown, i)
@@ -230,15 +283,27 @@ func (v *liveView) Finished(i int, r fleet.Record) {
 			}
 		}
 	}
+	v.setCounts(func() {
+		v.inflight--
+		if r.Outcome.Ok(v.commit) {
+			v.ok++
+		} else {
+			v.bad++
+			v.lastBad = fmt.Sprintf("%s %s", r.Device, r.Outcome)
+		}
+	})
 	v.mu.Unlock()
-	fmt.Fprintln(v.p, fleetLine(v.nameW, r))
+	// No line per finished device above the bars: when more devices finish
+	// between two redraws than the terminal has rows, mpb loses count of
+	// what it drew and stops redrawing in place. The counts say how many
+	// ended well; the last failure is named there; the summary lists all.
 	v.total.Increment()
 }
 
 func (v *liveView) Stopped(s fleet.Stop) {
-	v.mu.Lock()
+	v.cmu.Lock()
 	v.stopped = s.Message
-	v.mu.Unlock()
+	v.cmu.Unlock()
 	fmt.Fprintf(v.p, "rollout stopped: %s\n", s.Message)
 }
 
@@ -254,4 +319,33 @@ func (v *liveView) Close() {
 		v.total.Abort(false)
 	}
 	v.p.Wait()
+}
+
+// trimmedLines writes to w with the spaces at the end of each line
+// removed (a tabwriter pads the cells of a column, empty last ones too).
+// Spaces are held back until something other than a newline follows.
+type trimmedLines struct {
+	w      io.Writer
+	spaces int
+}
+
+func (t *trimmedLines) Write(p []byte) (int, error) {
+	var b bytes.Buffer
+	for _, c := range p {
+		switch c {
+		case ' ':
+			t.spaces++
+			continue
+		case '\n':
+			t.spaces = 0
+		default:
+			b.WriteString(strings.Repeat(" ", t.spaces))
+			t.spaces = 0
+		}
+		b.WriteByte(c)
+	}
+	if _, err := t.w.Write(b.Bytes()); err != nil {
+		return 0, err
+	}
+	return len(p), nil
 }

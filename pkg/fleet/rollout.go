@@ -272,7 +272,7 @@ func (r *Rollout) Run(ctx, hard context.Context) *Summary {
 					Message: fmt.Sprintf("canary %s ended %s: no other device was started", d.rec.Device, d.rec.Outcome)})
 			case sum.Failures > sum.Threshold:
 				stop(Stop{Reason: "max_failures", At: clock.Now(), Failures: sum.Failures, Threshold: sum.Threshold, Device: d.rec.Device,
-					Message: fmt.Sprintf("%d devices failed, more than --max-failures allows (%d): no more devices were started", sum.Failures, sum.Threshold)})
+					Message: fmt.Sprintf("%s failed, more than --max-failures allows (%d): no more devices were started", devices(sum.Failures), sum.Threshold)})
 			}
 		}
 	}
@@ -373,5 +373,17 @@ func (r *Rollout) Run(ctx, hard context.Context) *Summary {
 	for _, rec := range sum.Records {
 		sum.Totals[rec.Outcome]++
 	}
+	if st := sum.Stop; st != nil && st.Reason == "max_failures" && sum.Totals[NotStarted] == 0 {
+		// Crossed by the last devices in flight: nothing was held back.
+		st.Message = fmt.Sprintf("%s failed, more than --max-failures allows (%d), once every device had been started", devices(st.Failures), st.Threshold)
+	}
 	return sum
+}
+
+// devices is "1 device", "2 devices".
+func devices(n int) string {
+	if n == 1 {
+		return "1 device"
+	}
+	return fmt.Sprintf("%d devices", n)
 }

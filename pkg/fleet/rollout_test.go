@@ -3,6 +3,7 @@ package fleet
 import (
 	"context"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"testing/synctest"
@@ -318,6 +319,22 @@ func TestRolloutResumedCanaryProven(t *testing.T) {
 		sum = r.Run(t.Context(), t.Context())
 		if sum.Stop == nil || sum.Stop.Reason != "canary_failed" || sum.Stop.Device != "d002" {
 			t.Fatalf("stop %+v, want canary_failed on d002", sum.Stop)
+		}
+	})
+}
+
+// A threshold crossed once every device had been started held nothing
+// back: the message says so, and does not claim devices were not started.
+func TestRolloutThresholdCrossedAfterTheLastStart(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := &fakeRunner{outcomes: map[string]Outcome{"d004": RolledBack}}
+		r := &Rollout{Plan: Plan{Parallel: 4}, Targets: targets(4), Runner: f}
+		sum := r.Run(t.Context(), t.Context())
+		if sum.Stop == nil || sum.Stop.Reason != "max_failures" || sum.Totals[NotStarted] != 0 {
+			t.Fatalf("stop %+v, totals %v", sum.Stop, sum.Totals)
+		}
+		if strings.Contains(sum.Stop.Message, "no more devices were started") || !strings.Contains(sum.Stop.Message, "every device had been started") {
+			t.Errorf("message %q", sum.Stop.Message)
 		}
 	})
 }
