@@ -21,8 +21,9 @@ import (
 func NewCmdPush(f *Factory) *cobra.Command {
 	o := &UpdateOptions{F: f}
 	cmd := &cobra.Command{
-		Use:   "push FW.ZIP [--chunk-size N] [--window N] [--commit] [--commit-timeout S]",
-		Short: "Send a bundle over the RPC link itself (any --port, serial included), and wait for the outcome",
+		Use:     "push FW.ZIP [--chunk-size N] [--window N] [--commit] [--commit-timeout S]",
+		Aliases: []string{"ota"},
+		Short:   "Send a bundle over the RPC link itself (any --port, serial included), and wait for the outcome",
 		Long: `Send a bundle through the RPC connection with OTA.Begin/Write/End, for devices
 that cannot download a URL (serial links, closed networks). Each chunk is as
 large as the device's 4096-byte frame limit allows unless --chunk-size says
@@ -32,7 +33,8 @@ is lost (cable glitch, broker restart, dropped WebSocket), otactl reconnects
 with backoff and goes on where the device is, as long as the device still
 runs the update; if the device was reset meanwhile, nothing was applied
 (exit 6). Then, like 'update', otactl waits for the device to reboot and
-tells what booted (exit 6 if it came back on the old firmware).`,
+tells what booted (exit 6 if it came back on the old firmware).
+'otactl ota FW.ZIP' is the same command, as 'mos ota' pushes over the link.`,
 		Example: `  otactl --port /dev/ttyUSB0 push fw.zip --commit
   otactl --port ws://192.168.4.1/rpc push fw.zip --commit-timeout 600
   otactl --port mqtt://broker/esp32_0A1B2C push fw.zip --window 32
@@ -54,6 +56,7 @@ tells what booted (exit 6 if it came back on the old firmware).`,
 			if err := f.checkWindow(o.Window); err != nil {
 				return err
 			}
+			f.updateDoc().Delivery = deliveryPush
 			return runPush(cmd.Context(), o)
 		},
 	}

@@ -113,7 +113,7 @@ func (o *UpdateOptions) healthOptions() ota.HealthOptions {
 func NewCmdUpdate(f *Factory) *cobra.Command {
 	o := &UpdateOptions{F: f}
 	cmd := &cobra.Command{
-		Use:   "update (--url URL | --file FW.ZIP) [--commit] [--commit-timeout S]",
+		Use:   "update (FW.ZIP | --file FW.ZIP | --url URL) [--commit] [--commit-timeout S]",
 		Short: "Update the device from a URL or a local bundle, and wait for the outcome",
 		Long: `Update the device with OTA.Update: it downloads the bundle into its spare
 slot, checks it, and reboots into it, uncommitted. otactl then waits until the
@@ -126,23 +126,33 @@ device answers again and tells what booted:
     waits for 'otactl commit' before it rolls back by itself;
   - the old firmware: the update did not take (exit 6).
 
---file serves a local bundle to the device from a one-shot HTTP server on this
-machine (--serve-addr, default: this machine's address on the route to the
-device, any free port): one download, at an unguessable path, until the update
-is decided. --no-wait returns when the device accepted the bundle.
+--file (or the bundle named alone: 'otactl update fw.zip', as with mos) serves
+a local bundle to the device from a one-shot HTTP server on this machine
+(--serve-addr, default: this machine's address on the route to the device,
+any free port): one download, at an unguessable path, until the update is
+decided. Over a serial --port without --serve-addr the bundle is pushed over
+the link instead, as 'otactl push' does (one line on stderr says so). --no-wait returns when the device accepted the bundle.
 A --file bundle for another platform than the device's is refused before
 anything is sent (exit 6, reason wrong_platform) unless --force.`,
 		Example: `  otactl --port http://192.168.4.1/rpc update --file fw.zip --commit
+  otactl --port /dev/ttyUSB0 update fw.zip --commit
   otactl --port mqtt://broker/esp32_0A1B2C update --url https://fw.example.com/2.0.0/fw.zip --commit-timeout 600
   otactl update --file fw.zip --commit --health-method App.Health --health-grace 1m --json`,
-		Args: noArgs,
+		Args: bundleArg,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := o.positionalBundle(args); err != nil {
+				return err
+			}
 			if (o.URL == "") == (o.File == "") {
-				return usageErrorf("update needs exactly one of --url URL or --file FW.ZIP")
+				return usageErrorf("update needs exactly one of FW.ZIP, --file FW.ZIP or --url URL")
 			}
 			if err := o.check(); err != nil {
 				return err
 			}
+			if o.pushesOverLink() {
+				return o.runUpdateAsPush(cmd.Context())
+			}
+			f.updateDoc().Delivery = deliveryDownload
 			return runUpdate(cmd.Context(), o)
 		},
 	}

@@ -36,6 +36,10 @@ type updateResult struct {
 	HealthChecks   int             `json:"health_checks,omitempty"`
 	Transfer       *transferInfo   `json:"transfer,omitempty"`
 	Info           json.RawMessage `json:"info,omitempty"`
+	// Delivery says how the bundle reached the device: "download" (the
+	// device fetched --url or the bundle server of --file) or "push" (sent
+	// over the RPC link: push, ota, or update --file over a serial port).
+	Delivery string `json:"delivery,omitempty"`
 	// Error is the error text of a failure (as in every command's JSON
 	// error document), RPCError the device's error object when there is
 	// one.
