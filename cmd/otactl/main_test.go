@@ -27,6 +27,7 @@ import (
 	"github.com/otactl/otactl/pkg/rpc"
 	"github.com/otactl/otactl/pkg/transport"
 	"github.com/otactl/otactl/pkg/transport/all"
+	"github.com/otactl/otactl/pkg/transport/serial"
 )
 
 // TestMain lets the test binary act as the otactl command (testscript puts
@@ -34,8 +35,30 @@ import (
 // process.
 func TestMain(m *testing.M) {
 	testscript.Main(m, map[string]func(){
-		"otactl": func() { os.Exit(cli.Main(os.Args[1:], cli.SystemIO(), os.Getenv)) },
+		"otactl": func() { os.Exit(cli.MainWith(os.Args[1:], cli.SystemIO(), os.Getenv, testMainOptions())) },
 	})
+}
+
+// testMainOptions lets scripts present serial ports of their own to the
+// otactl they run (the real enumerator cannot see a pty as a USB port):
+// OTACTL_TEST_SERIAL_PORTS holds a JSON array of serial.PortInfo
+// ([{"name": "$SERIAL_PORT", "usb": true, "vid": "10C4"}]), or "error" for
+// an enumerator that fails. Only this test binary reads it.
+func testMainOptions() cli.MainOptions {
+	spec, ok := os.LookupEnv("OTACTL_TEST_SERIAL_PORTS")
+	if !ok {
+		return cli.MainOptions{}
+	}
+	return cli.MainOptions{ListPorts: func() ([]serial.PortInfo, error) {
+		if spec == "error" {
+			return nil, errors.New("cannot list serial ports: enumerator failed (test)")
+		}
+		var ports []serial.PortInfo
+		if err := json.Unmarshal([]byte(spec), &ports); err != nil {
+			return nil, fmt.Errorf("OTACTL_TEST_SERIAL_PORTS: %w", err)
+		}
+		return ports, nil
+	}}
 }
 
 // emulatorProc is an `otactl emulator` process.

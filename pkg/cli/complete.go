@@ -3,7 +3,6 @@ package cli
 import (
 	"context"
 	"encoding/json"
-	"fmt"
 	"sort"
 	"strings"
 	"time"
@@ -11,7 +10,6 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/otactl/otactl/pkg/transport"
-	"github.com/otactl/otactl/pkg/transport/serial"
 )
 
 // completeMethodsTimeout bounds the RPC.List call behind the completion of
@@ -111,15 +109,24 @@ func (f *Factory) completeInventories(cmd *cobra.Command, args []string, toCompl
 // with their vendor and product ids), then the named devices.
 func (f *Factory) completePorts(cmd *cobra.Command, args []string, toComplete string) ([]string, cobra.ShellCompDirective) {
 	var out []string
-	if ports, err := serial.ListPorts(); err == nil {
-		sort.Slice(ports, func(i, j int) bool { return ports[i].Name < ports[j].Name })
+	// f.listPorts (serial.ListPorts, which tests replace): the list of
+	// `otactl ports` and --port auto; it opens no port (a Tab must not
+	// pulse DTR and RTS on a board).
+	if ports, err := f.listPorts(); err == nil {
+		usb := 0
 		for _, p := range ports {
+			if p.USB {
+				usb++
+			}
 			if !strings.HasPrefix(p.Name, toComplete) {
 				continue
 			}
 			desc := "serial port"
-			if p.IsUSB {
-				desc = fmt.Sprintf("USB serial %s:%s", strings.ToLower(p.VID), strings.ToLower(p.PID))
+			if p.USB {
+				desc = "USB serial"
+				if id := usbID(p); id != "" {
+					desc += " " + strings.ToLower(id)
+				}
 				if p.Product != "" {
 					desc += " " + p.Product
 				}
@@ -128,6 +135,9 @@ func (f *Factory) completePorts(cmd *cobra.Command, args []string, toComplete st
 				}
 			}
 			out = append(out, p.Name+"\t"+desc)
+		}
+		if usb == 1 && strings.HasPrefix(AutoPort, toComplete) {
+			out = append(out, AutoPort+"\tthe only USB serial port")
 		}
 	}
 	out = append(out, f.deviceNameCompletions(cmd, toComplete)...)

@@ -104,7 +104,7 @@ func (f *Factory) addOutputFlags(fs *pflag.FlagSet) {
 func (f *Factory) deviceFlags(skip ...string) *pflag.FlagSet {
 	g := &f.G
 	fs := pflag.NewFlagSet("device", pflag.ContinueOnError)
-	fs.Var(onceString{p: &g.Port, n: &f.portGiven}, "port", "device address: serial path (/dev/ttyUSB0, COM3), http://host/rpc, ws://host/rpc, mqtt://broker/DEVICE_ID, the TLS forms, or a configured device's name (env OTACTL_PORT, then MOS_PORT)")
+	fs.Var(onceString{p: &g.Port, n: &f.portGiven}, "port", "device address: serial path (/dev/ttyUSB0, COM3; auto: the only USB serial port), http://host/rpc, ws://host/rpc, mqtt://broker/DEVICE_ID, the TLS forms, or a configured device's name (env OTACTL_PORT, then MOS_PORT)")
 	fs.Var(onceString{p: &g.Device, n: &f.deviceGiven}, "device", "a device named in the config file: its port, credentials and certificates (env OTACTL_DEVICE; 'otactl devices' lists them)")
 	fs.StringVar(&g.Config, "config", "", "config file of named devices (env OTACTL_CONFIG; default $XDG_CONFIG_HOME/otactl/config.yaml or ~/.config/otactl/config.yaml)")
 	if g.Timeout == 0 {

@@ -28,6 +28,7 @@ import (
 	"github.com/otactl/otactl/pkg/transport"
 	"github.com/otactl/otactl/pkg/transport/all"
 	"github.com/otactl/otactl/pkg/transport/mqtt"
+	"github.com/otactl/otactl/pkg/transport/serial"
 )
 
 // Version is set at build time with -ldflags "-X ...cli.Version=...".
@@ -119,11 +120,29 @@ type Factory struct {
 	// notifySignals, when set, replaces signal.Notify for the signals
 	// after the first (fleet update's second Ctrl-C); tests feed it.
 	notifySignals func(c chan<- os.Signal)
+	// ListPorts, when set, replaces serial.ListPorts (otactl ports, --port
+	// auto); tests present their own ports.
+	ListPorts func() ([]serial.PortInfo, error)
+	// deviceLog, when set, also gets every device log line that a
+	// connection sees (--device-log, devicelog.go).
+	deviceLog func(line string)
+}
+
+// MainOptions replace parts of the outside world for MainWith.
+type MainOptions struct {
+	// ListPorts replaces the serial port enumerator (Factory.ListPorts).
+	ListPorts func() ([]serial.PortInfo, error)
 }
 
 // Main runs otactl with args (without the program name) and returns the
 // process exit code.
 func Main(args []string, ios *IOStreams, getenv func(string) string) int {
+	return MainWith(args, ios, getenv, MainOptions{})
+}
+
+// MainWith is Main with parts of the outside world replaced (tests run the
+// real binary with a serial port enumerator of their own).
+func MainWith(args []string, ios *IOStreams, getenv func(string) string, opts MainOptions) int {
 	// SIGHUP too: a closed terminal or SSH session must still abort a push
 	// cleanly (OTA.End) instead of leaving the device busy until its
 	// watchdog fires.
@@ -135,17 +154,22 @@ func Main(args []string, ios *IOStreams, getenv func(string) string) int {
 		<-ctx.Done()
 		stop()
 	}()
-	return mainContext(ctx, args, ios, getenv)
+	return mainContextWith(ctx, args, ios, getenv, opts)
 }
 
 // mainContext is Main with the context that signals cancel.
 func mainContext(ctx context.Context, args []string, ios *IOStreams, getenv func(string) string) int {
+	return mainContextWith(ctx, args, ios, getenv, MainOptions{})
+}
+
+// mainContextWith is mainContext with MainOptions.
+func mainContextWith(ctx context.Context, args []string, ios *IOStreams, getenv func(string) string, opts MainOptions) int {
 	stdout := &countingWriter{w: ios.Out}
 	cios := *ios
 	cios.Out = stdout
 	reg, sessions := all.NewSharedRegistry(mqtt.SessionsOptions{})
 	defer reg.Close()
-	f := &Factory{IO: &cios, Getenv: getenv, Registry: reg, MQTT: sessions}
+	f := &Factory{IO: &cios, Getenv: getenv, Registry: reg, MQTT: sessions, ListPorts: opts.ListPorts}
 	root := NewRootCmd(f)
 	root.SetArgs(args)
 	root.SetIn(ios.In)
@@ -277,7 +301,10 @@ name; 'otactl CMD --help' lists their flags.`,
 		SilenceErrors: true,
 		SilenceUsage:  true,
 		PersistentPreRunE: func(cmd *cobra.Command, args []string) error {
-			return f.prepare(cmd)
+			if err := f.prepare(cmd); err != nil {
+				return err
+			}
+			return f.resolveAutoPort(cmd)
 		},
 	}
 	// --version prints the line `otactl version` prints (version.go).
@@ -296,6 +323,7 @@ name; 'otactl CMD --help' lists their flags.`,
 	root.AddCommand(markOffline(NewCmdDevices(f)))
 	root.AddCommand(markOffline(NewCmdVersion(f)))
 	root.AddCommand(markOffline(newCmdGenMan()))
+	root.AddCommand(NewCmdPorts(f))
 	// The completion command captures its output writer when created.
 	root.SetOut(f.IO.Out)
 	root.SetErr(f.IO.ErrOut)
