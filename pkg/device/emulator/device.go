@@ -233,6 +233,8 @@ type Device struct {
 	srv    *rpc.Server
 	client *http.Client
 	auth   *deviceAuth // nil: no access control
+	// uartLog is the serial listener that prints the device log, if any.
+	uartLog atomic.Pointer[SerialListener]
 
 	poweredOff atomic.Bool
 	offOnce    sync.Once
@@ -336,11 +338,13 @@ func newDevice(cfg Config, att *attachment) (*Device, error) {
 	}
 	d := &Device{
 		cfg:   cfg,
-		log:   log.With("device", cfg.ID),
 		clock: cfg.Clock,
 		srv:   rpc.NewServer(cfg.ID),
 		off:   make(chan struct{}),
 	}
+	// The device log goes to cfg.Logger (with the device's id) and, like a
+	// firmware's, to its serial link (uartlog.go).
+	d.log = slog.New(&uartHandler{next: log.With("device", cfg.ID).Handler(), uart: &d.uartLog})
 	d.life, d.lifeStop = context.WithCancel(context.Background())
 	d.fl = &flash{dir: cfg.StateDir, slots: cfg.Slots, onCut: d.cutPower}
 	if cfg.Auth != nil {
@@ -367,6 +371,12 @@ func newDevice(cfg Config, att *attachment) (*Device, error) {
 		return nil, err
 	}
 	d.listeners = append(ls, cfg.Listeners...)
+	for _, l := range d.listeners {
+		if sl, ok := l.(*SerialListener); ok {
+			d.uartLog.Store(sl)
+			break
+		}
+	}
 	d.registerMethods()
 	d.builtin = map[string]bool{}
 	for _, m := range d.srv.Methods() {

@@ -253,6 +253,10 @@ type SerialListener struct {
 	mu    sync.Mutex
 	srv   *serial.Server
 	slave string
+	// uart carries the device's log lines to the link while it is up
+	// (uartlog.go); Log never takes mu, so that a handler logging while
+	// Stop waits for it cannot deadlock.
+	uart atomic.Pointer[uartQueue]
 }
 
 // NewSerialListener returns a listener whose pty is reachable at link.
@@ -277,6 +281,7 @@ func (l *SerialListener) Start(_ context.Context, h transport.Handler) error {
 		link = newThrottled(master, l.Baud)
 	}
 	l.srv = serial.Serve(context.Background(), link, h, transport.Options{Logger: l.log})
+	l.uart.Store(startUARTQueue(l.srv))
 	return nil
 }
 
@@ -287,18 +292,22 @@ func (l *SerialListener) Stop() error {
 	if l.srv == nil {
 		return nil
 	}
+	q := l.uart.Swap(nil)
+	q.stop()
 	err := l.srv.Close()
+	q.wait()
 	l.srv = nil
 	return err
 }
 
-// Log prints a device log line on the link (between frames), when up.
+// Log prints a device log line on the link (between frames), when up,
+// as firmware prints its log on its UART. It never blocks: lines wait in
+// a queue for the link (which waits for XON, or for a reader to drain the
+// pty), and a line that finds the queue full is dropped, as a device keeps
+// running whether or not anyone reads its UART.
 func (l *SerialListener) Log(line string) {
-	l.mu.Lock()
-	srv := l.srv
-	l.mu.Unlock()
-	if srv != nil {
-		srv.Log(line)
+	if q := l.uart.Load(); q != nil {
+		q.put(line)
 	}
 }
 
