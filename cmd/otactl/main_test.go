@@ -230,6 +230,7 @@ func TestScripts(t *testing.T) {
 			"jsonget":   cmdJSONGet,
 			"serve":     cmdServe,
 			"waitfor":   cmdWaitFor,
+			"waitline":  cmdWaitLine,
 			"mkfile":    cmdMkfile,
 			"corrupt":   cmdCorrupt,
 			"expandenv": cmdExpandEnv,
@@ -530,6 +531,31 @@ func cmdWaitFor(ts *testscript.TestScript, neg bool, args []string) {
 			ts.Fatalf("waitfor: %s did not hold within %v; last run: %s", args[1], timeout, last)
 		}
 		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// cmdWaitLine waits until a line of FILE (written by a background
+// command) matches REGEXP, checking every 50ms, or fails after TIMEOUT:
+//
+//	waitline TIMEOUT FILE REGEXP
+func cmdWaitLine(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 3 {
+		ts.Fatalf("usage: waitline TIMEOUT FILE REGEXP")
+	}
+	timeout, err := time.ParseDuration(args[0])
+	ts.Check(err)
+	re, err := regexp.Compile("(?m)" + args[2])
+	ts.Check(err)
+	deadline := time.Now().Add(timeout)
+	for {
+		b, _ := os.ReadFile(ts.MkAbs(args[1]))
+		if re.Match(b) {
+			return
+		}
+		if time.Now().After(deadline) {
+			ts.Fatalf("waitline: no line of %s matches %q within %v; it holds:\n%s", args[1], args[2], timeout, b)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }
 

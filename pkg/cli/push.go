@@ -63,6 +63,7 @@ tells what booted (exit 6 if it came back on the old firmware).
 	addOutcomeFlags(cmd, o)
 	cmd.Flags().IntVar(&o.ChunkSize, "chunk-size", 0, "bundle bytes per OTA.Write (0 = largest that keeps frames within the device's 4096-byte limit)")
 	cmd.Flags().IntVar(&o.Window, "window", 0, fmt.Sprintf("OTA.Write calls in flight at once (0 = %d over WebSocket and MQTT, %d over HTTP, 1 over serial)", ota.DefaultWindow, ota.DefaultHTTPWindow))
+	addDeviceLogFlag(f, cmd)
 	return cmd
 }
 

@@ -323,7 +323,7 @@ name; 'otactl CMD --help' lists their flags.`,
 	root.AddCommand(markOffline(NewCmdDevices(f)))
 	root.AddCommand(markOffline(NewCmdVersion(f)))
 	root.AddCommand(markOffline(newCmdGenMan()))
-	root.AddCommand(NewCmdPorts(f))
+	root.AddCommand(NewCmdPorts(f), NewCmdConsole(f))
 	// The completion command captures its output writer when created.
 	root.SetOut(f.IO.Out)
 	root.SetErr(f.IO.ErrOut)
@@ -378,9 +378,16 @@ func (f *Factory) transportOptions() (transport.Options, error) {
 		BaudRate:      f.G.BaudRate,
 		HWFlowControl: f.G.HWFlow,
 	}
-	if f.G.Verbose {
-		errOut := f.IO.ErrOut
-		opts.DeviceLog = func(line string) { fmt.Fprintln(errOut, "device:", line) }
+	if f.G.Verbose || f.deviceLog != nil {
+		errOut, verbose, save := f.IO.ErrOut, f.G.Verbose, f.deviceLog
+		opts.DeviceLog = func(line string) {
+			if verbose {
+				fmt.Fprintln(errOut, "device:", line)
+			}
+			if save != nil {
+				save(line) // --device-log
+			}
+		}
 	}
 	creds, err := parseCreds(f.G.RPCCreds)
 	if err != nil {

@@ -160,6 +160,7 @@ anything is sent (exit 6, reason wrong_platform) unless --force.`,
 	cmd.Flags().StringVar(&o.URL, "url", "", "bundle URL the device downloads (http or https)")
 	cmd.Flags().StringVar(&o.File, "file", "", "local bundle to serve to the device")
 	cmd.Flags().StringVar(&o.ServeAddr, "serve-addr", "", "with --file: HOST[:PORT] of this machine that the device can reach")
+	addDeviceLogFlag(f, cmd)
 	return cmd
 }
 

@@ -301,10 +301,11 @@ func (l *SerialListener) Stop() error {
 }
 
 // Log prints a device log line on the link (between frames), when up,
-// as firmware prints its log on its UART. It never blocks: lines wait in
-// a queue for the link (which waits for XON, or for a reader to drain the
-// pty), and a line that finds the queue full is dropped, as a device keeps
-// running whether or not anyone reads its UART.
+// as firmware prints its log on its UART: in order with the replies
+// written after it. It never blocks for long: a line waits at most 50 ms
+// for the link (which waits for XON, or for a reader to drain the pty),
+// then waits in a queue, and a line that finds the queue full is dropped,
+// as a device keeps running whether or not anyone reads its UART.
 func (l *SerialListener) Log(line string) {
 	if q := l.uart.Load(); q != nil {
 		q.put(line)

@@ -74,11 +74,27 @@ func TestSerialLinkCarriesDeviceLog(t *testing.T) {
 	if !errors.As(err, &re) || re.Code == 0 {
 		t.Fatalf("OTA.Update of a missing bundle: %v, want an RPC error", err)
 	}
-	waitLine(t, lines, `^\[[A-Z][a-z]{2} [ 0-9]\d \d\d:\d\d:\d\d\.\d{3}\] starting, timeout 600$`)
-	waitLine(t, lines, `^\[.*\] downloading url=http://127\.0\.0\.1:\d+/missing\.zip$`)
-	l := waitLine(t, lines, `^\[.*\] update failed err=`)
-	if strings.Contains(l, "device=") {
-		t.Errorf("log line %q names the device: a firmware's UART log does not", l)
+	// The lines logged before the reply came before it on the link: they
+	// are all in by the time the call returned.
+	var before []string
+	for len(lines) > 0 {
+		before = append(before, <-lines)
+	}
+	want := []string{
+		`^\[[A-Z][a-z]{2} [ 0-9]\d \d\d:\d\d:\d\d\.\d{3}\] starting, timeout 600$`,
+		`^\[.*\] downloading url=http://127\.0\.0\.1:\d+/missing\.zip$`,
+		`^\[.*\] update failed err=`,
+	}
+	if len(before) != len(want) {
+		t.Fatalf("device log lines before the reply: %q, want %d lines", before, len(want))
+	}
+	for i, re := range want {
+		if !regexp.MustCompile(re).MatchString(before[i]) {
+			t.Errorf("line %d = %q, want %s", i, before[i], re)
+		}
+		if strings.Contains(before[i], "device=") {
+			t.Errorf("log line %q names the device: a firmware's UART log does not", before[i])
+		}
 	}
 	if _, err := c.Call(ctx, "Sys.GetInfo", nil); err != nil {
 		t.Fatalf("Sys.GetInfo after the log lines: %v", err)
@@ -118,7 +134,7 @@ func TestSerialLogNeverBlocks(t *testing.T) {
 
 func TestUARTLineOneLine(t *testing.T) {
 	r := slogRecord("first\nsecond", "err", "a\r\nb")
-	got := uartLine(r, nil)
+	got := formatUARTLine(r, nil)
 	if strings.ContainsAny(got, "\r\n") || !strings.HasSuffix(got, `] first\nsecond err=a\r\nb`) {
 		t.Errorf("uartLine = %q", got)
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"net/url"
 	"os"
@@ -102,6 +103,19 @@ func Dial(ctx context.Context, u *url.URL, opts transport.Options) (transport.Co
 		return nil, err
 	}
 	return dialConfig(ctx, cfg, opts)
+}
+
+// Open opens the serial port named by u with the settings, locks and line
+// handling of Dial (8N1, ?baud=N, ?hwflow=1; DTR and RTS low; input and
+// output flushed; held exclusively until Close), but without the RPC
+// handshake: the raw byte stream of the link, whose log lines a console
+// shows (feed it to a Decoder). Close unblocks a pending Read.
+func Open(u *url.URL, opts transport.Options) (io.ReadWriteCloser, error) {
+	cfg, err := parseConfig(u, opts)
+	if err != nil {
+		return nil, err
+	}
+	return openPort(cfg, opts)
 }
 
 func dialConfig(ctx context.Context, cfg portConfig, opts transport.Options) (transport.Conn, error) {
