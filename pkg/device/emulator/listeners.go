@@ -276,12 +276,14 @@ func (l *SerialListener) Start(_ context.Context, h transport.Handler) error {
 		return err
 	}
 	l.slave = slave
-	var link io.ReadWriteCloser = master
+	// What the device writes goes out through its transmit buffer: a
+	// reply or a log line never waits for the port's reader (uartlog.go).
+	var link io.ReadWriteCloser = newUARTTX(master)
 	if l.Baud > 0 {
-		link = newThrottled(master, l.Baud)
+		link = newThrottled(link, l.Baud)
 	}
 	l.srv = serial.Serve(context.Background(), link, h, transport.Options{Logger: l.log})
-	l.uart.Store(startUARTQueue(l.srv))
+	l.uart.Store(startUARTQueue(l.srv, ptyRoom(master)))
 	return nil
 }
 
@@ -301,11 +303,12 @@ func (l *SerialListener) Stop() error {
 }
 
 // Log prints a device log line on the link (between frames), when up,
-// as firmware prints its log on its UART: in order with the replies
-// written after it. It never blocks for long: a line waits at most 50 ms
-// for the link (which waits for XON, or for a reader to drain the pty),
-// then waits in a queue, and a line that finds the queue full is dropped,
-// as a device keeps running whether or not anyone reads its UART.
+// as firmware prints its log on its UART: at once, in order with the
+// replies written after it. It never waits for the link: a line is
+// dropped when nobody reads the port (its pty holds 2 KiB unread), as a
+// UART's output is lost when nobody listens; while the host holds output
+// off (XOFF) lines wait in a queue, and a line that finds it full is
+// dropped.
 func (l *SerialListener) Log(line string) {
 	if q := l.uart.Load(); q != nil {
 		q.put(line)

@@ -3,8 +3,10 @@ package emulator
 import (
 	"context"
 	"fmt"
+	"io"
 	"log/slog"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -16,52 +18,63 @@ import (
 // the host holds it off with XOFF for long).
 const uartQueueLen = 256
 
-// uartWriteWait is how long Log waits for its line to be written. Within
-// it, a line logged before a reply goes out before the reply, as on a
-// device's UART; a link that nobody reads (a pty whose buffer is full)
-// makes Log stop waiting until the link has taken the queue again.
-const uartWriteWait = 50 * time.Millisecond
+// uartRoom is how many bytes may wait unread in the pty for a log line
+// still to be written at once: below the 4 KiB a pty's reader side holds,
+// so that such a write never blocks (Linux keeps the rest of what a
+// writer sends in buffers that fill only once those 4 KiB are full).
+const uartRoom = 2048
 
 // uartDrainWait bounds how long a reboot waits for the queued log lines
 // to go out (only a link that nobody reads holds them up).
 const uartDrainWait = 200 * time.Millisecond
 
-type uartLine struct {
-	text    string
-	written chan struct{}
+// ptyRoom returns whether a log line can be written to the pty master
+// without waiting for its reader (nil: always, for a link that is not a
+// pty).
+func ptyRoom(master io.ReadWriteCloser) func() bool {
+	p, ok := master.(interface{ Unread() (int, error) })
+	if !ok {
+		return nil
+	}
+	return func() bool {
+		n, err := p.Unread()
+		return err == nil && n < uartRoom
+	}
 }
 
-// uartQueue carries log lines to a serial link from one goroutine, so that
-// the device never waits long for the link to log.
+// uartQueue writes log lines to a serial link: at once while the link has
+// room, else through a queue that one goroutine writes out, so that the
+// device never waits for the link to log, and lines keep their order.
 type uartQueue struct {
-	lines chan uartLine
-	quit  chan struct{}
-	done  chan struct{}
-	// stuck is set when a line was not written within uartWriteWait, and
-	// cleared when the queue is empty again.
-	stuck atomic.Bool
+	srv  *serial.Server
+	room func() bool // nil: always room
+
+	mu      sync.Mutex // serialises the lines' writes
+	pending int        // lines queued and not yet written
+	lines   chan string
+	quit    chan struct{}
+	done    chan struct{}
 }
 
-func startUARTQueue(srv *serial.Server) *uartQueue {
-	q := &uartQueue{lines: make(chan uartLine, uartQueueLen), quit: make(chan struct{}), done: make(chan struct{})}
-	write := func(l uartLine) {
-		srv.Log(l.text) // returns once the server is closed
-		close(l.written)
-		if len(q.lines) == 0 {
-			q.stuck.Store(false)
-		}
+func startUARTQueue(srv *serial.Server, room func() bool) *uartQueue {
+	q := &uartQueue{srv: srv, room: room, lines: make(chan string, uartQueueLen), quit: make(chan struct{}), done: make(chan struct{})}
+	write := func(line string) {
+		srv.Log(line) // returns once the server is closed
+		q.mu.Lock()
+		q.pending--
+		q.mu.Unlock()
 	}
 	go func() {
 		defer close(q.done)
 		for {
 			select {
-			case l := <-q.lines:
-				write(l)
+			case line := <-q.lines:
+				write(line)
 			case <-q.quit:
 				for {
 					select {
-					case l := <-q.lines:
-						write(l)
+					case line := <-q.lines:
+						write(line)
 					default:
 						return
 					}
@@ -72,26 +85,110 @@ func startUARTQueue(srv *serial.Server) *uartQueue {
 	return q
 }
 
-// put queues line and waits, up to uartWriteWait, for it to be written;
-// a full queue drops it.
+// put writes line at once when nothing is queued and the host does not
+// hold output off: then the link takes it without waiting (uartTX), or it
+// is dropped when nobody reads the port. Otherwise it queues the line, or
+// drops it when the queue is full.
 func (q *uartQueue) put(line string) {
-	l := uartLine{text: line, written: make(chan struct{})}
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.pending == 0 && !q.srv.Paused() {
+		if q.room == nil || q.room() {
+			q.srv.Log(line)
+		}
+		return
+	}
 	select {
-	case q.lines <- l:
+	case q.lines <- line:
+		q.pending++
 	default:
-		q.stuck.Store(true)
-		return
 	}
-	if q.stuck.Load() {
-		return
+}
+
+// uartTXSize is how many bytes the device's transmit buffer holds while
+// the port's reader catches up; more is dropped, as a UART's FIFO
+// overflows.
+const uartTXSize = 16 << 10
+
+// uartTX is the device end of an emulated serial link as its transmit
+// buffer: Write never waits for the port's reader (a pty whose reader
+// stopped reading blocks its writer once its buffers are full, where a
+// device's UART goes on transmitting); a goroutine writes the buffer out
+// in order. Read and Close are the link's.
+type uartTX struct {
+	rwc io.ReadWriteCloser
+
+	mu   sync.Mutex
+	buf  []byte
+	err  error // the write error that ended the link
+	kick chan struct{}
+
+	closeOnce sync.Once
+	closing   chan struct{}
+	done      chan struct{}
+}
+
+func newUARTTX(rwc io.ReadWriteCloser) *uartTX {
+	t := &uartTX{rwc: rwc, kick: make(chan struct{}, 1), closing: make(chan struct{}), done: make(chan struct{})}
+	go t.loop()
+	return t
+}
+
+func (t *uartTX) Read(p []byte) (int, error) { return t.rwc.Read(p) }
+
+// Write queues p whole, or drops it whole when the buffer is full.
+func (t *uartTX) Write(p []byte) (int, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.err != nil {
+		return 0, t.err
 	}
-	t := time.NewTimer(uartWriteWait)
-	defer t.Stop()
-	select {
-	case <-l.written:
-	case <-t.C:
-		q.stuck.Store(true)
+	if len(t.buf)+len(p) <= uartTXSize {
+		t.buf = append(t.buf, p...)
+		select {
+		case t.kick <- struct{}{}:
+		default:
+		}
 	}
+	return len(p), nil
+}
+
+func (t *uartTX) loop() {
+	defer close(t.done)
+	for {
+		select {
+		case <-t.kick:
+		case <-t.closing:
+			return
+		}
+		for {
+			t.mu.Lock()
+			b := t.buf
+			t.buf = nil
+			t.mu.Unlock()
+			if len(b) == 0 {
+				break
+			}
+			if _, err := t.rwc.Write(b); err != nil {
+				t.mu.Lock()
+				t.err = err
+				t.mu.Unlock()
+				return
+			}
+		}
+	}
+}
+
+// Close closes the link (which ends a write in progress) and waits for
+// the goroutine.
+func (t *uartTX) Close() error {
+	var err error
+	t.closeOnce.Do(func() {
+		close(t.closing)
+		err = t.rwc.Close()
+		<-t.done
+	})
+	return err
 }
 
 // stop ends the queue's goroutine once the lines queued so far are

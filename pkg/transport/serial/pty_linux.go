@@ -142,6 +142,24 @@ type ptyMaster struct {
 	err  error
 }
 
+// Unread returns how many bytes written to the master wait in the port's
+// input queue, not read yet by whoever has the port open (TIOCINQ on the
+// slave): about 4096 when nobody reads it, and writes to the master then
+// block once the pty's buffers are full. The emulator writes its log
+// lines at once only while there is room.
+func (p *ptyMaster) Unread() (int, error) {
+	rc, err := p.slave.SyscallConn()
+	if err != nil {
+		return 0, err
+	}
+	var n int
+	var ierr error
+	if err := rc.Control(func(fd uintptr) { n, ierr = unix.IoctlGetInt(int(fd), unix.TIOCINQ) }); err != nil {
+		return 0, err
+	}
+	return n, ierr
+}
+
 // Close closes both ends and removes the symlink if it still points here.
 func (p *ptyMaster) Close() error {
 	p.once.Do(func() {

@@ -178,6 +178,10 @@ func (s *Server) Log(line string) {
 	s.write(b, true)
 }
 
+// Paused reports whether the host holds the device's output off (XOFF
+// without XON yet): Log and replies wait until it lets go.
+func (s *Server) Paused() bool { return s.gate.paused() }
+
 // Done is closed when the link ends: Close was called, the Serve ctx ended,
 // or reading failed.
 func (s *Server) Done() <-chan struct{} { return s.done }
