@@ -3,12 +3,12 @@ package cli
 import (
 	"context"
 	"errors"
-	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/otactl/otactl/pkg/ota"
+	"github.com/otactl/otactl/pkg/ota/wire"
 	"github.com/otactl/otactl/pkg/rpc"
 )
 
@@ -43,23 +43,13 @@ func NewCmdStatus(f *Factory) *cobra.Command {
 				}
 				// The device's message, unless it only names the state
 				// ("idle", "progress").
-				if st.Msg != "" && st.State != ota.StateError && !stateWord(st.Msg) {
+				if st.Msg != "" && st.State != ota.StateError && !wire.IsStateWord(st.Msg) {
 					f.out("device says: %s", st.Msg)
 				}
 				return nil
 			})
 		},
 	}
-}
-
-// stateWord reports whether an OTA.Status message only names the state.
-func stateWord(msg string) bool {
-	for _, w := range []string{"idle", "progress", "success", "error"} {
-		if strings.EqualFold(strings.TrimSpace(msg), w) {
-			return true
-		}
-	}
-	return false
 }
 
 // NewCmdCommit builds `otactl commit`.

@@ -5,16 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/otactl/otactl/pkg/ota"
-	"github.com/otactl/otactl/pkg/rpc"
-	"github.com/otactl/otactl/pkg/rpc/frame"
+	"github.com/otactl/otactl/pkg/ota/wire"
 	"github.com/otactl/otactl/pkg/transport"
-	"github.com/otactl/otactl/pkg/transport/mqtt"
 )
 
 // NewCmdPush builds `otactl push`.
@@ -59,7 +56,7 @@ tells what booted (exit 6 if it came back on the old firmware).`,
 	}
 	addOutcomeFlags(cmd, o)
 	cmd.Flags().IntVar(&o.ChunkSize, "chunk-size", 0, "bundle bytes per OTA.Write (0 = largest that keeps frames within the device's 4096-byte limit)")
-	cmd.Flags().IntVar(&o.Window, "window", 0, fmt.Sprintf("OTA.Write calls in flight at once (0 = %d over WebSocket and MQTT, %d over HTTP, 1 over serial)", ota.DefaultWindow, ota.DefaultHTTPWindow))
+	cmd.Flags().IntVar(&o.Window, "window", 0, fmt.Sprintf("%s calls in flight at once (0 = %d over WebSocket and MQTT, %d over HTTP, 1 over serial)", wire.OTAWrite, ota.DefaultWindow, ota.DefaultHTTPWindow))
 	return cmd
 }
 
@@ -102,30 +99,6 @@ func (f *Factory) window(flag int) int {
 	return 1
 }
 
-// envelope describes the frames this connection sends, so that push chunks
-// are as large as the device's frame limit allows.
-func (f *Factory) envelope() ota.Envelope {
-	env := ota.Envelope{Src: rpc.DefaultSrc, Auth: f.G.RPCCreds != ""}
-	if u, err := transport.ParsePort(f.G.Port); err == nil && (u.Scheme == "mqtt" || u.Scheme == "mqtts") {
-		dev := mqtt.DeviceID(u)
-		// A random client id is 23 characters (otactl-<16 hex>).
-		env.Src = mqtt.ReplySrc(dev, strings.Repeat("c", 23))
-		env.Dst = dev
-	}
-	return env
-}
-
-// frameLimit is the largest frame JSON the device takes on this link. A
-// device's UART receive buffer (rpc.max_frame_size + 6) also holds the
-// 8-digit CRC and part of the closing delimiter, so serial frames keep a
-// margin below 4096.
-func (f *Factory) frameLimit() int {
-	if u, err := transport.ParsePort(f.G.Port); err == nil && u.Scheme == "serial" {
-		return frame.MaxSize - 16
-	}
-	return frame.MaxSize
-}
-
 func runPush(ctx context.Context, o *UpdateOptions) error {
 	f := o.F
 	rep, err := localBundle(o.File)
@@ -145,11 +118,6 @@ func runPush(ctx context.Context, o *UpdateOptions) error {
 	st, err := fh.Stat()
 	if err != nil {
 		return err
-	}
-	env := f.envelope()
-	limit := f.frameLimit()
-	if max := ota.MaxChunkSize(limit, st.Size(), env); o.ChunkSize > max {
-		f.note("warning: --chunk-size %d makes frames larger than the device's 4096-byte limit (largest that fits: %d); a real device drops them", o.ChunkSize, max)
 	}
 	before, err := o.prepare(ctx, man)
 	if err != nil {
@@ -181,13 +149,15 @@ func runPush(ctx context.Context, o *UpdateOptions) error {
 		}
 		attemptTimeout := min(f.G.Timeout, ota.DefaultAttemptTimeout)
 		res, err = ota.New(c).Push(ctx, fh, st.Size(), ota.PushOptions{
-			ChunkSize: o.ChunkSize, Envelope: &env, FrameLimit: limit, Window: f.window(o.Window),
+			ChunkSize: o.ChunkSize, Window: f.window(o.Window),
 			WriteTimeout:  writeTimeout,
 			CommitTimeout: o.CommitTimeout.otaValue(), Timeout: o.UpdateTimeout,
 			Redial: f.dialer(), ReconnectTimeout: reconnect, AttemptTimeout: attemptTimeout,
 			Progress: bar.Bytes,
 			OnEvent: func(ev ota.Event) {
 				switch ev.Kind {
+				case ota.EventWarning:
+					f.note("%s", ev.Msg)
 				case ota.EventRetry, ota.EventAbort, ota.EventResumed:
 					bar.Done()
 					f.progressNote("%s", ev.Msg)

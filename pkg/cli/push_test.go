@@ -275,3 +275,29 @@ func TestPushResetWhileTheFirstWriteIsUnansweredEndsAtOnce(t *testing.T) {
 		t.Fatalf("device state %+v", s)
 	}
 }
+
+// Push chunks are sized from what each transport reports (its frame limit,
+// the src and dst it writes) and from the credentials actually given: with
+// a 600-byte user name, longer than any fixed reservation, every OTA.Write
+// still fits the device's 4096 bytes (the emulator, as a device, refuses
+// larger frames), in-frame (serial, MQTT) and at the HTTP and WebSocket
+// level alike.
+func TestPushWithALongUserNameOnEveryTransport(t *testing.T) {
+	user := strings.Repeat("u", 600)
+	const pw = "long-user-secret"
+	file := htdigestFile(t, "SHA-256", map[string]string{user: pw})
+	acl := `[{"method": "*", "acl": "+` + user + `"}]`
+	for _, tr := range []string{"http", "ws", "serial", "mqtt"} {
+		t.Run(tr, func(t *testing.T) {
+			_, port := startEmulator(t, tr, func(c *emulator.Config) {
+				c.Auth = &emulator.AuthConfig{File: file, Algo: "SHA-256", ACL: acl}
+			})
+			bundle := pushBundle(t, "2.0.0", 40_000)
+			r := run(t, nil, "--port", port, "--rpc-creds", user+":"+pw, "--json", "push", bundle, "--commit")
+			doc := jsonDoc(t, r.stdout)
+			if r.code != 0 || doc["result"] != "updated_committed" {
+				t.Fatalf("exit %d, stdout %s, stderr %s", r.code, r.stdout, r.stderr)
+			}
+		})
+	}
+}

@@ -129,7 +129,7 @@ func reasonFor(err error) ota.Reason {
 	}
 	r := ota.ReasonOf(err)
 	code := ExitCode(err)
-	if ota.ReasonExit[r] == code {
+	if r.ExitCode() == code {
 		return r
 	}
 	// The CLI's own classification decided another code: name it.

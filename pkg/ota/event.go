@@ -42,6 +42,9 @@ const (
 	EventHealthCheck EventKind = "health_check"
 	// EventCommitted: OTA.Commit succeeded and the boot state confirms it.
 	EventCommitted EventKind = "committed"
+	// EventWarning: something the user asked for that may not work (Msg),
+	// e.g. a chunk size above the device's frame limit.
+	EventWarning EventKind = "warning"
 )
 
 // Event is a step of a push, an update or a wait, for the CLI to show (as a

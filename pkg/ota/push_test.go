@@ -491,3 +491,38 @@ func TestPushShortReader(t *testing.T) {
 		contains(t, err, "reading the bundle")
 	})
 }
+
+// Chunks are sized for the credentials actually used: a user name longer
+// than any fixed reservation (here 600 bytes) still keeps every OTA.Write
+// frame within the device's 4096 bytes, and a short realm and user name
+// leave more room for data than the worst case.
+func TestPushChunksFollowTheCredentials(t *testing.T) {
+	for _, user := range []string{strings.Repeat("u", 600), "admin"} {
+		t.Run(fmt.Sprintf("user%d", len(user)), func(t *testing.T) {
+			bubble(t, func(t *testing.T, ctx context.Context) {
+				d := newFakeDev(t)
+				d.srv.SetGate(digestGate("dev", user, "pw"))
+				d.clientOpts = rpc.ClientOptions{Creds: &transport.Credentials{User: user, Password: "pw"}}
+				dev := ota.New(d.client(t))
+				data := payload(5 * 4096)
+				res, err := dev.Push(ctx, bytes.NewReader(data), int64(len(data)), ota.PushOptions{})
+				if err != nil {
+					t.Fatal(err)
+				}
+				if got, _ := d.got(); !bytes.Equal(got, data) {
+					t.Fatal("the device holds different data")
+				}
+				mx := 0
+				for _, n := range d.frameSizes {
+					mx = max(mx, n)
+				}
+				if mx > frame.MaxSize || mx < frame.MaxSize-40 {
+					t.Fatalf("largest OTA.Write frame %d bytes (chunk %d): want <= %d and close to it", mx, res.ChunkSize, frame.MaxSize)
+				}
+				if def := ota.MaxChunkSize(frame.MaxSize, int64(len(data)), ota.DefaultEnvelope()); len(user) < 64 && res.ChunkSize <= def {
+					t.Fatalf("chunk %d with a short user name and realm, no more than the worst case %d", res.ChunkSize, def)
+				}
+			})
+		})
+	}
+}
