@@ -90,7 +90,7 @@ scripts can run commit whenever they want the running firmware kept.`,
 					return err
 				}
 				if f.G.JSON {
-					return writeJSON(f.IO.Out, map[string]any{"committed": true, "already_committed": false, "boot_state": bs})
+					return writeJSON(f.IO.Out, map[string]any{"committed": true, "already_committed": false, "boot_state": bootFieldsOf(&bs)})
 				}
 				f.out("%s: slot %d boots from now on.", f.outPalette().green("committed"), bs.ActiveSlot)
 				return nil
@@ -123,11 +123,6 @@ A committed firmware cannot be reverted (exit 3).`,
 	return cmd
 }
 
-// revertRebootTimeout bounds how long a device that accepted OTA.Revert may
-// keep answering from the firmware it reverts (it reboots ~100 ms after
-// replying).
-const revertRebootTimeout = 15 * time.Second
-
 func runRevert(ctx context.Context, f *Factory, noWait bool) error {
 	var before ota.Observation
 	err := f.withDevice(ctx, func(ctx context.Context, c *rpc.Client, d *ota.Device) error {
@@ -148,12 +143,12 @@ func runRevert(ctx context.Context, f *Factory, noWait bool) error {
 		return nil
 	}
 	f.progressNote("reverting: waiting for the device to reboot into slot %d…", before.Boot.RevertSlot)
-	wctx, cancel := context.WithTimeout(ctx, f.rebootTimeout()+verdictMargin)
+	wctx, cancel := context.WithTimeout(ctx, f.rebootTimeout()+ota.VerdictMargin)
 	defer cancel()
 	// Not an update (Accepted stays false): the device points its boot
 	// state at the revert slot as it replies, so WaitOutcome waits for real
 	// evidence of the reboot (firmware, uptime, a moment off the air).
-	out, c, err := ota.WaitOutcome(wctx, ota.WaitOptions{Dial: f.dialer(), Before: before, RebootTimeout: min(revertRebootTimeout, f.rebootTimeout())})
+	out, c, err := ota.WaitOutcome(wctx, ota.WaitOptions{Dial: f.dialer(), Before: before, RebootTimeout: min(ota.RevertRebootTimeout, f.rebootTimeout())})
 	if c != nil {
 		c.Close()
 	}
@@ -163,11 +158,11 @@ func runRevert(ctx context.Context, f *Factory, noWait bool) error {
 	if out.Result == ota.NotApplied {
 		// Same firmware in both slots, booted moments ago, back faster
 		// than a poll: nothing tells the reboot apart.
-		f.progressNote("could not see the device reboot within %s; this is what it reports now:", min(revertRebootTimeout, f.rebootTimeout()))
+		f.progressNote("could not see the device reboot within %s; this is what it reports now:", min(ota.RevertRebootTimeout, f.rebootTimeout()))
 	}
 	if f.G.JSON {
 		return writeJSON(f.IO.Out, map[string]any{"reverted": out.After.ActiveSlot == before.Boot.RevertSlot,
-			"boot_state": out.After, "info": rawJSON(out.Info.Raw)})
+			"boot_state": bootFieldsOf(&out.After), "info": rawJSON(out.Info.Raw)})
 	}
 	f.out("reverted: slot %d runs %s %s, committed=%s.", out.After.ActiveSlot, out.Info.App, out.Info.FWVersion, yesNo(out.After.IsCommitted))
 	return nil

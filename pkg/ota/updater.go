@@ -11,6 +11,7 @@ import (
 
 	"github.com/otactl/otactl/internal/human"
 	"github.com/otactl/otactl/pkg/ota/bundle"
+	"github.com/otactl/otactl/pkg/ota/wire"
 	"github.com/otactl/otactl/pkg/rpc"
 	"github.com/otactl/otactl/pkg/transport"
 )
@@ -89,6 +90,12 @@ type Updater struct {
 	// update is decided.
 	Server    *BundleServer
 	ServeAddr string
+	// Serve, if set, gives the device a download of the local bundle from
+	// a server the caller runs (a rollout's, shared by many devices)
+	// instead of Server: it returns the URL the device fetches and a
+	// function that ends the download; progress gets the bytes the device
+	// fetched.
+	Serve func(progress func(sent, total int64)) (url string, stop func())
 
 	// CommitTimeout is how long the new firmware waits for OTA.Commit
 	// before rolling back (zero: DefaultCommitTimeout; AutoCommit: commit
@@ -149,7 +156,7 @@ type run struct {
 	expect Firmware     // what the new firmware is, when known
 	before Observation
 
-	dl       *Download     // the served download, while it lasts
+	stopDL   func()        // ends the served download
 	ownSrv   *BundleServer // the server the run started, if any
 	stopOnce sync.Once
 }
@@ -234,8 +241,8 @@ func (r *run) endPhase() {
 // stopServing ends the served download, once the update is decided.
 func (r *run) stopServing() {
 	r.stopOnce.Do(func() {
-		if r.dl != nil {
-			r.dl.Close()
+		if r.stopDL != nil {
+			r.stopDL()
 		}
 		if r.ownSrv != nil {
 			_ = r.ownSrv.Close()
@@ -426,25 +433,29 @@ func (r *run) update(ctx context.Context) (Accepted, error) {
 	updateURL := u.URL
 	served := r.source == SourceServed
 	if served {
-		srv := u.Server
-		if srv == nil {
-			addr, err := ServeAddr(u.ServeAddr, u.Address)
-			if err != nil {
-				return Accepted{}, err
-			}
-			if srv, err = NewBundleServer(addr); err != nil {
-				return Accepted{}, err
-			}
-			r.ownSrv = srv
-		}
 		// The last byte is shown once the device said it is done: it still
 		// checks what it downloaded.
-		r.dl = srv.Register(r.local, func(sent, total int64) {
+		progress := func(sent, total int64) {
 			r.emit(Event{Kind: EventServed, Sent: min(sent, total-1), Total: total})
-		})
-		updateURL = r.dl.URL
-		what := "one download"
-		r.note("serving %s at %s (%s)", r.local.Path, r.dl.URL, what)
+		}
+		if u.Serve != nil {
+			updateURL, r.stopDL = u.Serve(progress)
+		} else {
+			srv := u.Server
+			if srv == nil {
+				addr, err := ServeAddr(u.ServeAddr, u.Address)
+				if err != nil {
+					return Accepted{}, err
+				}
+				if srv, err = NewBundleServer(addr); err != nil {
+					return Accepted{}, err
+				}
+				r.ownSrv = srv
+			}
+			dl := srv.Register(r.local, progress)
+			updateURL, r.stopDL = dl.URL, dl.Close
+			r.note("serving %s at %s (one download)", r.local.Path, dl.URL)
+		}
 	}
 	var accepted Accepted
 	err := func() error {
@@ -631,6 +642,16 @@ func (r *run) finish(ctx context.Context, accepted Accepted) error {
 			}
 			return &InterruptedError{Err: err, Msg: msg}
 		}
+		if !accepted.Confirmed {
+			// The link went before the device answered: otactl does not
+			// know that it took the update, nor that it rebooted.
+			method := wire.OTAUpdate
+			if r.source == SourcePushed {
+				method = wire.OTAEnd
+			}
+			return noAnswer(fmt.Errorf("lost the link before the device answered %s, and could not reach it again within %s: the update may still be running, or the device may have installed it and rebooted into it (on trial, not committed); check with 'otactl status' and 'otactl bootstate': %w",
+				method, human.Duration(u.RebootTimeout), err), u.RebootTimeout)
+		}
 		return noAnswer(fmt.Errorf("the device did not come back after the update: %w", err), u.RebootTimeout)
 	}
 	r.setOutcome(out)
@@ -783,4 +804,43 @@ func (r *run) healthFailed(ctx context.Context, c *rpc.Client, out *Outcome, her
 		return &InterruptedError{Err: err, Msg: rep.Message}
 	}
 	return r.failed(WithReason(ReasonHealthFailed, fmt.Errorf("%w: %s", ErrUpdateFailed, rep.Message)))
+}
+
+// CommitTrial finishes a device that already runs the update's firmware on
+// trial (uncommitted: installed by an earlier run that was interrupted
+// after the device rebooted, or by hand): the health check and the commit
+// of a run with Commit, reverting on a failed health check as Run does
+// (OnHealthFail). Nothing is sent. info and bs are what the device
+// reported, at (the moment of its Sys.GetInfo reply). The report has no
+// Source; Before is the firmware on trial.
+func (u Updater) CommitTrial(ctx context.Context, info SysInfo, bs BootState, at time.Time) *Report {
+	r := &run{u: u, rep: &Report{Device: transport.RedactString(u.Address), Started: time.Now()}}
+	r.defaults()
+	fw := info.Firmware()
+	r.rep.Attempted = &fw
+	r.rep.Before = &Observation{Info: info, Boot: bs, At: at}
+	// The firmware it falls back to is not known here: a device that fell
+	// back before the commit is read again below.
+	r.before = Observation{Boot: bs, At: at}
+	out := &Outcome{Result: UpdatedUncommitted, Reason: ReasonOK, Before: bs, After: bs, BeforeInfo: info, Info: info,
+		Message: fmt.Sprintf("slot %d already runs %s, uncommitted", bs.ActiveSlot, fw)}
+	if v := ViewBoot(bs, &info); v.FallbackIn != nil {
+		out.CommitDeadline = at.Add(*v.FallbackIn)
+	}
+	r.setOutcome(out)
+	err := r.withDevice(ctx, func(ctx context.Context, c *rpc.Client, d *Device) error {
+		err := r.commit(ctx, c, out)
+		if r.rep.Result == RolledBack && r.rep.Running.IsZero() {
+			if now, ierr := d.GetInfo(ctx); ierr == nil {
+				r.rep.Running = now.Firmware()
+			}
+		}
+		return err
+	})
+	if err == nil && r.rep.Committed {
+		r.rep.Message = "it already ran the build on trial (nothing sent): " + r.rep.Message
+	}
+	r.endPhase()
+	r.finishReport(err)
+	return r.rep
 }

@@ -1,4 +1,4 @@
-package cli
+package ota_test
 
 import (
 	"bytes"
@@ -10,20 +10,39 @@ import (
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/otactl/otactl/pkg/ota"
 )
 
-// The one-shot server reports the bytes the device fetched, for the
-// progress bar of `update --file`, and serves only its unguessable path.
-func TestServeOnceReportsProgress(t *testing.T) {
+// servedBundle writes a valid bundle of about size bytes and opens it.
+func servedBundle(t *testing.T, size int) (*ota.LocalBundle, []byte) {
+	t.Helper()
+	body := benchBundle(t, size)
 	path := filepath.Join(t.TempDir(), "fw.zip")
-	body := bytes.Repeat([]byte("0123456789"), 100_000)
 	if err := os.WriteFile(path, body, 0o644); err != nil {
 		t.Fatal(err)
 	}
+	b, err := ota.OpenBundle(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	return b, body
+}
+
+// The bundle server reports the bytes each device fetched, for the
+// progress bar of `update --file`, and serves only registered paths.
+func TestBundleServerReportsProgress(t *testing.T) {
+	b, body := servedBundle(t, 300_000)
+	srv, err := ota.NewBundleServer("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
 	var mu sync.Mutex
 	var last, total int64
 	calls := 0
-	srv, err := serveOnce(path, "127.0.0.1:0", "", func(sent, tot int64) {
+	dl := srv.Register(b, func(sent, tot int64) {
 		mu.Lock()
 		defer mu.Unlock()
 		if sent < last {
@@ -32,11 +51,7 @@ func TestServeOnceReportsProgress(t *testing.T) {
 		last, total = sent, tot
 		calls++
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer srv.Close()
-	resp, err := http.Get(srv.URL)
+	resp, err := http.Get(dl.URL)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -50,7 +65,10 @@ func TestServeOnceReportsProgress(t *testing.T) {
 		t.Fatalf("progress: last %d of %d after %d calls, want %d", last, total, calls, len(body))
 	}
 	mu.Unlock()
-	if r, err := http.Get(srv.URL + "x"); err == nil {
+	if !dl.Taken() {
+		t.Fatal("the download is not marked taken")
+	}
+	if r, err := http.Get(dl.URL + "x"); err == nil {
 		r.Body.Close()
 		if r.StatusCode != http.StatusNotFound {
 			t.Fatalf("another path served: %d", r.StatusCode)
@@ -58,27 +76,28 @@ func TestServeOnceReportsProgress(t *testing.T) {
 	}
 }
 
-// The bundle server of `update --file` is one-shot: one GET of its
-// unguessable path gets the whole bundle; a second download, a HEAD, a
-// Range request and any other path are refused; once closed (the update
-// is decided), it accepts nothing more.
-func TestServeOnceServesOneDownload(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "fw.zip")
-	body := bytes.Repeat([]byte("fw"), 50_000)
-	if err := os.WriteFile(path, body, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	srv, err := serveOnce(path, "127.0.0.1:0", "", nil)
+// Each registered download is one-shot: one GET of its unguessable path
+// gets the whole bundle; a second download, a HEAD, a Range request and
+// any other path are refused; once the download is closed (the update is
+// decided), its path answers 404, and a stopped server nothing at all.
+func TestBundleServerServesOneDownload(t *testing.T) {
+	b, body := servedBundle(t, 100_000)
+	srv, err := ota.NewBundleServer("127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer srv.Close()
-	u, err := url.Parse(srv.URL)
+	dl := srv.Register(b, nil)
+	other := srv.Register(b, nil)
+	u, err := url.Parse(dl.URL)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if tok := strings.Split(u.Path, "/")[1]; len(tok) < 32 {
 		t.Fatalf("path token %q: want at least 128 bits", tok)
+	}
+	if dl.URL == other.URL {
+		t.Fatal("two downloads share a path")
 	}
 	status := func(method, target string, hdr map[string]string) (int, []byte) {
 		t.Helper()
@@ -102,27 +121,31 @@ func TestServeOnceServesOneDownload(t *testing.T) {
 		hdr            map[string]string
 		want           int
 	}{
-		{"GET", srv.URL + "x", nil, http.StatusNotFound},
+		{"GET", dl.URL + "x", nil, http.StatusNotFound},
 		{"GET", "http://" + u.Host + "/", nil, http.StatusNotFound},
 		{"GET", "http://" + u.Host + "/fw.zip", nil, http.StatusNotFound},
-		{"HEAD", srv.URL, nil, http.StatusMethodNotAllowed},
-		{"POST", srv.URL, nil, http.StatusMethodNotAllowed},
-		{"GET", srv.URL, map[string]string{"Range": "bytes=0-99"}, http.StatusRequestedRangeNotSatisfiable},
+		{"HEAD", dl.URL, nil, http.StatusMethodNotAllowed},
+		{"POST", dl.URL, nil, http.StatusMethodNotAllowed},
+		{"GET", dl.URL, map[string]string{"Range": "bytes=0-99"}, http.StatusRequestedRangeNotSatisfiable},
 	} {
 		if got, _ := status(tc.method, tc.target, tc.hdr); got != tc.want {
 			t.Errorf("%s %s %v: %d, want %d", tc.method, tc.target, tc.hdr, got, tc.want)
 		}
 	}
 	// The refusals did not use up the one download.
-	code, got := status("GET", srv.URL, nil)
+	code, got := status("GET", dl.URL, nil)
 	if code != http.StatusOK || !bytes.Equal(got, body) {
 		t.Fatalf("download: %d, %d bytes", code, len(got))
 	}
-	if code, _ := status("GET", srv.URL, nil); code != http.StatusGone {
+	if code, _ := status("GET", dl.URL, nil); code != http.StatusGone {
 		t.Fatalf("second download: %d, want 410", code)
 	}
+	other.Close()
+	if code, _ := status("GET", other.URL, nil); code != http.StatusNotFound {
+		t.Fatalf("closed download: %d, want 404", code)
+	}
 	srv.Close()
-	if resp, err := http.Get(srv.URL); err == nil {
+	if resp, err := http.Get(dl.URL); err == nil {
 		resp.Body.Close()
 		t.Fatalf("a stopped server answered %d", resp.StatusCode)
 	}
