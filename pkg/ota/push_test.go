@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
@@ -525,4 +526,38 @@ func TestPushChunksFollowTheCredentials(t *testing.T) {
 			})
 		})
 	}
+}
+
+// flakyWrites fails OTA.Write at once, as an HTTP link does while the
+// device's Wi-Fi is gone, until the given time.
+type flakyWrites struct {
+	c     ota.Caller
+	until time.Time
+	fails int
+}
+
+func (f *flakyWrites) Call(ctx context.Context, method string, params any) (json.RawMessage, error) {
+	if method == "OTA.Write" && time.Now().Before(f.until) {
+		f.fails++
+		return nil, &rpc.LinkError{Method: method, Err: errors.New("dial tcp 192.168.4.1:80: connect: no route to host")}
+	}
+	return f.c.Call(ctx, method, params)
+}
+
+// A write that fails at once (the link is briefly gone) is retried after a
+// pause, not three times within a millisecond.
+func TestPushRetryPausesAfterInstantFailure(t *testing.T) {
+	bubble(t, func(t *testing.T, ctx context.Context) {
+		d := newFakeDev(t)
+		f := &flakyWrites{c: d.client(t), until: time.Now().Add(1500 * time.Millisecond)}
+		data := payload(1500)
+		ev := &events{}
+		res, err := ota.New(f).Push(ctx, bytes.NewReader(data), int64(len(data)), ota.PushOptions{ChunkSize: 512, OnEvent: ev.fn})
+		if err != nil {
+			t.Fatalf("%v (after %d instant failures)", err, f.fails)
+		}
+		if got, _ := d.got(); !bytes.Equal(got, data) || res.Retries != 2 || f.fails != 2 {
+			t.Fatalf("result %+v, %d failures", res, f.fails)
+		}
+	})
 }
