@@ -17,6 +17,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/otactl/otactl/internal/human"
 	"github.com/otactl/otactl/pkg/ota/bundle"
 )
 
@@ -463,15 +464,8 @@ func writeJSON(w interface{ Write([]byte) (int, error) }, v any) error {
 	return err
 }
 
-func humanBytes(n int64) string {
-	switch {
-	case n >= 1<<20:
-		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
-	case n >= 1<<10:
-		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
-	}
-	return fmt.Sprintf("%d bytes", n)
-}
+// humanBytes prints 512 bytes, 2.0 KiB, 1.5 MiB (internal/human).
+func humanBytes(n int64) string { return human.Bytes(n) }
 
 // openBundle opens a bundle named on the command line: a path that does not
 // exist is a usage error (exit 2), any other failure to read it exit 1.
