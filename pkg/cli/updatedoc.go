@@ -275,7 +275,7 @@ func (f *Factory) updateFailed(r *updateResult, err error) error {
 var updateCommands = map[string]bool{"update": true, "push": true}
 
 // reasonFor is the reason code of any error a command returns, consistent
-// with its exit code (ota.ReasonExit[reasonFor(err)] == ExitCode(err)).
+// with its exit code (reasonFor(err).ExitCode() == ExitCode(err)).
 func reasonFor(err error) ota.Reason {
 	if err == nil {
 		return ota.ReasonOK

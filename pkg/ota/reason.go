@@ -14,11 +14,11 @@ import (
 
 // Reason is a stable code for why an update (or any command) ended the way
 // it did, for scripts that must not parse English. docs/exit-codes.md lists
-// each with its exit code; ReasonExit gives the same mapping in code. The
+// each with its exit code; Reason.ExitCode gives the same mapping in code. The
 // set only grows: a code, once published, keeps its meaning.
 type Reason string
 
-// Reasons. The exit code each goes with is in ReasonExit.
+// Reasons. The exit code each goes with is Reason.ExitCode.
 const (
 	// ReasonOK: the command did what it was asked (no failure).
 	ReasonOK Reason = "ok"

@@ -189,7 +189,7 @@ func (d *Device) otaCreateSnapshot(_ context.Context, req *rpc.Request) (any, er
 // there is none (OTA.SetBootState pointed the next boot at the only other
 // slot): erasing the slot the next boot uses would leave nothing to boot
 // after a power cut, so the device refuses until it has booted that slot
-// (docs/emulator.md, "Snapshots and boot state").
+// (docs/emulator.md, "How faithful it is").
 func (d *Device) spareSlot() int {
 	for i := 1; i < d.cfg.Slots; i++ {
 		if s := (d.running + i) % d.cfg.Slots; s != d.mem.ActiveSlot {
