@@ -711,8 +711,8 @@ func (r *run) commit(ctx context.Context, c *rpc.Client, out *Outcome) error {
 		if ev.Kind == EventHealthCheck {
 			rep.HealthChecks = ev.Attempt
 		}
-		if ev.Kind == EventCommitted {
-			r.startPhase(PhaseCommit)
+		if ev.Kind == EventCommitted && r.phase != PhaseCommit {
+			r.startPhase(PhaseCommit) // after the health check
 		}
 		r.emit(ev)
 	}
