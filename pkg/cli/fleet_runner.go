@@ -22,7 +22,7 @@ type updateRunner struct {
 	// once for the rollout; each device runs a copy.
 	o UpdateOptions
 	// srv serves the --file bundle, a download of its own to each device.
-	srv *fleet.BundleServer
+	srv *ota.BundleServer
 	// expect is the bundle's firmware (zero for a --url whose manifest
 	// could not be read): a device that runs its build is skipped.
 	expect ota.Firmware
@@ -122,7 +122,7 @@ func (r *updateRunner) Run(ctx context.Context, t fleet.Target, progress func(fl
 	u := o.updater(false)
 	if r.srv != nil {
 		u.Serve = func(bar func(sent, total int64)) (string, func()) {
-			dl := r.srv.NewDownload(bar)
+			dl := r.srv.Register(r.o.bundle, bar)
 			return dl.URL, dl.Close
 		}
 	}

@@ -273,14 +273,10 @@ func runFleetUpdate(cmd *cobra.Command, f *Factory, o *fleetUpdateOptions) error
 		if err != nil {
 			return err
 		}
-		srv, err := fleet.NewBundleServer(o.upd.File, ln)
-		if err != nil {
-			ln.Close()
-			return fmt.Errorf("cannot serve %s: %w", o.upd.File, err)
-		}
+		srv := ota.ServeBundles(ln)
 		defer srv.Close()
 		runner.srv = srv
-		f.progressNote("serving %s (%s) at http://%s/…, a download of its own for each device", o.upd.File, humanBytes(srv.Size()), ln.Addr())
+		f.progressNote("serving %s (%s) at http://%s/…, a download of its own for each device", o.upd.File, humanBytes(lb.Size), ln.Addr())
 	}
 	if o.journal != "" {
 		journal, err = fleet.OpenJournal(o.journal, b, o.plan.Commit, len(targets), time.Now())

@@ -26,10 +26,12 @@ import (
 // following redirects, without Range requests and without retrying: a
 // download that fails fails the update (ota-http-client). So each
 // registered path answers exactly one GET with the whole file, and then:
-//   - any other request for the path: 410 Gone (the one download is taken);
+//   - any other request for the path: 410 Gone (the one download is taken),
+//     and any request once the Download was closed (the update it was for
+//     is decided);
 //   - HEAD or another method: 405; a Range request: 416 (a device never
 //     sends one, and a piece of the bundle is no use to it);
-//   - any other path, or a path whose Download was closed: 404.
+//   - any other path: 404.
 type BundleServer struct {
 	srv  *http.Server
 	ln   net.Listener
@@ -46,11 +48,10 @@ type Download struct {
 	// URL is http://HOST:PORT/<128-bit token>/fw.zip.
 	URL string
 
-	s        *BundleServer
-	path     string
 	b        *LocalBundle
 	progress func(sent, total int64)
 	taken    atomic.Bool
+	closed   atomic.Bool
 	cancel   chan struct{} // closed by Close: a download in flight stops
 	once     sync.Once
 }
@@ -63,6 +64,12 @@ func NewBundleServer(addr string) (*BundleServer, error) {
 	if err != nil {
 		return nil, WithReason(ReasonUsage, fmt.Errorf("--serve-addr %s: %v", addr, err))
 	}
+	return ServeBundles(ln), nil
+}
+
+// ServeBundles serves registered downloads on ln until Close (a rollout
+// serves its bundle to every device this way, from one listener).
+func ServeBundles(ln net.Listener) *BundleServer {
 	s := &BundleServer{ln: ln, base: "http://" + ln.Addr().String(), done: make(chan struct{}), downloads: map[string]*Download{}}
 	s.bufs.New = func() any { b := make([]byte, 32<<10); return &b }
 	s.srv = &http.Server{Handler: http.HandlerFunc(s.serve), ReadHeaderTimeout: 10 * time.Second}
@@ -71,7 +78,7 @@ func NewBundleServer(addr string) (*BundleServer, error) {
 		defer close(s.done)
 		_ = s.srv.Serve(ln)
 	}()
-	return s, nil
+	return s
 }
 
 // Addr is the address the server listens on.
@@ -84,20 +91,18 @@ func (s *BundleServer) Register(b *LocalBundle, progress func(sent, total int64)
 	tok := make([]byte, 16) // 128 bits: not guessable, not enumerable
 	_, _ = rand.Read(tok)
 	path := "/" + hex.EncodeToString(tok) + "/fw.zip"
-	d := &Download{URL: s.base + path, s: s, path: path, b: b, progress: progress, cancel: make(chan struct{})}
+	d := &Download{URL: s.base + path, b: b, progress: progress, cancel: make(chan struct{})}
 	s.mu.Lock()
 	s.downloads[path] = d
 	s.mu.Unlock()
 	return d
 }
 
-// Close unregisters the download: its path answers 404 from now on, and a
+// Close ends the download: its path answers 410 from now on, and a
 // transfer in flight stops (the device's download fails).
 func (d *Download) Close() {
 	d.once.Do(func() {
-		d.s.mu.Lock()
-		delete(d.s.downloads, d.path)
-		d.s.mu.Unlock()
+		d.closed.Store(true)
 		close(d.cancel)
 	})
 }
@@ -127,6 +132,9 @@ func (s *BundleServer) serve(w http.ResponseWriter, r *http.Request) {
 		return
 	case r.Header.Get("Range") != "":
 		refuse(http.StatusRequestedRangeNotSatisfiable, "the bundle is served whole, to one download only")
+		return
+	case d.closed.Load():
+		refuse(http.StatusGone, "the update this link was for is decided: it serves no more downloads")
 		return
 	case !d.taken.CompareAndSwap(false, true):
 		refuse(http.StatusGone, "the bundle was already downloaded: this link served one download")

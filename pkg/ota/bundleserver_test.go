@@ -7,9 +7,12 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/otactl/otactl/pkg/ota"
 )
@@ -79,7 +82,7 @@ func TestBundleServerReportsProgress(t *testing.T) {
 // Each registered download is one-shot: one GET of its unguessable path
 // gets the whole bundle; a second download, a HEAD, a Range request and
 // any other path are refused; once the download is closed (the update is
-// decided), its path answers 404, and a stopped server nothing at all.
+// decided), its path answers 410, and a stopped server nothing at all.
 func TestBundleServerServesOneDownload(t *testing.T) {
 	b, body := servedBundle(t, 100_000)
 	srv, err := ota.NewBundleServer("127.0.0.1:0")
@@ -141,12 +144,98 @@ func TestBundleServerServesOneDownload(t *testing.T) {
 		t.Fatalf("second download: %d, want 410", code)
 	}
 	other.Close()
-	if code, _ := status("GET", other.URL, nil); code != http.StatusNotFound {
-		t.Fatalf("closed download: %d, want 404", code)
+	if code, _ := status("GET", other.URL, nil); code != http.StatusGone {
+		t.Fatalf("closed download: %d, want 410", code)
 	}
 	srv.Close()
 	if resp, err := http.Get(dl.URL); err == nil {
 		resp.Body.Close()
 		t.Fatalf("a stopped server answered %d", resp.StatusCode)
 	}
+}
+
+// Many devices downloading one bundle at once cost a buffer each, not the
+// bundle: the heap stays far below downloads × bundle size (a rollout
+// serves its bundle to every device from one BundleServer).
+func TestBundleServerBoundedMemory(t *testing.T) {
+	const size, n = 8 << 20, 48
+	b, data := servedBundle(t, size)
+	srv, err := ota.NewBundleServer("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	runtime.GC()
+	var base runtime.MemStats
+	runtime.ReadMemStats(&base)
+
+	var peak atomic.Uint64
+	stop := make(chan struct{})
+	var sampler sync.WaitGroup
+	sampler.Add(1)
+	go func() {
+		defer sampler.Done()
+		tick := time.NewTicker(5 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			var m runtime.MemStats
+			runtime.ReadMemStats(&m)
+			if m.HeapInuse > peak.Load() {
+				peak.Store(m.HeapInuse)
+			}
+			select {
+			case <-stop:
+				return
+			case <-tick.C:
+			}
+		}
+	}()
+	var wg sync.WaitGroup
+	var bad atomic.Int32
+	start := make(chan struct{})
+	for range n {
+		dl := srv.Register(b, nil)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			resp, err := http.Get(dl.URL)
+			if err != nil {
+				bad.Add(1)
+				return
+			}
+			defer resp.Body.Close()
+			// A slow reader: the server holds the download open.
+			buf := make([]byte, 4096)
+			var got int
+			for {
+				k, err := resp.Body.Read(buf)
+				if k > 0 && (got+k > len(data) || !bytes.Equal(buf[:k], data[got:got+k])) {
+					bad.Add(1)
+					return
+				}
+				got += k
+				if err != nil {
+					break
+				}
+			}
+			if got != len(data) {
+				bad.Add(1)
+			}
+		}()
+	}
+	close(start)
+	wg.Wait()
+	close(stop)
+	sampler.Wait()
+	if bad.Load() != 0 {
+		t.Fatalf("%d downloads went wrong", bad.Load())
+	}
+	growth := int64(peak.Load()) - int64(base.HeapInuse)
+	// Per download: a 32 KiB copy buffer, the client's own buffers (this
+	// test's 4 KiB, net/http's), goroutines. 48 × 8 MiB would be 384 MiB.
+	if limit := int64(n * 256 << 10); growth > limit {
+		t.Errorf("heap grew by %d KiB with %d downloads of %d MiB at once; want under %d KiB", growth>>10, n, size>>20, limit>>10)
+	}
+	t.Logf("heap growth with %d downloads of %d MiB at once: %d KiB", n, size>>20, growth>>10)
 }
