@@ -32,10 +32,8 @@ type UpdateOptions struct {
 	Window        int
 
 	// bundle, when set (otactl fleet update), is the --file bundle opened
-	// and checked once for the whole rollout, signatures included; serve
-	// gives the device a download of its own from the rollout's server.
+	// and checked once for the whole rollout, signatures included.
 	bundle *ota.LocalBundle
-	serve  func(progress func(sent, total int64)) (url string, stop func())
 }
 
 // What --on-health-fail takes.
@@ -189,7 +187,7 @@ func (o *UpdateOptions) updater(push bool) ota.Updater {
 		Force:        o.Force,
 		Timeout:      f.G.Timeout, RebootTimeout: f.rebootTimeout(),
 		ChunkSize: o.ChunkSize, Window: f.window(o.Window),
-		Bundle: o.bundle, Serve: o.serve,
+		Bundle: o.bundle,
 	}
 	if f.timeoutSet {
 		// --timeout, when given, bounds each write of a push (else 20 s).
