@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -173,5 +174,37 @@ func TestUpdaterRefusesBeforeSending(t *testing.T) {
 		File: filepath.Join(t.TempDir(), "missing.zip")}.Run(ctx)
 	if rep.Reason != ota.ReasonUsage || rep.ExitCode() != ota.ExitUsage || rep.Result != ota.NotApplied || dialled {
 		t.Fatalf("report %+v, err %v, dialled %v", rep, rep.Err, dialled)
+	}
+}
+
+// A device that already runs the firmware on trial is committed by
+// CommitTrial without anything being sent again (a rollout run again after
+// an interruption finishes it this way).
+func TestUpdaterCommitTrial(t *testing.T) {
+	dial, d, path := updaterDevice(t, "2.0.0", "")
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	u := ota.Updater{Dial: dial, File: path, Push: true, CommitTimeout: time.Minute, RebootTimeout: 20 * time.Second}
+	if rep := u.Run(ctx); rep.Result != ota.UpdatedUncommitted || rep.CommitDeadline.IsZero() {
+		t.Fatalf("first run: %+v, %v", rep, rep.Err)
+	}
+	boots := d.State().Boots
+	c, _ := dial(ctx)
+	obs, err := ota.New(c).Observe(ctx)
+	c.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.Commit = true
+	rep := u.CommitTrial(ctx, obs.Info, obs.Boot, obs.At)
+	if !rep.OK() || rep.Result != ota.UpdatedCommitted || !rep.Committed || rep.Sent || rep.Transfer != nil ||
+		!strings.HasPrefix(rep.Message, "it already ran the build on trial (nothing sent): ") {
+		t.Fatalf("report %+v, err %v", rep, rep.Err)
+	}
+	if got := phasesOf(rep); !slices.Equal(got, []ota.Phase{ota.PhaseCommit}) {
+		t.Fatalf("phases %v", got)
+	}
+	if s := d.State(); s.Boots != boots || s.Boot.ActiveSlot != 1 || !s.Boot.IsCommitted || s.Version != "2.0.0" {
+		t.Fatalf("device %+v (booted %d times before)", s, boots)
 	}
 }
