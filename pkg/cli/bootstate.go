@@ -90,7 +90,7 @@ type bootNext struct {
 // bootDoc is `bootstate --json`: the device's four fields, then what runs
 // and what boots next.
 type bootDoc struct {
-	ota.BootState
+	bootFields
 	Running *bootRunning `json:"running,omitempty"`
 	Next    bootNext     `json:"next_boot"`
 	// FallbackSlot and FallbackIn: for a running firmware on trial.
@@ -100,7 +100,7 @@ type bootDoc struct {
 
 func bootStateDoc(bs ota.BootState, info *ota.SysInfo) bootDoc {
 	v := ota.ViewBoot(bs, info)
-	doc := bootDoc{BootState: bs, Next: bootNext{Slot: v.Next, Committed: v.NextCommitted, SameFirmware: v.NextIsRunning && v.RunningSlot != nil}}
+	doc := bootDoc{bootFields: *bootFieldsOf(&bs), Next: bootNext{Slot: v.Next, Committed: v.NextCommitted, SameFirmware: v.NextIsRunning && v.RunningSlot != nil}}
 	if info != nil {
 		doc.Running = &bootRunning{Slot: v.RunningSlot, App: info.App, Version: info.FWVersion, BuildID: info.FWID}
 	}

@@ -4,45 +4,9 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"net/http/httptest"
 	"strings"
 	"testing"
-
-	"github.com/otactl/otactl/pkg/rpc"
-	httptransport "github.com/otactl/otactl/pkg/transport/http"
 )
-
-// startDevice serves an rpc.Server over the real HTTP device side on loopback.
-func startDevice(t *testing.T) string {
-	t.Helper()
-	s := rpc.NewServer("dev1")
-	s.Handle("Sys.GetInfo", func(ctx context.Context, r *rpc.Request) (any, error) {
-		return map[string]any{"id": "dev1", "fw_version": "1.0", "args": r.Params}, nil
-	})
-	s.Handle("OTA.Commit", func(ctx context.Context, r *rpc.Request) (any, error) {
-		return nil, &rpc.Error{Code: -1}
-	})
-	s.Handle("Slow", func(ctx context.Context, r *rpc.Request) (any, error) {
-		<-ctx.Done()
-		return nil, ctx.Err()
-	})
-	srv := httptest.NewServer(httptransport.NewHandler(s, httptransport.HandlerOptions{}))
-	t.Cleanup(srv.Close)
-	return srv.URL + "/rpc"
-}
-
-type result struct {
-	code           int
-	stdout, stderr string
-}
-
-func run(t *testing.T, env map[string]string, args ...string) result {
-	t.Helper()
-	var out, errOut bytes.Buffer
-	ios := &IOStreams{In: strings.NewReader(""), Out: &out, ErrOut: &errOut}
-	code := Main(args, ios, func(k string) string { return env[k] })
-	return result{code, out.String(), errOut.String()}
-}
 
 func TestCallPrintsIndentedJSON(t *testing.T) {
 	port := startDevice(t)

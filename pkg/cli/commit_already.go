@@ -16,7 +16,7 @@ import (
 func (f *Factory) alreadyCommitted(ctx context.Context, d *ota.Device, bs ota.BootState) error {
 	info, ierr := d.GetInfo(ctx)
 	if f.G.JSON {
-		doc := map[string]any{"committed": true, "already_committed": true, "boot_state": bs}
+		doc := map[string]any{"committed": true, "already_committed": true, "boot_state": bootFieldsOf(&bs)}
 		if ierr == nil {
 			doc["info"] = rawJSON(info.Raw)
 		}

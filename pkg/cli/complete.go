@@ -9,6 +9,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/otactl/otactl/pkg/ota/wire"
 	"github.com/otactl/otactl/pkg/transport"
 )
 
@@ -193,7 +194,7 @@ func (f *Factory) completeMethods(cmd *cobra.Command, args []string, toComplete 
 		return nil, cobra.ShellCompDirectiveNoFileComp
 	}
 	defer c.Close()
-	raw, err := c.Call(ctx, "RPC.List", nil)
+	raw, err := c.Call(ctx, wire.RPCList, nil)
 	if err != nil {
 		return nil, cobra.ShellCompDirectiveNoFileComp
 	}

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/otactl/otactl/internal/human"
 	"github.com/otactl/otactl/pkg/ota"
 	"github.com/otactl/otactl/pkg/rpc"
 )
@@ -167,24 +168,9 @@ func looksLikeDuration(s string) bool {
 	return strings.Trim(s, "0123456789.nsuµmh") == "" && strings.ContainsAny(s, "0123456789")
 }
 
-// humanDuration prints 4m52s, 12s, 1h2m.
-func humanDuration(d time.Duration) string {
-	if d < 0 {
-		d = 0
-	}
-	d = d.Round(time.Second)
-	if d >= time.Hour {
-		d = d.Round(time.Minute)
-	}
-	s := d.String() // 4m52s, 1h2m0s, 12s, 5m0s
-	if strings.HasSuffix(s, "m0s") {
-		s = strings.TrimSuffix(s, "0s")
-	}
-	if strings.HasSuffix(s, "h0m") {
-		s = strings.TrimSuffix(s, "0m")
-	}
-	return s
-}
+// humanDuration prints 4m52s, 12s, 1h2m (internal/human: the same words
+// as pkg/ota's reports).
+func humanDuration(d time.Duration) string { return human.Duration(d) }
 
 // rawJSON parses a result so it can be embedded in a JSON document.
 func rawJSON(b []byte) json.RawMessage {
@@ -196,12 +182,7 @@ func rawJSON(b []byte) json.RawMessage {
 
 // preciseDuration prints short durations with sub-second precision (0.42s)
 // and longer ones like humanDuration.
-func preciseDuration(d time.Duration) string {
-	if d < 10*time.Second {
-		return fmt.Sprintf("%.2fs", d.Seconds())
-	}
-	return humanDuration(d)
-}
+func preciseDuration(d time.Duration) string { return human.PreciseDuration(d) }
 
 // secondsFlag is a duration flag that also takes plain seconds: "600",
 // "90s" and "10m" all work. A non-zero max bounds it (a value the device

@@ -53,21 +53,10 @@ func (e *ExitError) Error() string { return e.Err.Error() }
 func (e *ExitError) Unwrap() error { return e.Err }
 
 // InterruptedError marks a command stopped by Ctrl-C, SIGTERM or SIGHUP
-// (exit code 1). Msg, when set, says in what state the device was left;
-// Err is what the interrupted step returned.
-type InterruptedError struct {
-	Msg string
-	Err error
-}
-
-func (e *InterruptedError) Error() string {
-	if e.Msg != "" {
-		return "interrupted: " + e.Msg
-	}
-	return "interrupted: " + e.Err.Error()
-}
-
-func (e *InterruptedError) Unwrap() error { return e.Err }
+// (exit code 1): pkg/ota's, which an update's Report carries too. Msg,
+// when set, says in what state the device was left; Err is what the
+// interrupted step returned.
+type InterruptedError = ota.InterruptedError
 
 // interrupted marks err as the result of an interruption, keeping a more
 // precise *InterruptedError if err already is one.
@@ -95,6 +84,11 @@ func ExitCode(err error) int {
 	var ue *UsageError
 	if errors.As(err, &ue) || errors.Is(err, transport.ErrBadPort) || errors.Is(err, ota.ErrTimeoutRange) {
 		return ExitUsage
+	}
+	// A reason pkg/ota attached decides the code (ota.Reason.ExitCode).
+	var re0 *ota.ReasonError
+	if errors.As(err, &re0) {
+		return re0.Reason.ExitCode()
 	}
 	// More than one device answers at this address: nothing else the
 	// command concluded can be trusted.

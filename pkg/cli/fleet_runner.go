@@ -4,64 +4,33 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"fmt"
 	"io"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/otactl/otactl/pkg/fleet"
 	"github.com/otactl/otactl/pkg/ota"
-	"github.com/otactl/otactl/pkg/ota/bundle"
 	"github.com/otactl/otactl/pkg/rpc"
 )
 
-// updateRunner updates one device of a rollout with the flow of `otactl
-// update` (runUpdate, on a Factory of the device's own), and turns its
-// report into the device's fleet outcome.
+// updateRunner updates one device of a rollout with the ota.Updater of
+// `otactl update` (the same flags, on a Factory of the device's own), and
+// turns its report into the device's fleet outcome.
 type updateRunner struct {
 	f *Factory
-	// o holds the update flags; each device runs a copy.
+	// o holds the update flags, and the --file bundle opened and checked
+	// once for the rollout; each device runs a copy.
 	o UpdateOptions
-	// rep is the --file bundle, checked once; srv serves it.
-	rep *bundle.Report
-	srv *fleet.BundleServer
+	// srv serves the --file bundle, a download of its own to each device.
+	srv *ota.BundleServer
 	// expect is the bundle's firmware (zero for a --url whose manifest
 	// could not be read): a device that runs its build is skipped.
 	expect ota.Firmware
 }
 
-// fleetDevice is one device's share of a rollout, for runUpdate.
-type fleetDevice struct {
-	rep      *bundle.Report
-	srv      *fleet.BundleServer
-	progress func(fleet.Progress)
-}
-
-// bundle is the rollout's checked bundle (nil outside a rollout).
-func (d *fleetDevice) bundle() (*bundle.Report, error) {
-	if d == nil {
-		return nil, nil
-	}
-	return d.rep, nil
-}
-
-// download gives the device a download of its own from the rollout's
-// server; bar also follows its bytes.
-func (d *fleetDevice) download(bar func(sent, total int64)) *fleet.Download {
-	return d.srv.NewDownload(func(sent, total int64) {
-		bar(sent, total)
-		phase := "downloading"
-		if sent >= total {
-			phase = "installing"
-		}
-		d.progress(fleet.Progress{Phase: phase, Done: sent, Total: total})
-	})
-}
-
 // deviceFactory is a Factory for one device of a rollout: the fleet
 // command's settings, the device's address, no output of its own (errOut
-// gets its progress notes).
+// gets its notes).
 func (f *Factory) deviceFactory(t fleet.Target, errOut io.Writer) *Factory {
 	sub := &Factory{
 		IO:       &IOStreams{In: strings.NewReader(""), Out: io.Discard, ErrOut: errOut},
@@ -81,31 +50,43 @@ func (f *Factory) deviceFactory(t fleet.Target, errOut io.Writer) *Factory {
 	return sub
 }
 
-// phaseWriter turns the notes runUpdate prints into the device's phase.
-type phaseWriter struct {
-	mu       sync.Mutex
-	progress func(fleet.Progress)
+// fleetPhases names the phases of an update in the live view.
+var fleetPhases = map[ota.Phase]string{
+	ota.PhaseReboot: "rebooting", ota.PhaseHealth: "health check", ota.PhaseCommit: "committing", ota.PhaseRevert: "reverting",
 }
 
-func (w *phaseWriter) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	for _, line := range strings.Split(string(p), "\n") {
+// events turns an Updater's events into the device's progress.
+func events(progress func(fleet.Progress)) func(ota.Event) {
+	return func(ev ota.Event) {
 		switch {
-		case strings.HasPrefix(line, "bundle accepted"):
-			w.progress(fleet.Progress{Phase: "rebooting"})
-		case strings.Contains(line, "checking its health"):
-			w.progress(fleet.Progress{Phase: "health check"})
-		case strings.Contains(line, "reverting"):
-			w.progress(fleet.Progress{Phase: "reverting"})
+		case ev.Kind == ota.EventServed:
+			phase := "downloading"
+			if ev.Sent >= ev.Total-1 {
+				phase = "installing"
+			}
+			progress(fleet.Progress{Phase: phase, Done: ev.Sent, Total: ev.Total})
+		case ev.Kind == ota.EventPhase && fleetPhases[ev.Phase] != "":
+			progress(fleet.Progress{Phase: fleetPhases[ev.Phase]})
 		}
 	}
-	return len(p), nil
+}
+
+// reportDoc is the update document of a device's report, as `otactl
+// update --json` prints it.
+func reportDoc(rep *ota.Report) *updateResult {
+	doc := &updateResult{}
+	doc.fill(rep)
+	if rep.OK() {
+		completeUpdateDoc(doc, nil)
+	} else {
+		completeUpdateDoc(doc, &ExitError{Code: rep.ExitCode(), Err: rep.Err})
+	}
+	return doc
 }
 
 // Run updates one device.
 func (r *updateRunner) Run(ctx context.Context, t fleet.Target, progress func(fleet.Progress)) fleet.Result {
-	sub := r.f.deviceFactory(t, &phaseWriter{progress: progress})
+	sub := r.f.deviceFactory(t, io.Discard)
 	progress(fleet.Progress{Phase: "checking"})
 	var info ota.SysInfo
 	var bs ota.BootState
@@ -138,15 +119,16 @@ func (r *updateRunner) Run(ctx context.Context, t fleet.Target, progress func(fl
 	}
 	o := r.o
 	o.F = sub
-	o.Sig = sigCheckFlags{} // checked once, for the whole rollout
+	u := o.updater(false)
 	if r.srv != nil {
-		o.fleet = &fleetDevice{rep: r.rep, srv: r.srv, progress: progress}
+		u.Serve = func(bar func(sent, total int64)) (string, func()) {
+			dl := r.srv.Register(r.o.bundle, bar)
+			return dl.URL, dl.Close
+		}
 	}
+	u.OnEvent = events(progress)
 	progress(fleet.Progress{Phase: "updating"})
-	err = runUpdate(ctx, &o)
-	doc := sub.updateDoc()
-	completeUpdateDoc(doc, err)
-	return fleetResult(doc, info)
+	return fleetResult(reportDoc(u.Run(ctx)), info)
 }
 
 // commitOnTrial finishes a device that already runs the bundle's build on
@@ -157,33 +139,10 @@ func (r *updateRunner) Run(ctx context.Context, t fleet.Target, progress func(fl
 func (r *updateRunner) commitOnTrial(ctx context.Context, sub *Factory, info ota.SysInfo, bs ota.BootState, at time.Time, progress func(fleet.Progress)) fleet.Result {
 	o := r.o
 	o.F = sub
-	res := sub.updateDoc()
-	fw := info.Firmware()
-	res.Attempted, res.Before, res.FromVersion = &fw, &bs, info.FWVersion
-	out := &ota.Outcome{Result: ota.UpdatedUncommitted, Reason: ota.ReasonOK, Before: bs, After: bs, BeforeInfo: info, Info: info,
-		Message: fmt.Sprintf("slot %d already runs %s, uncommitted", bs.ActiveSlot, fw)}
-	if v := ota.ViewBoot(bs, &info); v.FallbackIn != nil {
-		out.CommitDeadline = at.Add(*v.FallbackIn)
-	}
-	res.setOutcome(out)
+	u := o.updater(false)
+	u.OnEvent = events(progress)
 	progress(fleet.Progress{Phase: "committing"})
-	// The firmware it falls back to is not known here: a device that fell
-	// back before the commit is read again below.
-	before := ota.Observation{Boot: bs, At: at}
-	err := sub.withDevice(ctx, func(ctx context.Context, c *rpc.Client, d *ota.Device) error {
-		err := o.commit(ctx, c, out, before, res)
-		if res.Result == string(ota.RolledBack) && res.Version == "" {
-			if now, ierr := d.GetInfo(ctx); ierr == nil {
-				res.Version, res.BuildID = now.FWVersion, now.FWID
-			}
-		}
-		return err
-	})
-	if err == nil && res.Committed {
-		res.Message = "it already ran the build on trial (nothing sent): " + res.Message
-	}
-	completeUpdateDoc(res, err)
-	return fleetResult(res, info)
+	return fleetResult(reportDoc(u.CommitTrial(ctx, info, bs, at)), info)
 }
 
 // fleetResult turns the document of one device's update into its fleet
@@ -197,7 +156,7 @@ func fleetResult(doc *updateResult, before ota.SysInfo) fleet.Result {
 	switch doc.Result {
 	case string(ota.UpdatedCommitted):
 		res.Outcome = fleet.UpdatedCommitted
-	case string(ota.UpdatedUncommitted), "health_check_failed":
+	case string(ota.UpdatedUncommitted), string(ota.HealthCheckFailed):
 		// A firmware left on trial after a failed health check runs,
 		// uncommitted: it falls back at its commit timeout.
 		res.Outcome = fleet.UpdatedUncommitted

@@ -129,18 +129,19 @@ func (o *fleetUpdateOptions) check() error {
 // fleetBundle reads what the rollout installs: the --file bundle, checked
 // (a corrupt one stops everything before any device is contacted), or the
 // manifest at --url when this machine can read it.
-func (o *fleetUpdateOptions) fleetBundle(ctx context.Context, f *Factory) (fleet.Bundle, *bundle.Report, error) {
+func (o *fleetUpdateOptions) fleetBundle(ctx context.Context, f *Factory) (fleet.Bundle, *ota.LocalBundle, error) {
 	u := &o.upd
 	if u.File != "" {
-		rep, err := localBundle(u.File)
+		lb, err := ota.OpenBundle(u.File)
 		if err != nil {
 			return fleet.Bundle{}, nil, err
 		}
-		if err := u.Sig.checkSignatures(u.File, rep); err != nil {
+		if err := u.Sig.checkSignatures(u.File, lb.Report); err != nil {
+			lb.Close()
 			return fleet.Bundle{}, nil, err
 		}
 		abs, _ := filepath.Abs(u.File)
-		return fleet.Bundle{Version: rep.Manifest.Version, BuildID: rep.Manifest.BuildID, Source: abs}, rep, nil
+		return fleet.Bundle{Version: lb.Manifest().Version, BuildID: lb.Manifest().BuildID, Source: abs}, lb, nil
 	}
 	pu, err := url.Parse(u.URL)
 	if err != nil || (pu.Scheme != "http" && pu.Scheme != "https") || pu.Host == "" {
@@ -226,9 +227,12 @@ func runFleetUpdate(cmd *cobra.Command, f *Factory, o *fleetUpdateOptions) error
 	if _, err := f.transportOptions(); err != nil { // TLS and credential flags, once
 		return err
 	}
-	b, rep, err := o.fleetBundle(ctx, f)
+	b, lb, err := o.fleetBundle(ctx, f)
 	if err != nil {
 		return err
+	}
+	if lb != nil {
+		defer lb.Close()
 	}
 
 	// The journal: what ended well in an earlier run is not run again.
@@ -259,8 +263,8 @@ func runFleetUpdate(cmd *cobra.Command, f *Factory, o *fleetUpdateOptions) error
 	toRun := len(targets) - len(done)
 
 	runner := &updateRunner{f: f, o: o.upd}
-	if rep != nil {
-		runner.rep, runner.expect = rep, ota.Firmware{Version: rep.Manifest.Version, BuildID: rep.Manifest.BuildID}
+	if lb != nil {
+		runner.o.bundle, runner.expect = lb, lb.Firmware()
 	} else if b.BuildID != "" {
 		runner.expect = ota.Firmware{Version: b.Version, BuildID: b.BuildID}
 	}
@@ -269,14 +273,10 @@ func runFleetUpdate(cmd *cobra.Command, f *Factory, o *fleetUpdateOptions) error
 		if err != nil {
 			return err
 		}
-		srv, err := fleet.NewBundleServer(o.upd.File, ln)
-		if err != nil {
-			ln.Close()
-			return fmt.Errorf("cannot serve %s: %w", o.upd.File, err)
-		}
+		srv := ota.ServeBundles(ln)
 		defer srv.Close()
 		runner.srv = srv
-		f.progressNote("serving %s (%s) at http://%s/…, a download of its own for each device", o.upd.File, humanBytes(srv.Size()), ln.Addr())
+		f.progressNote("serving %s (%s) at http://%s/…, a download of its own for each device", o.upd.File, humanBytes(lb.Size), ln.Addr())
 	}
 	if o.journal != "" {
 		journal, err = fleet.OpenJournal(o.journal, b, o.plan.Commit, len(targets), time.Now())
@@ -347,7 +347,7 @@ func listenForDevices(serveAddr, firstDevice string) (net.Listener, error) {
 		}
 	} else {
 		var err error
-		if host, err = routeAddr(firstDevice); err != nil {
+		if host, err = ota.ServeHost(firstDevice); err != nil {
 			return nil, err
 		}
 	}

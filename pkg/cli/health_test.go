@@ -2,7 +2,6 @@ package cli
 
 import (
 	"context"
-	"encoding/json"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -49,15 +48,6 @@ func updateArgs(port string, jsonOut bool, extra ...string) []string {
 		args = append(args, "--json")
 	}
 	return args
-}
-
-func jsonDoc(t *testing.T, s string) map[string]any {
-	t.Helper()
-	var doc map[string]any
-	if err := json.Unmarshal([]byte(s), &doc); err != nil {
-		t.Fatalf("not one JSON document: %q", s)
-	}
-	return doc
 }
 
 // A health method that fails for a while, or answers late, is retried for

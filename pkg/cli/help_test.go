@@ -8,13 +8,6 @@ import (
 	"github.com/spf13/cobra"
 )
 
-func walk(c *cobra.Command, fn func(*cobra.Command)) {
-	fn(c)
-	for _, s := range c.Commands() {
-		walk(s, fn)
-	}
-}
-
 func TestEveryCommandHasAnExample(t *testing.T) {
 	root := NewRootCmd(&Factory{IO: &IOStreams{Out: &bytes.Buffer{}, ErrOut: &bytes.Buffer{}}})
 	n := 0

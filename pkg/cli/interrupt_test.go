@@ -5,13 +5,11 @@ import (
 	"context"
 	"encoding/json"
 	"net/http/httptest"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
-	"github.com/otactl/otactl/pkg/ota/bundle"
 	"github.com/otactl/otactl/pkg/rpc"
 	httptransport "github.com/otactl/otactl/pkg/transport/http"
 )
@@ -117,17 +115,4 @@ func TestCallInterrupted(t *testing.T) {
 	if r.code != ExitFailure || !strings.Contains(r.stderr, "Error: interrupted: ") {
 		t.Fatalf("exit %d, stderr %q", r.code, r.stderr)
 	}
-}
-
-func writeTestBundle(t *testing.T, dir string) string {
-	t.Helper()
-	path := filepath.Join(dir, "fw.zip")
-	m := &bundle.Manifest{Name: "app", Platform: "esp32", Version: "2.0", BuildID: "b2"}
-	parts := []bundle.PartData{
-		bundle.BytesData("app", bundle.Part{Type: "app", Src: "app.bin"}, bytes.Repeat([]byte("fw"), 5000)),
-	}
-	if err := bundle.CreateFile(path, m, parts, nil); err != nil {
-		t.Fatal(err)
-	}
-	return path
 }

@@ -1,85 +1,11 @@
 package cli
 
 import (
-	"context"
 	"encoding/json"
-	"net/http/httptest"
 	"strings"
-	"sync"
 	"testing"
 	"time"
-
-	"github.com/otactl/otactl/pkg/rpc"
-	httptransport "github.com/otactl/otactl/pkg/transport/http"
 )
-
-// scriptedDevice is a device over HTTP whose state the test scripts: what
-// Sys.GetInfo, OTA.GetBootState and OTA.Status answer, and what happens at
-// OTA.Update and at each OTA.GetBootState.
-type scriptedDevice struct {
-	mu       sync.Mutex
-	version  string
-	bootedAt time.Time
-	boot     map[string]any
-	state    int
-	onUpdate func(d *scriptedDevice) // under mu
-	onBoot   func(d *scriptedDevice) // under mu, before answering OTA.GetBootState
-	// handlers adds methods (health checks, OTA.Revert…).
-	handlers map[string]rpc.HandlerFunc
-}
-
-func (d *scriptedDevice) start(t *testing.T) string {
-	t.Helper()
-	s := rpc.NewServer("dev1")
-	s.Handle("Sys.GetInfo", func(context.Context, *rpc.Request) (any, error) {
-		d.mu.Lock()
-		defer d.mu.Unlock()
-		return map[string]any{"id": "dev1", "app": "app", "arch": "esp32", "fw_version": d.version, "fw_id": "b" + d.version,
-			"uptime": time.Since(d.bootedAt).Seconds()}, nil
-	})
-	s.Handle("OTA.GetBootState", func(context.Context, *rpc.Request) (any, error) {
-		d.mu.Lock()
-		defer d.mu.Unlock()
-		if d.onBoot != nil {
-			d.onBoot(d)
-		}
-		return d.boot, nil
-	})
-	s.Handle("OTA.Status", func(context.Context, *rpc.Request) (any, error) {
-		d.mu.Lock()
-		defer d.mu.Unlock()
-		return map[string]any{"state": d.state}, nil
-	})
-	s.Handle("OTA.Update", func(context.Context, *rpc.Request) (any, error) {
-		d.mu.Lock()
-		defer d.mu.Unlock()
-		d.onUpdate(d)
-		return nil, nil
-	})
-	s.Handle("OTA.Commit", func(context.Context, *rpc.Request) (any, error) {
-		d.mu.Lock()
-		defer d.mu.Unlock()
-		if d.boot["is_committed"] == true {
-			return nil, &rpc.Error{Code: -1}
-		}
-		d.boot["is_committed"] = true
-		return nil, nil
-	})
-	for name, h := range d.handlers {
-		s.Handle(name, h)
-	}
-	srv := httptest.NewServer(httptransport.NewHandler(s, httptransport.HandlerOptions{}))
-	t.Cleanup(srv.Close)
-	return srv.URL + "/rpc"
-}
-
-func newScriptedDevice() *scriptedDevice {
-	return &scriptedDevice{
-		version:  "1.0",
-		bootedAt: time.Now().Add(-time.Hour),
-		boot:     map[string]any{"active_slot": 0, "revert_slot": 0, "is_committed": true, "commit_timeout": 0},
-	}
-}
 
 // The device accepts the update but never reboots, answering all along:
 // the update did not take (exit 6, NOT APPLIED), it is not an unreachable

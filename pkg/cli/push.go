@@ -2,19 +2,13 @@ package cli
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"os"
-	"strings"
-	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/otactl/otactl/pkg/ota"
-	"github.com/otactl/otactl/pkg/rpc"
-	"github.com/otactl/otactl/pkg/rpc/frame"
+	"github.com/otactl/otactl/pkg/ota/wire"
 	"github.com/otactl/otactl/pkg/transport"
-	"github.com/otactl/otactl/pkg/transport/mqtt"
 )
 
 // NewCmdPush builds `otactl push`.
@@ -62,7 +56,7 @@ tells what booted (exit 6 if it came back on the old firmware).
 	}
 	addOutcomeFlags(cmd, o)
 	cmd.Flags().IntVar(&o.ChunkSize, "chunk-size", 0, "bundle bytes per OTA.Write (0 = largest that keeps frames within the device's 4096-byte limit)")
-	cmd.Flags().IntVar(&o.Window, "window", 0, fmt.Sprintf("OTA.Write calls in flight at once (0 = %d over WebSocket and MQTT, %d over HTTP, 1 over serial)", ota.DefaultWindow, ota.DefaultHTTPWindow))
+	cmd.Flags().IntVar(&o.Window, "window", 0, fmt.Sprintf("%s calls in flight at once (0 = %d over WebSocket and MQTT, %d over HTTP, 1 over serial)", wire.OTAWrite, ota.DefaultWindow, ota.DefaultHTTPWindow))
 	addDeviceLogFlag(f, cmd)
 	return cmd
 }
@@ -106,158 +100,4 @@ func (f *Factory) window(flag int) int {
 	return 1
 }
 
-// envelope describes the frames this connection sends, so that push chunks
-// are as large as the device's frame limit allows.
-func (f *Factory) envelope() ota.Envelope {
-	env := ota.Envelope{Src: rpc.DefaultSrc, Auth: f.G.RPCCreds != ""}
-	if u, err := transport.ParsePort(f.G.Port); err == nil && (u.Scheme == "mqtt" || u.Scheme == "mqtts") {
-		dev := mqtt.DeviceID(u)
-		// A random client id is 23 characters (otactl-<16 hex>).
-		env.Src = mqtt.ReplySrc(dev, strings.Repeat("c", 23))
-		env.Dst = dev
-	}
-	return env
-}
-
-// frameLimit is the largest frame JSON the device takes on this link. A
-// device's UART receive buffer (rpc.max_frame_size + 6) also holds the
-// 8-digit CRC and part of the closing delimiter, so serial frames keep a
-// margin below 4096.
-func (f *Factory) frameLimit() int {
-	if u, err := transport.ParsePort(f.G.Port); err == nil && u.Scheme == "serial" {
-		return frame.MaxSize - 16
-	}
-	return frame.MaxSize
-}
-
-func runPush(ctx context.Context, o *UpdateOptions) error {
-	f := o.F
-	rep, err := localBundle(o.File)
-	if err != nil {
-		return err
-	}
-	if err := o.Sig.checkSignatures(o.File, rep); err != nil {
-		return err
-	}
-	man := rep.Manifest
-	expect := ota.Firmware{Version: man.Version, BuildID: man.BuildID}
-	fh, err := os.Open(o.File)
-	if err != nil {
-		return err
-	}
-	defer fh.Close()
-	st, err := fh.Stat()
-	if err != nil {
-		return err
-	}
-	env := f.envelope()
-	limit := f.frameLimit()
-	if max := ota.MaxChunkSize(limit, st.Size(), env); o.ChunkSize > max {
-		f.note("warning: --chunk-size %d makes frames larger than the device's 4096-byte limit (largest that fits: %d); a real device drops them", o.ChunkSize, max)
-	}
-	before, err := o.prepare(ctx, man)
-	if err != nil {
-		return err
-	}
-
-	bar := f.newProgressBar("pushing")
-	var res ota.PushResult
-	reconnect := min(f.rebootTimeout(), o.UpdateTimeout)
-	err = func() error {
-		// The dial (serial handshake, MQTT connect) is bounded by --timeout;
-		// the transfer by the per-step timeouts inside Push, and regaining
-		// a lost link by the reboot timeout (never longer than the device's
-		// watchdog, after which the update is dead).
-		dctx, dcancel := context.WithTimeout(ctx, f.G.Timeout)
-		c, err := f.Connect(dctx)
-		dcancel()
-		if err != nil {
-			return err
-		}
-		defer c.Close()
-		// --timeout, when given, bounds each write (else 20 s). A call made
-		// to regain a lost link gets at most ota.DefaultAttemptTimeout: a
-		// request sent while the device is still away from its broker is
-		// lost, and the next attempt should not wait long for its reply.
-		var writeTimeout time.Duration
-		if f.timeoutSet {
-			writeTimeout = f.G.Timeout
-		}
-		attemptTimeout := min(f.G.Timeout, ota.DefaultAttemptTimeout)
-		res, err = ota.New(c).Push(ctx, fh, st.Size(), ota.PushOptions{
-			ChunkSize: o.ChunkSize, Envelope: &env, FrameLimit: limit, Window: f.window(o.Window),
-			WriteTimeout:  writeTimeout,
-			CommitTimeout: o.CommitTimeout.otaValue(), Timeout: o.UpdateTimeout,
-			Redial: f.dialer(), ReconnectTimeout: reconnect, AttemptTimeout: attemptTimeout,
-			Progress: bar.Bytes,
-			OnEvent: func(ev ota.Event) {
-				switch ev.Kind {
-				case ota.EventRetry, ota.EventAbort, ota.EventResumed:
-					bar.Done()
-					f.progressNote("%s", ev.Msg)
-				case ota.EventReconnecting:
-					bar.Done()
-					if ev.Attempt == 1 || f.G.Verbose {
-						f.progressNote("%s (giving up after %s)", ev.Msg, humanDuration(reconnect))
-					}
-				case ota.EventBegin:
-					if f.G.Verbose {
-						f.note("%s", ev.Msg)
-					}
-				}
-			},
-		})
-		return err
-	}()
-	bar.Done()
-	if err != nil {
-		if ctx.Err() != nil {
-			return &InterruptedError{Err: err, Msg: interruptedPush(err, res)}
-		}
-		return pushFailed(err, f.G.Timeout, o.UpdateTimeout)
-	}
-	tr := &transferInfo{Bytes: res.Size, ChunkSize: res.ChunkSize, Chunks: res.Chunks, Retries: res.Retries,
-		Resumes: res.Resumes, Seconds: res.Elapsed.Seconds()}
-	if res.Elapsed > 0 {
-		tr.BytesPerS = float64(res.Size) / res.Elapsed.Seconds()
-	}
-	f.progressNote("sent %s in %d chunks of %d bytes in %s (%s/s)", humanBytes(res.Size), res.Chunks, res.ChunkSize,
-		preciseDuration(res.Elapsed), humanBytes(int64(tr.BytesPerS)))
-	return o.finish(ctx, before, res.Accepted, expect, tr)
-}
-
-// pushFailed gives the exit code and words of a failed push. A device that
-// lost the update (reset, or the update ended while the link was down)
-// did not apply it: exit 6, on every transport alike. A link that did not
-// come back is exit 5, saying what the device does meanwhile.
-//
-// The --json document's "reason" of an *ota.UpdateLostError is its
-// Reason() (ota.ReasonDeviceReset; ota.ReasonUpdateTimeout or another code
-// of the device's message when its update ended; ota.ReasonBusy when it
-// runs another update), with "result" not_applied.
-func pushFailed(err error, timeout, updateTimeout time.Duration) error {
-	var lost *ota.UpdateLostError
-	if errors.As(err, &lost) {
-		return &ExitError{Code: ExitUpdate, Err: err}
-	}
-	if errors.Is(err, ota.ErrLinkLost) {
-		return &UnreachableError{Err: fmt.Errorf("%w; until then 'otactl status' shows the update in progress (its watchdog: --update-timeout %s); push again once the device is reachable", err, humanDuration(updateTimeout))}
-	}
-	return updateRejected(err, timeout)
-}
-
-// interruptedPush says in what state an interrupted push left the device.
-func interruptedPush(err error, res ota.PushResult) string {
-	var pe *ota.PushError
-	switch {
-	case errors.As(err, &pe) && pe.Aborted:
-		return fmt.Sprintf("the transfer stopped at offset %d and was aborted (OTA.End); the boot state is unchanged, and a new push starts over", pe.Offset)
-	case errors.As(err, &pe) && pe.Unreached:
-		return fmt.Sprintf("the transfer stopped at offset %d while the link to the device was down, so it could not be aborted: the device's update watchdog ends the update (see 'otactl status'); the boot state is unchanged", pe.Offset)
-	case errors.As(err, &pe):
-		return fmt.Sprintf("the transfer stopped at offset %d; the device did not confirm the abort, so its update watchdog ends the update (see 'otactl status'); the boot state is unchanged", pe.Offset)
-	case res.Chunks == 0:
-		return "no data had been sent yet; the update was called off and the boot state is unchanged (see 'otactl status')"
-	}
-	return "all data was sent and the device was checking it (OTA.End): if the bundle is good, it reboots into it uncommitted, and falls back unless you run 'otactl commit': check with 'otactl bootstate'"
-}
+func runPush(ctx context.Context, o *UpdateOptions) error { return o.run(ctx, true) }

@@ -2,71 +2,17 @@ package cli
 
 import (
 	"context"
-	"crypto/rand"
 	"encoding/json"
-	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/otactl/otactl/pkg/device/emulator"
-	"github.com/otactl/otactl/pkg/ota/bundle"
 	"github.com/otactl/otactl/pkg/rpc"
 	"github.com/otactl/otactl/pkg/transport/mqtt/mqtttest"
 	"github.com/otactl/otactl/pkg/transport/pipe"
 )
-
-// pushBundle writes a bundle of version with an app part of size random
-// bytes.
-func pushBundle(t *testing.T, version string, size int) string {
-	t.Helper()
-	app := make([]byte, size)
-	_, _ = rand.Read(app)
-	path := filepath.Join(t.TempDir(), "fw-"+version+".zip")
-	m := &bundle.Manifest{Name: "app", Platform: "esp32", Version: version, BuildID: "b" + version}
-	if err := bundle.CreateFile(path, m, []bundle.PartData{bundle.BytesData("app", bundle.Part{Type: "app", Src: "app.bin"}, app)}, nil); err != nil {
-		t.Fatal(err)
-	}
-	return path
-}
-
-// startEmulator starts an emulated device reachable over tr ("http", "ws",
-// "serial" or "mqtt"; "none": only mod's listeners) and returns it with its
-// --port. mod may change the configuration.
-func startEmulator(t *testing.T, tr string, mod func(*emulator.Config)) (*emulator.Device, string) {
-	t.Helper()
-	dir := t.TempDir()
-	cfg := emulator.Config{StateDir: filepath.Join(dir, "flash"), RebootAfter: 10 * time.Millisecond, RebootDelay: 300 * time.Millisecond}
-	switch tr {
-	case "http", "ws":
-		cfg.Listen = "127.0.0.1:0"
-	case "serial":
-		cfg.SerialLink = filepath.Join(dir, "tty")
-	case "mqtt":
-		cfg.MQTTBroker = mqtttest.StartBroker(t)
-	}
-	if mod != nil {
-		mod(&cfg)
-	}
-	d, err := emulator.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := d.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { d.Close() })
-	for _, l := range d.Listeners() {
-		if l.Transport == tr {
-			return d, l.Addr
-		}
-	}
-	if tr != "none" {
-		t.Fatalf("no %s listener", tr)
-	}
-	return d, ""
-}
 
 // A device reset in the middle of a push loses the update: one cause, one
 // verdict and one exit code (6, not applied, boot state unchanged) on every
@@ -273,5 +219,31 @@ func TestPushResetWhileTheFirstWriteIsUnansweredEndsAtOnce(t *testing.T) {
 	}
 	if s := d.State(); s.Boots != 2 || s.Version != "1.0.0" || s.Boot != (emulator.BootState{IsCommitted: true}) {
 		t.Fatalf("device state %+v", s)
+	}
+}
+
+// Push chunks are sized from what each transport reports (its frame limit,
+// the src and dst it writes) and from the credentials actually given: with
+// a 600-byte user name, longer than any fixed reservation, every OTA.Write
+// still fits the device's 4096 bytes (the emulator, as a device, refuses
+// larger frames), in-frame (serial, MQTT) and at the HTTP and WebSocket
+// level alike.
+func TestPushWithALongUserNameOnEveryTransport(t *testing.T) {
+	user := strings.Repeat("u", 600)
+	const pw = "long-user-secret"
+	file := htdigestFile(t, "SHA-256", map[string]string{user: pw})
+	acl := `[{"method": "*", "acl": "+` + user + `"}]`
+	for _, tr := range []string{"http", "ws", "serial", "mqtt"} {
+		t.Run(tr, func(t *testing.T) {
+			_, port := startEmulator(t, tr, func(c *emulator.Config) {
+				c.Auth = &emulator.AuthConfig{File: file, Algo: "SHA-256", ACL: acl}
+			})
+			bundle := pushBundle(t, "2.0.0", 40_000)
+			r := run(t, nil, "--port", port, "--rpc-creds", user+":"+pw, "--json", "push", bundle, "--commit")
+			doc := jsonDoc(t, r.stdout)
+			if r.code != 0 || doc["result"] != "updated_committed" {
+				t.Fatalf("exit %d, stdout %s, stderr %s", r.code, r.stdout, r.stderr)
+			}
+		})
 	}
 }

@@ -63,7 +63,7 @@ func TestReasonAndExitCodeAgree(t *testing.T) {
 		if got != tc.want {
 			t.Errorf("%v: reason %q, want %q", tc.err, got, tc.want)
 		}
-		if code, ok := ota.ReasonExit[got]; !ok || code != ExitCode(tc.err) {
+		if code, ok := got.ExitCode(), got.Known(); !ok || code != ExitCode(tc.err) {
 			t.Errorf("%v: reason %q has exit %d (listed: %v), the command exits %d", tc.err, got, code, ok, ExitCode(tc.err))
 		}
 	}

@@ -38,23 +38,6 @@ const securedACL = `[
   {"method": "OTA.*", "acl": "+admin"}
 ]`
 
-func htdigestFile(t *testing.T, alg string, users map[string]string) string {
-	t.Helper()
-	var b strings.Builder
-	for u, p := range users {
-		l, err := emulator.HTDigestLine(alg, u, "RPC", p)
-		if err != nil {
-			t.Fatal(err)
-		}
-		b.WriteString(l + "\n")
-	}
-	path := filepath.Join(t.TempDir(), "users.htdigest")
-	if err := os.WriteFile(path, []byte(b.String()), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return path
-}
-
 // securedDevice is an in-process emulator with RPC auth on every transport.
 type securedDevice struct {
 	d      *emulator.Device
@@ -107,16 +90,6 @@ func (sd *securedDevice) count(outcome, why string) int {
 		}
 	}
 	return n
-}
-
-// noSecrets fails when any output shows a password.
-func noSecrets(t *testing.T, what string, r result) {
-	t.Helper()
-	for _, s := range securedSecrets {
-		if strings.Contains(r.stdout, s) || strings.Contains(r.stderr, s) {
-			t.Errorf("%s: output shows a password:\nstdout %s\nstderr %s", what, r.stdout, r.stderr)
-		}
-	}
 }
 
 // Auth OK, no credentials, wrong password, unknown user, ACL deny and a

@@ -44,7 +44,7 @@ func (o *UpdateOptions) positionalBundle(args []string) error {
 // port and --serve-addr does not say where it could download it from (a
 // device on a serial cable usually has no route to this machine).
 func (o *UpdateOptions) pushesOverLink() bool {
-	return o.File != "" && o.ServeAddr == "" && o.fleet == nil && o.F.scheme() == "serial"
+	return o.File != "" && o.ServeAddr == "" && o.bundle == nil && o.F.scheme() == "serial"
 }
 
 // runUpdateAsPush is `update --file` over a serial port: the push flow of

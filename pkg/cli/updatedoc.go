@@ -3,6 +3,7 @@ package cli
 import (
 	"encoding/json"
 	"errors"
+	"strings"
 	"time"
 
 	"github.com/otactl/otactl/pkg/ota"
@@ -26,8 +27,8 @@ type updateResult struct {
 	// Attempted is the firmware the update tried to install (the bundle's
 	// manifest; for --url, known only once it runs).
 	Attempted      *ota.Firmware   `json:"attempted,omitempty"`
-	Before         *ota.BootState  `json:"before,omitempty"`
-	After          *ota.BootState  `json:"after,omitempty"`
+	Before         *bootFields     `json:"before,omitempty"`
+	After          *bootFields     `json:"after,omitempty"`
 	FromVersion    string          `json:"from_version,omitempty"`
 	Version        string          `json:"version,omitempty"`
 	BuildID        string          `json:"build_id,omitempty"`
@@ -59,13 +60,173 @@ func (f *Factory) updateDoc() *updateResult {
 	return f.upd
 }
 
-// setOutcome fills the document from WaitOutcome's verdict.
-func (r *updateResult) setOutcome(out *ota.Outcome) {
-	r.Result, r.Reason, r.Message = string(out.Result), out.Reason, out.Message
-	r.After = &out.After
-	r.Version, r.BuildID = out.Info.FWVersion, out.Info.FWID
-	r.Info = rawJSON(out.Info.Raw)
-	r.Committed = out.After.IsCommitted
+// bootFields is a boot state in otactl's JSON documents, its fields in
+// the order otactl has always printed them (a device sends is_committed
+// before revert_slot: wire.BootState).
+type bootFields struct {
+	ActiveSlot    int  `json:"active_slot"`
+	RevertSlot    int  `json:"revert_slot"`
+	IsCommitted   bool `json:"is_committed"`
+	CommitTimeout int  `json:"commit_timeout"`
+}
+
+func bootFieldsOf(bs *ota.BootState) *bootFields {
+	if bs == nil {
+		return nil
+	}
+	return &bootFields{ActiveSlot: bs.ActiveSlot, RevertSlot: bs.RevertSlot, IsCommitted: bs.IsCommitted, CommitTimeout: bs.CommitTimeout}
+}
+
+// transferInfo is what a push reports in --json.
+type transferInfo struct {
+	Bytes     int64   `json:"bytes"`
+	ChunkSize int     `json:"chunk_size"`
+	Chunks    int     `json:"chunks"`
+	Retries   int     `json:"retries"`
+	Resumes   int     `json:"resumes"`
+	Seconds   float64 `json:"seconds"`
+	BytesPerS float64 `json:"bytes_per_second"`
+}
+
+// fill sets the document from an update's report (completeUpdateDoc adds
+// the exit code and the error of a failure).
+func (r *updateResult) fill(rep *ota.Report) {
+	r.Result, r.Reason, r.Message = string(rep.Result), rep.Reason, rep.Message
+	r.Committed, r.Attempted, r.sent = rep.Committed, rep.Attempted, rep.Sent
+	if rep.Before != nil {
+		r.Before, r.FromVersion = bootFieldsOf(&rep.Before.Boot), rep.Before.Info.FWVersion
+	}
+	r.After = bootFieldsOf(rep.After)
+	r.Version, r.BuildID = rep.Running.Version, rep.Running.BuildID
+	if rep.RunningInfo != nil {
+		r.Info = rawJSON(rep.RunningInfo.Raw)
+	}
+	if !rep.CommitDeadline.IsZero() {
+		d := rep.CommitDeadline
+		left := time.Until(d).Seconds()
+		r.CommitDeadline, r.CommitIn = &d, &left
+	}
+	if rep.Reason == ota.ReasonHealthFailed {
+		r.HealthChecks = rep.HealthChecks
+	}
+	if t := rep.Transfer; t != nil {
+		r.Transfer = &transferInfo{Bytes: t.Bytes, ChunkSize: t.ChunkSize, Chunks: t.Chunks, Retries: t.Retries,
+			Resumes: t.Resumes, Seconds: t.Elapsed.Seconds(), BytesPerS: t.BytesPerSecond()}
+	}
+}
+
+// renderUpdate prints the report of an update or push: one JSON document
+// (--json), or a line on stdout; and returns the error that gives the
+// command its exit code (ota.Reason.ExitCode). A failure the device was
+// seen to end in (rolled back, not applied, health check failed) is a
+// labelled verdict on stdout; any other failure the error root prints.
+func (f *Factory) renderUpdate(rep *ota.Report) error {
+	doc := f.updateDoc()
+	doc.fill(rep)
+	if rep.OK() {
+		if f.G.JSON {
+			return f.writeUpdateDoc(doc, nil)
+		}
+		f.printUpdated(rep)
+		return nil
+	}
+	if rep.Observed {
+		return f.updateFailed(doc, rep.Err)
+	}
+	return &ExitError{Code: rep.ExitCode(), Err: rep.Err}
+}
+
+// printUpdated is the line of an update that took (or, with --no-wait,
+// was accepted).
+func (f *Factory) printUpdated(rep *ota.Report) {
+	if rep.Result == ota.AcceptedOnly {
+		f.out("the device accepted the update and is rebooting into it (not waiting: check with 'otactl bootstate').")
+		return
+	}
+	p := f.outPalette()
+	var before ota.Observation
+	if rep.Before != nil {
+		before = *rep.Before
+	}
+	var after ota.BootState
+	if rep.After != nil {
+		after = *rep.After
+	}
+	name := rep.Running.Version
+	if i := rep.RunningInfo; i != nil {
+		name = strings.TrimSpace(i.App + " " + i.FWVersion)
+	}
+	if rep.Committed {
+		f.out("%s slot %d runs %s, committed (was %s on slot %d).", p.green("updated:"), after.ActiveSlot, name, before.Info.FWVersion, before.Boot.ActiveSlot)
+		return
+	}
+	left := ""
+	if !rep.CommitDeadline.IsZero() {
+		left = " in " + humanDuration(time.Until(rep.CommitDeadline))
+	}
+	f.out("%s slot %d runs %s, %s. The device falls back to slot %d (%s)%s unless you run `otactl commit`.",
+		p.green("updated:"), after.ActiveSlot, name, p.yellow("not yet committed"), after.RevertSlot, before.Info.FWVersion, left)
+}
+
+// failedLabel heads the line of an update that did not take: only a
+// device that came back on its old firmware rolled back; one that never
+// switched (the update failed, or it did not reboot) did not apply it.
+func failedLabel(result string) string {
+	switch result {
+	case string(ota.RolledBack):
+		return "ROLLED BACK:"
+	case string(ota.HealthCheckFailed):
+		return "HEALTH CHECK FAILED:"
+	}
+	return "NOT APPLIED:"
+}
+
+// updateEvents shows an update's progress on stderr: the bar (bytes the
+// device fetched or confirmed, or the device's percentage), the steps
+// worth telling, and with --verbose the wait for the reboot and each
+// retry of the health check.
+func (f *Factory) updateEvents(bar *progressBar, healthMethod string) func(ota.Event) {
+	return func(ev ota.Event) {
+		switch ev.Kind {
+		case ota.EventPhase:
+			if ev.Phase != ota.PhaseTransfer {
+				bar.Done()
+			}
+		case ota.EventNote:
+			f.progressNote("%s", ev.Msg)
+		case ota.EventWarning:
+			f.note("%s", ev.Msg)
+		case ota.EventServed, ota.EventSent:
+			bar.Bytes(ev.Sent, ev.Total)
+		case ota.EventDownload:
+			if ev.Phase == ota.PhaseTransfer {
+				bar.Percent(ev.Percent)
+			}
+		case ota.EventTransferred:
+			bar.Done()
+			f.progressNote("%s", ev.Msg)
+		case ota.EventRetry, ota.EventAbort, ota.EventResumed:
+			bar.Done()
+			f.progressNote("%s", ev.Msg)
+		case ota.EventReconnecting:
+			bar.Done()
+			if ev.Attempt == 1 || f.G.Verbose {
+				f.progressNote("%s", ev.Msg)
+			}
+		case ota.EventBegin:
+			if f.G.Verbose {
+				f.note("%s", ev.Msg)
+			}
+		case ota.EventHealthCheck:
+			if f.G.Verbose && ev.Attempt > 1 {
+				f.note("health check: try %d of %s (last: %v)", ev.Attempt, healthMethod, ev.Err)
+			}
+		default:
+			if f.G.Verbose && ev.Phase == ota.PhaseReboot && ev.Msg != "" {
+				f.note("%s", ev.Msg)
+			}
+		}
+	}
 }
 
 // writeUpdateDoc completes the document for err (nil: success) and prints
@@ -118,7 +279,7 @@ func (f *Factory) updateFailed(r *updateResult, err error) error {
 var updateCommands = map[string]bool{"update": true, "push": true}
 
 // reasonFor is the reason code of any error a command returns, consistent
-// with its exit code (ota.ReasonExit[reasonFor(err)] == ExitCode(err)).
+// with its exit code (reasonFor(err).ExitCode() == ExitCode(err)).
 func reasonFor(err error) ota.Reason {
 	if err == nil {
 		return ota.ReasonOK
@@ -133,7 +294,7 @@ func reasonFor(err error) ota.Reason {
 	}
 	r := ota.ReasonOf(err)
 	code := ExitCode(err)
-	if ota.ReasonExit[r] == code {
+	if r.ExitCode() == code {
 		return r
 	}
 	// The CLI's own classification decided another code: name it.
@@ -165,7 +326,7 @@ func resultFor(err error, r ota.Reason, sent bool) string {
 	case ota.ReasonRolledBack:
 		return string(ota.RolledBack)
 	case ota.ReasonHealthFailed:
-		return "health_check_failed"
+		return string(ota.HealthCheckFailed)
 	case ota.ReasonUncommitted, ota.ReasonWrongPlatform, ota.ReasonBusy, ota.ReasonCorruptBundle, ota.ReasonBadSignature,
 		ota.ReasonDownloadFailed, ota.ReasonUpdateTimeout, ota.ReasonRejected, ota.ReasonDeviceReset,
 		ota.ReasonNoReboot, ota.ReasonWrongFirmware, ota.ReasonUsage:
@@ -175,5 +336,5 @@ func resultFor(err error, r ota.Reason, sent bool) string {
 	if errors.As(err, &pe) || !sent {
 		return string(ota.NotApplied) // a push that failed leaves the boot state unchanged
 	}
-	return "unknown"
+	return string(ota.Unknown)
 }

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+
+	"github.com/otactl/otactl/pkg/ota/wire"
 )
 
 // CommitAfterHealthCheck makes a firmware on trial permanent, carefully:
@@ -60,11 +62,11 @@ func (d *Device) CommitAfterHealthCheck(ctx context.Context, h HealthOptions) (B
 	}
 	after, err := d.GetBootState(ctx)
 	if err != nil {
-		return bs, fmt.Errorf("OTA.Commit succeeded but reading the boot state to confirm it failed: %w", err)
+		return bs, fmt.Errorf("%s succeeded but reading the boot state to confirm it failed: %w", wire.OTACommit, err)
 	}
 	if !after.IsCommitted || after.ActiveSlot != bs.ActiveSlot {
-		return after, fmt.Errorf("OTA.Commit succeeded but the device reports slot %d active, committed=%t (expected slot %d committed): check with `otactl bootstate`",
-			after.ActiveSlot, after.IsCommitted, bs.ActiveSlot)
+		return after, fmt.Errorf("%s succeeded but the device reports slot %d active, committed=%t (expected slot %d committed): check with `otactl bootstate`",
+			wire.OTACommit, after.ActiveSlot, after.IsCommitted, bs.ActiveSlot)
 	}
 	emit(h.OnEvent, Event{Kind: EventCommitted, Boot: &after, Msg: fmt.Sprintf("slot %d is committed", after.ActiveSlot)})
 	return after, nil

@@ -42,6 +42,25 @@ const (
 	EventHealthCheck EventKind = "health_check"
 	// EventCommitted: OTA.Commit succeeded and the boot state confirms it.
 	EventCommitted EventKind = "committed"
+
+	// Events of an Updater's run (each also carries its Phase).
+
+	// EventPhase: a phase starts (Phase).
+	EventPhase EventKind = "phase"
+	// EventNote: a step worth telling (Msg), e.g. "serving FILE at URL",
+	// "waiting for the device to reboot".
+	EventNote EventKind = "note"
+	// EventWarning: something the user asked for that may not work (Msg),
+	// e.g. a chunk size above the device's frame limit.
+	EventWarning EventKind = "warning"
+	// EventServed: bytes of a served bundle the device fetched (Sent of
+	// Total; the last byte only once the device replied).
+	EventServed EventKind = "served"
+	// EventSent: bytes of a push the device confirmed (Sent of Total).
+	EventSent EventKind = "sent"
+	// EventTransferred: a push is complete (Transfer; Msg says it in
+	// words).
+	EventTransferred EventKind = "transferred"
 )
 
 // Event is a step of a push, an update or a wait, for the CLI to show (as a
@@ -50,6 +69,9 @@ const (
 // quickly: the operation waits for them.
 type Event struct {
 	Kind EventKind
+	// Phase is the phase of an Updater's run the event belongs to (empty
+	// outside a run).
+	Phase Phase
 	// Msg is a short human sentence describing the event.
 	Msg string
 	// Sent and Total are bytes (push).
@@ -63,4 +85,6 @@ type Event struct {
 	// Info and Boot are what the device reported, when it did.
 	Info *SysInfo
 	Boot *BootState
+	// Transfer describes a completed push (EventTransferred).
+	Transfer *TransferStats
 }

@@ -508,3 +508,29 @@ func (d *fakeDev) got() ([]byte, []writeRec) {
 	defer d.mu.Unlock()
 	return bytes.Clone(d.data), append([]writeRec(nil), d.writes...)
 }
+
+// sysInfo is what the fake's Sys.GetInfo answers, read under d.mu.
+func (d *fakeDev) sysInfoLocked() map[string]any {
+	return map[string]any{
+		"id": "esp32_0A1B2C", "app": "demo", "arch": "esp32",
+		"fw_version": d.fw.Version, "fw_id": d.fw.BuildID,
+		"uptime": int64(time.Since(d.bootedAt) / time.Second),
+	}
+}
+
+// slowDial connects through a link with this round-trip time (half each
+// way), e.g. MQTT over a congested cellular uplink.
+func (d *fakeDev) slowDial(t *testing.T, rtt time.Duration) ota.Dialer {
+	return func(ctx context.Context) (*rpc.Client, error) {
+		h := d.handler()
+		conn := pipe.New(transport.HandlerFunc(func(ctx context.Context, f *frame.Frame) *frame.Frame {
+			time.Sleep(rtt / 2)
+			r := h.HandleFrame(ctx, f)
+			time.Sleep(rtt / 2)
+			return r
+		}))
+		c := rpc.NewClient(conn, rpc.ClientOptions{})
+		t.Cleanup(func() { c.Close() })
+		return c, nil
+	}
+}

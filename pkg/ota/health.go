@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/otactl/otactl/pkg/ota/wire"
 	"github.com/otactl/otactl/pkg/rpc"
 )
 
@@ -137,7 +138,7 @@ func RevertAndWait(ctx context.Context, c *rpc.Client, opts WaitOptions) (*Outco
 		out.Message = fmt.Sprintf("reverted: slot %d runs %s again, committed", out.After.ActiveSlot, out.Info.Firmware())
 		return out, nc, out.Err()
 	case out.Result == NotApplied:
-		out.Message = fmt.Sprintf("OTA.Revert was accepted but the device did not reboot within %s; it runs %s in slot %d, and boots slot %d next", opts.RebootTimeout, out.Info.Firmware(), out.After.ActiveSlot, out.After.ActiveSlot)
+		out.Message = fmt.Sprintf("%s was accepted but the device did not reboot within %s; it runs %s in slot %d, and boots slot %d next", wire.OTARevert, opts.RebootTimeout, out.Info.Firmware(), out.After.ActiveSlot, out.After.ActiveSlot)
 		return out, nc, fmt.Errorf("%w: %s", ErrUpdateFailed, out.Message)
 	}
 	out.Message = fmt.Sprintf("after OTA.Revert the device runs %s in slot %d (committed=%t), not its revert slot %d", out.Info.Firmware(), out.After.ActiveSlot, out.After.IsCommitted, ref.Boot.RevertSlot)

@@ -23,6 +23,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/otactl/otactl/pkg/ota/wire"
 	"github.com/otactl/otactl/pkg/rpc"
 )
 
@@ -51,7 +52,7 @@ const (
 	DefaultCommitTimeout = 300 * time.Second
 	// DefaultUpdateTimeout is the device's update watchdog: an update that
 	// makes no progress for this long is aborted (as mos).
-	DefaultUpdateTimeout = 600 * time.Second
+	DefaultUpdateTimeout = wire.DefaultUpdateTimeout
 )
 
 // AutoCommit, given as a commit timeout, sends commit_timeout 0: the new
@@ -66,7 +67,7 @@ const AutoCommit time.Duration = -1
 // anything above 2147483 s (about 24 days 20 h) wraps on the device, to a
 // negative or zero timer — and a commit timeout that reads as 0 or less
 // makes the new firmware commit itself at boot, without rollback.
-const MaxTimeoutSeconds = 2147483
+const MaxTimeoutSeconds = wire.MaxTimeoutSeconds
 
 // MaxTimeout is MaxTimeoutSeconds as a duration.
 const MaxTimeout = MaxTimeoutSeconds * time.Second
@@ -118,158 +119,75 @@ func seconds(d time.Duration) int64 {
 	return int64((d + time.Second - 1) / time.Second)
 }
 
-// BootState is the device's boot configuration (OTA.GetBootState).
-type BootState struct {
-	// ActiveSlot is the slot that boots next (and, after a reboot, runs).
-	ActiveSlot int `json:"active_slot"`
-	// RevertSlot is the slot the device falls back to if the active one is
-	// not committed in time.
-	RevertSlot int `json:"revert_slot"`
-	// IsCommitted is false while a new firmware is on trial.
-	IsCommitted bool `json:"is_committed"`
-	// CommitTimeout is the trial period in seconds (0: commit at boot).
-	CommitTimeout int `json:"commit_timeout"`
-}
-
-// BootStateChange is the argument of SetBootState: only the non-nil fields
-// are sent, and the device keeps the others.
-type BootStateChange struct {
-	ActiveSlot    *int  `json:"active_slot,omitempty"`
-	RevertSlot    *int  `json:"revert_slot,omitempty"`
-	IsCommitted   *bool `json:"is_committed,omitempty"`
-	CommitTimeout *int  `json:"commit_timeout,omitempty"`
-}
-
-// Empty reports whether no field is set.
-func (c BootStateChange) Empty() bool {
-	return c.ActiveSlot == nil && c.RevertSlot == nil && c.IsCommitted == nil && c.CommitTimeout == nil
-}
-
-// State is the updater state reported by OTA.Status.
-type State int
+// The contract types, from pkg/ota/wire (one definition for otactl and the
+// emulator).
+type (
+	// BootState is the device's boot configuration (OTA.GetBootState).
+	BootState = wire.BootState
+	// BootStateChange is the argument of SetBootState: only the non-nil
+	// fields are sent, and the device keeps the others.
+	BootStateChange = wire.SetBootStateArgs
+	// State is the updater state reported by OTA.Status.
+	State = wire.State
+	// Status is the result of OTA.Status.
+	Status = wire.Status
+	// SysInfo is the part of Sys.GetInfo that OTA workflows use; Raw holds
+	// the whole result.
+	SysInfo = wire.SysInfo
+	// Firmware identifies a firmware build (manifest version and
+	// build_id, or Sys.GetInfo's fw_version and fw_id).
+	Firmware = wire.Firmware
+	// ReplyError is a result that lacks required fields (wire.ReplyError).
+	ReplyError = wire.ReplyError
+)
 
 // Updater states (OTA.Status "state").
 const (
-	StateIdle     State = 0 // no update running
-	StateProgress State = 1 // an update is running
-	StateError    State = 2 // the last update failed (a new one may start)
-	StateSuccess  State = 3 // an update finished; the device is about to reboot
+	StateIdle     = wire.StateIdle
+	StateProgress = wire.StateProgress
+	StateError    = wire.StateError
+	StateSuccess  = wire.StateSuccess
 )
 
-// String names the state in words.
-func (s State) String() string {
-	switch s {
-	case StateIdle:
-		return "idle"
-	case StateProgress:
-		return "update in progress"
-	case StateError:
-		return "last update failed"
-	case StateSuccess:
-		return "update finished, reboot pending"
-	}
-	return fmt.Sprintf("state %d", int(s))
-}
+// RunningSlotField is the Sys.GetInfo field that names the slot the running
+// firmware was booted from (see wire.RunningSlotField).
+const RunningSlotField = wire.RunningSlotField
 
-// Status is the result of OTA.Status. Devices always send State; the other
-// fields are sent by newer firmware and are zero otherwise.
-type Status struct {
-	State           State  `json:"state"`
-	Msg             string `json:"msg,omitempty"`
-	ProgressPercent int    `json:"progress_percent"`
-	IsCommitted     bool   `json:"is_committed"`
-	CommitTimeout   int    `json:"commit_timeout"`
-	Partition       int    `json:"partition"`
-	// Offset is where the next OTA.Write of a running push must write:
-	// the bytes the device holds. Real firmware does not report it; the
-	// otactl emulator does (docs/emulator.md). Nil when absent.
-	Offset *int64 `json:"offset,omitempty"`
-	// Raw is the whole result as the device sent it.
-	Raw json.RawMessage `json:"-"`
-}
+// ErrBadReply is wrapped by *ReplyError: the device answered, without an
+// error, but its result does not carry what the command needs. The CLI maps
+// it to exit code 1.
+var ErrBadReply = wire.ErrBadReply
 
-// SysInfo is the part of Sys.GetInfo that OTA workflows use; Raw holds the
-// whole result (mac, wifi, ram_* ...).
-type SysInfo struct {
-	ID        string `json:"id"`
-	App       string `json:"app"`
-	FWVersion string `json:"fw_version"`
-	// FWID is the build id (the bundle manifest's build_id).
-	FWID string `json:"fw_id"`
-	Arch string `json:"arch"`
-	// Uptime is in seconds; zero when the device did not say.
-	Uptime float64 `json:"uptime"`
-	// RunningSlot is the slot the running firmware was booted from, when
-	// the device says (RunningSlotField); nil otherwise.
-	RunningSlot *int `json:"ota_slot,omitempty"`
-	// Raw is the whole result as the device sent it.
-	Raw json.RawMessage `json:"-"`
-}
+// ParseBootState decodes an OTA.GetBootState result (wire.ParseBootState).
+func ParseBootState(raw json.RawMessage) (BootState, error) { return wire.ParseBootState(raw) }
 
-// RunningSlotField is the Sys.GetInfo field that names the slot the
-// running firmware was booted from. Mongoose OS firmware does not report
-// it (its Sys.GetInfo has no slot); otactl's emulator does. Without it,
-// the running slot is known only while the boot state cannot have changed
-// since boot (see BootState.ActiveSlot).
-const RunningSlotField = "ota_slot"
+// ParseStatus decodes an OTA.Status result (wire.ParseStatus).
+func ParseStatus(raw json.RawMessage) (Status, error) { return wire.ParseStatus(raw) }
 
-// Firmware returns the identity of the running firmware.
-func (i SysInfo) Firmware() Firmware { return Firmware{Version: i.FWVersion, BuildID: i.FWID} }
-
-// Firmware identifies a firmware build: a bundle manifest's version and
-// build_id, or Sys.GetInfo's fw_version and fw_id.
-type Firmware struct {
-	Version string `json:"version,omitempty"`
-	BuildID string `json:"build_id,omitempty"`
-}
-
-// IsZero reports whether nothing is known.
-func (f Firmware) IsZero() bool { return f.Version == "" && f.BuildID == "" }
-
-// Matches reports whether running (from Sys.GetInfo) is the firmware f
-// describes: every field of f that is set must be equal. A zero f matches
-// nothing.
-func (f Firmware) Matches(running Firmware) bool {
-	if f.IsZero() {
-		return false
-	}
-	return (f.Version == "" || f.Version == running.Version) && (f.BuildID == "" || f.BuildID == running.BuildID)
-}
-
-// String is "1.2 (build 2024...)" or whichever part is known.
-func (f Firmware) String() string {
-	switch {
-	case f.Version != "" && f.BuildID != "":
-		return f.Version + " (build " + f.BuildID + ")"
-	case f.Version != "":
-		return f.Version
-	case f.BuildID != "":
-		return "build " + f.BuildID
-	}
-	return "unknown firmware"
-}
+// ParseSysInfo decodes a Sys.GetInfo result (wire.ParseSysInfo).
+func ParseSysInfo(raw json.RawMessage) (SysInfo, error) { return wire.ParseSysInfo(raw) }
 
 // GetBootState calls OTA.GetBootState.
 func (d *Device) GetBootState(ctx context.Context) (BootState, error) {
-	res, err := d.c.Call(ctx, "OTA.GetBootState", nil)
+	res, err := d.c.Call(ctx, wire.OTAGetBootState, nil)
 	if err != nil {
 		return BootState{}, err
 	}
-	return ParseBootState(res)
+	return wire.ParseBootState(res)
 }
 
 // SetBootState calls OTA.SetBootState with the fields of c that are set. It
 // changes only what the next boot does; nothing is re-flashed.
 func (d *Device) SetBootState(ctx context.Context, c BootStateChange) error {
 	if c.Empty() {
-		return errors.New("OTA.SetBootState: nothing to set: give at least one of active slot, revert slot, committed, commit timeout")
+		return fmt.Errorf("%s: nothing to set: give at least one of active slot, revert slot, committed, commit timeout", wire.OTASetBootState)
 	}
 	if c.CommitTimeout != nil {
-		if err := checkWireSeconds("OTA.SetBootState: commit timeout", *c.CommitTimeout); err != nil {
+		if err := checkWireSeconds(wire.OTASetBootState+": commit timeout", *c.CommitTimeout); err != nil {
 			return err
 		}
 	}
-	_, err := d.c.Call(ctx, "OTA.SetBootState", c)
+	_, err := d.c.Call(ctx, wire.OTASetBootState, c)
 	return err
 }
 
@@ -289,8 +207,8 @@ var ErrNothingToCommit = fmt.Errorf("%w", ErrAlreadyCommitted)
 
 // Commit calls OTA.Commit: the firmware on trial becomes permanent.
 func (d *Device) Commit(ctx context.Context) error {
-	_, err := d.c.Call(ctx, "OTA.Commit", nil)
-	if isCode(err, -1) {
+	_, err := d.c.Call(ctx, wire.OTACommit, nil)
+	if isCode(err, wire.CodeFailed) {
 		return fmt.Errorf("%w (nothing to commit): %w", ErrAlreadyCommitted, err)
 	}
 	return err
@@ -299,8 +217,8 @@ func (d *Device) Commit(ctx context.Context) error {
 // Revert calls OTA.Revert: a firmware on trial is abandoned and the device
 // reboots into its revert slot about 100 ms after replying.
 func (d *Device) Revert(ctx context.Context) error {
-	_, err := d.c.Call(ctx, "OTA.Revert", nil)
-	if isCode(err, -1) {
+	_, err := d.c.Call(ctx, wire.OTARevert, nil)
+	if isCode(err, wire.CodeFailed) {
 		return fmt.Errorf("%w (only a firmware on trial can be reverted; to boot another slot's firmware, use `otactl bootstate set --active-slot N`): %w", ErrAlreadyCommitted, err)
 	}
 	return err
@@ -313,50 +231,44 @@ func (d *Device) Revert(ctx context.Context) error {
 // The device refuses while the running firmware is uncommitted.
 func (d *Device) CreateSnapshot(ctx context.Context, setAsRevert bool, commitTimeout int) (int, error) {
 	if commitTimeout >= 0 {
-		if err := checkWireSeconds("OTA.CreateSnapshot: commit timeout", commitTimeout); err != nil {
+		if err := checkWireSeconds(wire.OTACreateSnapshot+": commit timeout", commitTimeout); err != nil {
 			return 0, err
 		}
 	}
-	args := struct {
-		SetAsRevert   bool `json:"set_as_revert"`
-		CommitTimeout *int `json:"commit_timeout,omitempty"`
-	}{SetAsRevert: setAsRevert}
+	args := wire.CreateSnapshotArgs{SetAsRevert: setAsRevert}
 	if commitTimeout >= 0 {
 		args.CommitTimeout = &commitTimeout
 	}
-	raw, err := d.c.Call(ctx, "OTA.CreateSnapshot", args)
+	raw, err := d.c.Call(ctx, wire.OTACreateSnapshot, args)
 	if err != nil {
 		return 0, err
 	}
-	o := decodeObject("OTA.CreateSnapshot", raw, SnapshotRequired...)
-	slot := o.int("slot")
-	return slot, o.Err()
+	rep, err := wire.ParseSnapshot(raw)
+	return rep.Slot, err
 }
 
 // Status calls OTA.Status.
 func (d *Device) Status(ctx context.Context) (Status, error) {
-	raw, err := d.c.Call(ctx, "OTA.Status", nil)
+	raw, err := d.c.Call(ctx, wire.OTAStatus, nil)
 	if err != nil {
 		return Status{}, err
 	}
-	return ParseStatus(raw)
+	return wire.ParseStatus(raw)
 }
 
 // GetInfo calls Sys.GetInfo.
 func (d *Device) GetInfo(ctx context.Context) (SysInfo, error) {
-	raw, err := d.c.Call(ctx, "Sys.GetInfo", nil)
+	raw, err := d.c.Call(ctx, wire.SysGetInfo, nil)
 	if err != nil {
 		return SysInfo{}, err
 	}
-	return ParseSysInfo(raw)
+	return wire.ParseSysInfo(raw)
 }
 
 // Reboot calls Sys.Reboot; the device restarts after delay.
 func (d *Device) Reboot(ctx context.Context, delay time.Duration) error {
-	args := struct {
-		DelayMS int64 `json:"delay_ms"`
-	}{DelayMS: delay.Milliseconds()}
-	_, err := d.c.Call(ctx, "Sys.Reboot", args)
+	args := wire.RebootArgs{DelayMS: delay.Milliseconds()}
+	_, err := d.c.Call(ctx, wire.SysReboot, args)
 	return err
 }
 

@@ -8,11 +8,10 @@ import (
 	"fmt"
 	"io"
 	"math"
-	"regexp"
-	"strconv"
 	"strings"
 	"time"
 
+	"github.com/otactl/otactl/pkg/ota/wire"
 	"github.com/otactl/otactl/pkg/rpc"
 	"github.com/otactl/otactl/pkg/rpc/frame"
 )
@@ -50,54 +49,47 @@ const (
 	DefaultHTTPWindow = 4
 )
 
-// Envelope is what an OTA.Write frame carries besides its data, for sizing
-// chunks so that frames fit the device's limit.
-type Envelope struct {
-	// Src and Dst exactly as the transport will send them ("" = omitted).
-	// MQTT sends src "<device_id>/rpc-resp/<client_id>" and dst the device id.
-	Src, Dst string
-	// Auth reserves room for an in-frame digest "auth" object (realm and
-	// user name up to 64 bytes each), sent when --rpc-creds is used.
-	Auth bool
-}
+// Envelope is what an OTA.Write frame carries besides its data, and the
+// largest frame the link takes, for sizing chunks so that frames fit the
+// device's limit. An *rpc.Client reports its own (rpc.Client.Envelope: the
+// transport's frame budget and src/dst, the auth object of the actual
+// credentials).
+type Envelope = rpc.Envelope
 
-// DefaultEnvelope is the envelope assumed when PushOptions.Envelope is nil:
-// a 96-byte src, a 64-byte dst and an auth object. It fits every transport
-// otactl has with device ids up to 63 bytes, at the cost of ~11% of the
-// largest possible chunk.
+// DefaultEnvelope is the envelope assumed for a Caller that does not report
+// one: a 4096-byte limit, a 96-byte src, a 64-byte dst and an auth object
+// with a 64-byte realm and user name, at the cost of ~11% of the largest
+// possible chunk.
 func DefaultEnvelope() Envelope {
-	return Envelope{Src: strings.Repeat("s", 96), Dst: strings.Repeat("d", 64), Auth: true}
+	return Envelope{Limit: frame.MaxSize, Src: strings.Repeat("s", 96), Dst: strings.Repeat("d", 64),
+		Auth: rpc.AuthReserve(strings.Repeat("r", 64), "", "")}
 }
 
-// writeParams are the arguments of OTA.Write.
-type writeParams struct {
-	Offset int64  `json:"offset"`
-	Data   string `json:"data"`
+// enveloper is implemented by *rpc.Client.
+type enveloper interface {
+	Envelope() rpc.Envelope
 }
 
 // WriteFrame returns the OTA.Write request frame for a chunk of data at
 // offset, in env, with the largest id the client may use: the frame whose
 // size MaxChunkSize bounds. Exported for tests and diagnostics.
 func WriteFrame(env Envelope, offset int64, data []byte) *frame.Frame {
-	p, _ := json.Marshal(writeParams{Offset: offset, Data: base64.StdEncoding.EncodeToString(data)})
-	f := &frame.Frame{ID: math.MaxInt64, Src: env.Src, Dst: env.Dst, Method: "OTA.Write", Params: p}
-	if env.Auth {
-		long := strings.Repeat("r", 64)
-		f.Auth = &frame.Auth{
-			Realm: long, Username: long,
-			Nonce: math.MaxInt64, CNonce: math.MaxInt64,
-			Algorithm: "SHA-256",
-			Response:  strings.Repeat("f", 64), // SHA-256 in hex
-		}
-	}
-	return f
+	p, _ := json.Marshal(wire.WriteArgs{Offset: offset, Data: base64.StdEncoding.EncodeToString(data)})
+	return &frame.Frame{ID: math.MaxInt64, Src: env.Src, Dst: env.Dst, Method: wire.OTAWrite, Params: p, Auth: env.Auth}
 }
 
 // MaxChunkSize returns the largest chunk whose OTA.Write frame (as
 // WriteFrame builds it, for any offset below size) is at most limit bytes,
 // base64 expansion included; 0 if not even 3 bytes fit. It is a multiple of
-// 3, so only the last chunk's base64 carries padding.
+// 3, so only the last chunk's base64 carries padding. A limit of 0 means
+// env.Limit (or frame.MaxSize).
 func MaxChunkSize(limit int, size int64, env Envelope) int {
+	if limit <= 0 {
+		limit = env.Limit
+	}
+	if limit <= 0 {
+		limit = frame.MaxSize
+	}
 	b, err := frame.Marshal(WriteFrame(env, max(size, 1), nil))
 	if err != nil {
 		return 0
@@ -115,11 +107,14 @@ type PushOptions struct {
 	// the largest that keeps each frame within FrameLimit for Envelope
 	// (MaxChunkSize). A given size is used as is.
 	ChunkSize int
-	// FrameLimit is the device's rpc.max_frame_size (default frame.MaxSize,
-	// 4096).
+	// FrameLimit overrides the largest frame the device takes (default:
+	// the Envelope's Limit, which the transport reports: 4096 bytes, less
+	// a margin over serial).
 	FrameLimit int
 	// Envelope describes the frames' other fields for sizing chunks; nil
-	// means DefaultEnvelope.
+	// means the client's own (rpc.Client.Envelope, read once OTA.Status
+	// answered, so that a device that wants authentication has named its
+	// realm), or DefaultEnvelope for a Caller that reports none.
 	Envelope *Envelope
 	// CommitTimeout is how long the new firmware waits for Commit before
 	// rolling back; zero means DefaultCommitTimeout, AutoCommit sends 0.
@@ -172,22 +167,9 @@ type PushOptions struct {
 	OnEvent func(Event)
 }
 
-func (o *PushOptions) defaults(size int64) error {
-	if o.FrameLimit <= 0 {
-		o.FrameLimit = frame.MaxSize
-	}
-	if o.Envelope == nil {
-		env := DefaultEnvelope()
-		o.Envelope = &env
-	}
+func (o *PushOptions) defaults() error {
 	if o.ChunkSize < 0 {
 		return fmt.Errorf("chunk size %d: must be positive", o.ChunkSize)
-	}
-	if o.ChunkSize == 0 {
-		o.ChunkSize = MaxChunkSize(o.FrameLimit, size, *o.Envelope)
-		if o.ChunkSize <= 0 {
-			return fmt.Errorf("frame limit %d bytes leaves no room for data in an OTA.Write frame: raise the limit", o.FrameLimit)
-		}
 	}
 	if o.WriteTimeout <= 0 {
 		o.WriteTimeout = DefaultWriteTimeout
@@ -241,7 +223,7 @@ type PushResult struct {
 }
 
 // Push sends a bundle of size bytes, read from r, through the RPC link with
-// OTA.Begin, OTA.Write and OTA.End (wire-protocol.md §7), for devices that
+// OTA.Begin, OTA.Write and OTA.End (docs/protocol.md, "Pushing a bundle"), for devices that
 // cannot fetch a URL (serial links, closed networks).
 //
 // It starts only if OTA.Status is idle or shows a failed update (state 0 or
@@ -287,13 +269,12 @@ func (d *Device) Push(ctx context.Context, r io.ReaderAt, size int64, opts PushO
 	if size <= 0 {
 		return res, errors.New("push: the bundle is empty")
 	}
-	if err := opts.defaults(size); err != nil {
+	if err := opts.defaults(); err != nil {
 		return res, fmt.Errorf("push: %w", err)
 	}
 	if err := CheckTimeouts(opts.CommitTimeout, opts.Timeout); err != nil {
 		return res, fmt.Errorf("push: %w", err)
 	}
-	res.ChunkSize = opts.ChunkSize
 
 	// 1. Only start from idle or a failed update.
 	sctx, cancel := context.WithTimeout(ctx, opts.WriteTimeout)
@@ -311,15 +292,15 @@ func (d *Device) Push(ctx context.Context, r io.ReaderAt, size int64, opts PushO
 	default:
 		return res, fmt.Errorf("%w: %w: unknown OTA.Status state %d: not starting", ErrUpdateFailed, ErrBusy, st.State)
 	}
+	if err := d.sizeChunks(&opts, size); err != nil {
+		return res, fmt.Errorf("push: %w", err)
+	}
+	res.ChunkSize = opts.ChunkSize
 
 	// 2. Begin.
-	begin := struct {
-		Timeout       int64 `json:"timeout"`
-		CommitTimeout int64 `json:"commit_timeout"`
-		Size          int64 `json:"size"`
-	}{Timeout: seconds(opts.Timeout), CommitTimeout: commitSeconds(opts.CommitTimeout), Size: size}
+	begin := wire.BeginArgs{Timeout: seconds(opts.Timeout), CommitTimeout: commitSeconds(opts.CommitTimeout), Size: size}
 	bctx, cancel := context.WithTimeout(ctx, opts.FirstWriteTimeout)
-	_, err = d.c.Call(bctx, "OTA.Begin", begin)
+	_, err = d.c.Call(bctx, wire.OTABegin, begin)
 	cancel()
 	if err != nil {
 		if !isDeviceError(err) {
@@ -351,6 +332,35 @@ func (d *Device) Push(ctx context.Context, r io.ReaderAt, size int64, opts PushO
 	return res, err
 }
 
+// sizeChunks completes opts with the envelope of the frames (the client's,
+// now that it has made a call) and the chunk size.
+func (d *Device) sizeChunks(opts *PushOptions, size int64) error {
+	if opts.Envelope == nil {
+		env := DefaultEnvelope()
+		if e, ok := d.c.(enveloper); ok {
+			env = e.Envelope()
+		}
+		opts.Envelope = &env
+	}
+	if opts.FrameLimit <= 0 {
+		opts.FrameLimit = opts.Envelope.Limit
+	}
+	if opts.FrameLimit <= 0 {
+		opts.FrameLimit = frame.MaxSize
+	}
+	largest := MaxChunkSize(opts.FrameLimit, size, *opts.Envelope)
+	if opts.ChunkSize == 0 {
+		opts.ChunkSize = largest
+		if opts.ChunkSize <= 0 {
+			return fmt.Errorf("frame limit %d bytes leaves no room for data in an OTA.Write frame: raise the limit", opts.FrameLimit)
+		}
+	} else if opts.ChunkSize > largest {
+		emit(opts.OnEvent, Event{Kind: EventWarning, Msg: fmt.Sprintf("warning: --chunk-size %d makes frames larger than the device's %d-byte limit (largest that fits: %d); a real device drops them",
+			opts.ChunkSize, frame.MaxSize, largest)})
+	}
+	return nil
+}
+
 // retryPause is the shortest time between the starts of the first two
 // tries of a chunk over a link that stays up (a write that failed at once);
 // it doubles for each further try.
@@ -364,13 +374,9 @@ func (d *Device) abort(ctx context.Context, opts PushOptions, off, total int64, 
 		Msg: "aborting the update (OTA.End); the boot state stays unchanged"})
 	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), min(opts.WriteTimeout, 10*time.Second))
 	defer cancel()
-	_, err := d.c.Call(actx, "OTA.End", nil)
+	_, err := d.c.Call(actx, wire.OTAEnd, nil)
 	return err
 }
-
-// wrongOffset matches a device's reply to a write at an offset other than
-// the one it expects, e.g. "Wrong offset 0, expected 2652".
-var wrongOffset = regexp.MustCompile(`(?i)expected\D{0,3}(\d+)`)
 
 // expectedOffset returns the offset a device's refusal of a write names as
 // the one it expects ("Wrong offset 0, expected 2652").
@@ -379,10 +385,6 @@ func expectedOffset(err error) (int64, bool) {
 	if !errors.As(err, &re) {
 		return 0, false
 	}
-	m := wrongOffset.FindStringSubmatch(re.Message)
-	if m == nil {
-		return 0, false
-	}
-	n, perr := strconv.ParseInt(m[1], 10, 64)
-	return n, perr == nil
+	_, n, ok := wire.ParseWrongOffset(re.Message)
+	return n, ok
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
@@ -489,5 +490,74 @@ func TestPushShortReader(t *testing.T) {
 			t.Fatalf("err = %v", err)
 		}
 		contains(t, err, "reading the bundle")
+	})
+}
+
+// Chunks are sized for the credentials actually used: a user name longer
+// than any fixed reservation (here 600 bytes) still keeps every OTA.Write
+// frame within the device's 4096 bytes, and a short realm and user name
+// leave more room for data than the worst case.
+func TestPushChunksFollowTheCredentials(t *testing.T) {
+	for _, user := range []string{strings.Repeat("u", 600), "admin"} {
+		t.Run(fmt.Sprintf("user%d", len(user)), func(t *testing.T) {
+			bubble(t, func(t *testing.T, ctx context.Context) {
+				d := newFakeDev(t)
+				d.srv.SetGate(digestGate("dev", user, "pw"))
+				d.clientOpts = rpc.ClientOptions{Creds: &transport.Credentials{User: user, Password: "pw"}}
+				dev := ota.New(d.client(t))
+				data := payload(5 * 4096)
+				res, err := dev.Push(ctx, bytes.NewReader(data), int64(len(data)), ota.PushOptions{})
+				if err != nil {
+					t.Fatal(err)
+				}
+				if got, _ := d.got(); !bytes.Equal(got, data) {
+					t.Fatal("the device holds different data")
+				}
+				mx := 0
+				for _, n := range d.frameSizes {
+					mx = max(mx, n)
+				}
+				if mx > frame.MaxSize || mx < frame.MaxSize-40 {
+					t.Fatalf("largest OTA.Write frame %d bytes (chunk %d): want <= %d and close to it", mx, res.ChunkSize, frame.MaxSize)
+				}
+				if def := ota.MaxChunkSize(frame.MaxSize, int64(len(data)), ota.DefaultEnvelope()); len(user) < 64 && res.ChunkSize <= def {
+					t.Fatalf("chunk %d with a short user name and realm, no more than the worst case %d", res.ChunkSize, def)
+				}
+			})
+		})
+	}
+}
+
+// flakyWrites fails OTA.Write at once, as an HTTP link does while the
+// device's Wi-Fi is gone, until the given time.
+type flakyWrites struct {
+	c     ota.Caller
+	until time.Time
+	fails int
+}
+
+func (f *flakyWrites) Call(ctx context.Context, method string, params any) (json.RawMessage, error) {
+	if method == "OTA.Write" && time.Now().Before(f.until) {
+		f.fails++
+		return nil, &rpc.LinkError{Method: method, Err: errors.New("dial tcp 192.168.4.1:80: connect: no route to host")}
+	}
+	return f.c.Call(ctx, method, params)
+}
+
+// A write that fails at once (the link is briefly gone) is retried after a
+// pause, not three times within a millisecond.
+func TestPushRetryPausesAfterInstantFailure(t *testing.T) {
+	bubble(t, func(t *testing.T, ctx context.Context) {
+		d := newFakeDev(t)
+		f := &flakyWrites{c: d.client(t), until: time.Now().Add(1500 * time.Millisecond)}
+		data := payload(1500)
+		ev := &events{}
+		res, err := ota.New(f).Push(ctx, bytes.NewReader(data), int64(len(data)), ota.PushOptions{ChunkSize: 512, OnEvent: ev.fn})
+		if err != nil {
+			t.Fatalf("%v (after %d instant failures)", err, f.fails)
+		}
+		if got, _ := d.got(); !bytes.Equal(got, data) || res.Retries != 2 || f.fails != 2 {
+			t.Fatalf("result %+v, %d failures", res, f.fails)
+		}
 	})
 }

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/otactl/otactl/pkg/ota/wire"
 	"github.com/otactl/otactl/pkg/rpc"
 )
 
@@ -154,7 +155,7 @@ func (p *pusher) start(ctx context.Context, w *window, off int64) (*flight, erro
 		}
 		return nil, fmt.Errorf("reading the bundle: %w", err)
 	}
-	params := writeParams{Offset: off, Data: base64.StdEncoding.EncodeToString(p.buf[:n])}
+	params := wire.WriteArgs{Offset: off, Data: base64.StdEncoding.EncodeToString(p.buf[:n])}
 	timeout := p.opts.WriteTimeout
 	if off == 0 {
 		timeout = p.opts.FirstWriteTimeout // the device erases flash first
@@ -167,7 +168,7 @@ func (p *pusher) start(ctx context.Context, w *window, off int64) (*flight, erro
 	f := &flight{off: off, n: n, base: p.acked, t0: time.Now(), done: make(chan struct{}), cancel: cancel}
 	var wait func() error
 	if s, ok := p.dev.c.(starter); ok {
-		pend := s.Start(wctx, "OTA.Write", params)
+		pend := s.Start(wctx, wire.OTAWrite, params)
 		wait = func() error {
 			_, err := pend.Wait()
 			return err
@@ -175,7 +176,7 @@ func (p *pusher) start(ctx context.Context, w *window, off int64) (*flight, erro
 	} else {
 		c := p.dev.c
 		wait = func() error {
-			_, err := c.Call(wctx, "OTA.Write", params)
+			_, err := c.Call(wctx, wire.OTAWrite, params)
 			return err
 		}
 	}
@@ -236,7 +237,7 @@ func isTransient(err error) bool {
 	if errors.Is(err, rpc.ErrDuplicateReply) {
 		return false
 	}
-	return !isDeviceError(err) || isCode(err, 418)
+	return !isDeviceError(err) || isCode(err, wire.CodeShuttingDown)
 }
 
 // transfer sends the whole bundle, window writes at a time.
@@ -349,7 +350,7 @@ func (p *pusher) recover(ctx context.Context, t *trouble) (int64, error) {
 		off = *st.Offset
 		if off < p.acked || off > p.sentEnd {
 			return 0, p.lost(ctx, &UpdateLostError{Offset: p.acked, Size: p.size, Other: true, Status: st,
-				Err: fmt.Errorf("OTA.Status says the device expects offset %d, but it had confirmed %d and was sent %d bytes: it is not this push's update", off, p.acked, p.sentEnd)})
+				Err: fmt.Errorf("%s says the device expects offset %d, but it had confirmed %d and was sent %d bytes: it is not this push's update", wire.OTAStatus, off, p.acked, p.sentEnd)})
 		}
 		p.confirm(off)
 	}
@@ -408,7 +409,7 @@ func (p *pusher) resync(ctx context.Context, cause error) (st Status, rebooted, 
 			if p.opts.Redial == nil {
 				return st, false, redialed, err
 			}
-			if !isCode(err, 418) {
+			if !isCode(err, wire.CodeShuttingDown) {
 				p.drop()
 			}
 		}
@@ -533,7 +534,7 @@ func (p *pusher) end(ctx context.Context) error {
 	p.res.Chunks = int((p.size + int64(p.opts.ChunkSize) - 1) / int64(p.opts.ChunkSize))
 	for try := 1; ; try++ {
 		ectx, cancel := context.WithTimeout(ctx, p.opts.EndTimeout)
-		_, err := p.dev.c.Call(ectx, "OTA.End", nil)
+		_, err := p.dev.c.Call(ectx, wire.OTAEnd, nil)
 		cancel()
 		switch {
 		case err == nil:
@@ -557,7 +558,7 @@ func (p *pusher) end(ctx context.Context) error {
 			}
 			if rerr == nil && !rebooted && st.State == StateProgress && (st.Offset == nil || *st.Offset == p.size) {
 				emit(p.opts.OnEvent, Event{Kind: EventRetry, Sent: p.size, Total: p.size, Attempt: try + 1, Err: err,
-					Msg: fmt.Sprintf("OTA.End got no reply (%v) and the device still waits for it: sending it again", err)})
+					Msg: fmt.Sprintf("%s got no reply (%v) and the device still waits for it: sending it again", wire.OTAEnd, err)})
 				continue
 			}
 			if rerr == nil && !rebooted && st.State == StateError {

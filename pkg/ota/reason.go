@@ -4,21 +4,21 @@ import (
 	"context"
 	"errors"
 	"os"
-	"regexp"
 	"strings"
 
 	"github.com/otactl/otactl/pkg/ota/bundle"
+	"github.com/otactl/otactl/pkg/ota/wire"
 	"github.com/otactl/otactl/pkg/rpc"
 	"github.com/otactl/otactl/pkg/transport"
 )
 
 // Reason is a stable code for why an update (or any command) ended the way
 // it did, for scripts that must not parse English. docs/exit-codes.md lists
-// each with its exit code; ReasonExit gives the same mapping in code. The
+// each with its exit code; Reason.ExitCode gives the same mapping in code. The
 // set only grows: a code, once published, keeps its meaning.
 type Reason string
 
-// Reasons. The exit code each goes with is in ReasonExit.
+// Reasons. The exit code each goes with is Reason.ExitCode.
 const (
 	// ReasonOK: the command did what it was asked (no failure).
 	ReasonOK Reason = "ok"
@@ -118,15 +118,60 @@ const (
 	ReasonFailed Reason = "failed"
 )
 
-// ReasonExit maps each reason to the exit code otactl ends with.
-var ReasonExit = map[Reason]int{
-	ReasonOK:          0,
-	ReasonUncommitted: 6, ReasonWrongPlatform: 6, ReasonBusy: 6, ReasonCorruptBundle: 6, ReasonBadSignature: 6,
-	ReasonDownloadFailed: 6, ReasonUpdateTimeout: 6, ReasonRejected: 6, ReasonDeviceReset: 6,
-	ReasonNoReboot: 6, ReasonWrongFirmware: 6, ReasonRolledBack: 6, ReasonHealthFailed: 6,
-	ReasonUnreachable: 5, ReasonTimeout: 5, ReasonDeviceError: 3, ReasonUsage: 2,
-	ReasonAuth: 4, ReasonAuthRequired: 4, ReasonAuthRefused: 4, ReasonForbidden: 4, ReasonAuthMalformed: 4, ReasonTLS: 4,
-	ReasonInterrupted: 1, ReasonNotRPC: 1, ReasonDuplicateDevice: 1, ReasonBadReply: 1, ReasonFailed: 1,
+// Reasons lists every reason code, in the order of docs/exit-codes.md.
+func Reasons() []Reason {
+	return []Reason{ReasonOK,
+		ReasonUncommitted, ReasonWrongPlatform, ReasonBusy, ReasonCorruptBundle, ReasonBadSignature,
+		ReasonDownloadFailed, ReasonUpdateTimeout, ReasonRejected, ReasonDeviceReset,
+		ReasonNoReboot, ReasonWrongFirmware, ReasonRolledBack, ReasonHealthFailed,
+		ReasonUnreachable, ReasonTimeout,
+		ReasonAuthRequired, ReasonAuthRefused, ReasonForbidden, ReasonAuthMalformed, ReasonTLS, ReasonAuth,
+		ReasonDeviceError, ReasonUsage,
+		ReasonInterrupted, ReasonNotRPC, ReasonDuplicateDevice, ReasonBadReply, ReasonFailed}
+}
+
+// Exit codes otactl ends with (docs/exit-codes.md). Every command uses
+// them; Reason.ExitCode maps each reason to one.
+const (
+	ExitOK          = 0 // success
+	ExitFailure     = 1 // any other failure, an answer that is not an RPC frame, two devices answering
+	ExitUsage       = 2 // bad flag, argument or --port value
+	ExitRPCError    = 3 // the device returned an RPC error
+	ExitAuth        = 4 // authentication failed, ACL refused the call, TLS failed
+	ExitUnreachable = 5 // device unreachable or timed out
+	ExitUpdate      = 6 // the update did not take (rejected, failed, rolled back)
+)
+
+// ExitCode is the exit code otactl ends with for r; an unknown code is
+// ExitFailure.
+func (r Reason) ExitCode() int {
+	switch r {
+	case ReasonOK:
+		return ExitOK
+	case ReasonUncommitted, ReasonWrongPlatform, ReasonBusy, ReasonCorruptBundle, ReasonBadSignature,
+		ReasonDownloadFailed, ReasonUpdateTimeout, ReasonRejected, ReasonDeviceReset,
+		ReasonNoReboot, ReasonWrongFirmware, ReasonRolledBack, ReasonHealthFailed:
+		return ExitUpdate
+	case ReasonUnreachable, ReasonTimeout:
+		return ExitUnreachable
+	case ReasonAuth, ReasonAuthRequired, ReasonAuthRefused, ReasonForbidden, ReasonAuthMalformed, ReasonTLS:
+		return ExitAuth
+	case ReasonDeviceError:
+		return ExitRPCError
+	case ReasonUsage:
+		return ExitUsage
+	}
+	return ExitFailure
+}
+
+// Known reports whether r is one of Reasons.
+func (r Reason) Known() bool {
+	for _, k := range Reasons() {
+		if r == k {
+			return true
+		}
+	}
+	return false
 }
 
 // ReasonError attaches a reason to an error, for failures whose cause
@@ -227,19 +272,14 @@ func ReasonOf(err error) Reason {
 // refused because the running firmware is not committed.
 var ErrUncommitted = errors.New("the running firmware is not committed")
 
-// codePrefix is the "<code> " newer firmware puts before its status
-// message ("-1 Wrong platform").
-var codePrefix = regexp.MustCompile(`^-?\d+\s+`)
-
 // DeviceMessageReason tells the reason from a device's status message (the
 // message of an OTA.Update/OTA.End error, or OTA.Status "msg"): the fixed
-// messages of ota-common and rpc-service-ota (device-semantics.md), and the
-// emulator's. Anything else is ReasonRejected.
+// messages of the device (pkg/ota/wire, pkg/ota/bundle; docs/protocol.md)
+// and the emulator's. Anything else is ReasonRejected.
 func DeviceMessageReason(msg string) Reason {
-	m := strings.TrimSpace(codePrefix.ReplaceAllString(strings.TrimSpace(msg), ""))
 	has := func(p ...string) bool {
 		for _, s := range p {
-			if strings.HasPrefix(strings.ToLower(m), strings.ToLower(s)) {
+			if wire.HasMessage(msg, s) {
 				return true
 			}
 		}
@@ -250,20 +290,22 @@ func DeviceMessageReason(msg string) Reason {
 		return ReasonWrongPlatform
 	case has(bundle.ErrSignature.Msg):
 		return ReasonBadSignature
-	case has("Previous update has not been committed"):
+	case has(wire.MsgNotCommitted):
 		return ReasonUncommitted
-	case has("Update already in progress", "Failed to init updater"):
+	case has(wire.MsgAlreadyRunning, wire.MsgInitFailed):
 		return ReasonBusy
-	case has("Update timed out"):
+	case has(wire.MsgTimedOut):
 		return ReasonUpdateTimeout
-	case has("Update interrupted by reboot"):
+	case has(wire.MsgInterrupted):
 		return ReasonDeviceReset
-	case has("Update failed", "Invalid HTTP response code", "Invalid content-length", "Failed to connect"):
+	case has(wire.MsgDownloadFailed, wire.MsgInvalidContentLength, wire.MsgFailedToConnect):
+		return ReasonDownloadFailed
+	case wire.IsInvalidHTTPResponse(msg):
 		return ReasonDownloadFailed
 	case has(bundle.ErrMalformed.Msg, bundle.ErrCompressed.Msg, bundle.ErrCRC.Msg, bundle.ErrManifestParse.Msg,
 		bundle.ErrManifestField.Msg, bundle.ErrDigest.Msg, bundle.ErrSize.Msg, bundle.ErrFileName.Msg,
-		bundle.ErrMissingPart.Msg, bundle.ErrBadSrc.Msg, bundle.ErrBadPartName.Msg, "Not all data was processed",
-		"Premature end of update", "Invalid part", "Duplicate"):
+		bundle.ErrMissingPart.Msg, bundle.ErrBadSrc.Msg, bundle.ErrBadPartName.Msg, bundle.ErrDuplicateSrc.Msg,
+		wire.MsgNotAllData, wire.MsgPrematureEnd, wire.MsgInvalidPart):
 		return ReasonCorruptBundle
 	}
 	return ReasonRejected

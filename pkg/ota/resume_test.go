@@ -319,3 +319,44 @@ func TestPushStopsWhenTwoDevicesAnswer(t *testing.T) {
 		}
 	})
 }
+
+// A device that reports its offset in OTA.Status (the otactl emulator) is
+// resumed exactly there: a write that landed but whose reply was lost with
+// the link is not sent again only to be refused as the wrong offset.
+func TestPushResumesAtTheOffsetTheDeviceReports(t *testing.T) {
+	bubble(t, func(t *testing.T, ctx context.Context) {
+		d := newFakeDev(t)
+		d.reportOffset = true
+		cut := false
+		d.writeHook = func(call int, off int64) fault {
+			if off == 2048 && !cut {
+				cut = true
+				d.mu.Lock()
+				d.down = 1
+				d.mu.Unlock()
+				return fault{hangUp: true} // applied, then the link drops
+			}
+			return fault{}
+		}
+		dev := ota.New(d.client(t))
+		data := payload(512 * 8)
+		res, err := dev.Push(ctx, bytes.NewReader(data), int64(len(data)), ota.PushOptions{ChunkSize: 512, Window: 1, Redial: d.dial(t)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, _ := d.got(); !bytes.Equal(got, data) || res.Resumes != 1 {
+			t.Fatalf("resumes %d, the device holds the bundle: %v", res.Resumes, bytes.Equal(got, data))
+		}
+		d.mu.Lock()
+		defer d.mu.Unlock()
+		var at2048 int
+		for _, w := range d.writes {
+			if w.off == 2048 {
+				at2048++
+			}
+		}
+		if at2048 != 1 {
+			t.Fatalf("%d writes at offset 2048: OTA.Status said the device held 2560, so the push should have resumed there", at2048)
+		}
+	})
+}

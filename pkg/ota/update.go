@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"sync"
 	"time"
+
+	"github.com/otactl/otactl/pkg/ota/wire"
 )
 
 // UpdateArgs are the arguments of Update.
@@ -46,16 +48,12 @@ type Accepted struct {
 // (link dropped, per-call deadline) is not an error: Accepted.Confirmed is
 // false. Cancelling ctx returns ctx's error (the device carries on).
 func (d *Device) Update(ctx context.Context, args UpdateArgs) (Accepted, error) {
-	params := struct {
-		URL           string `json:"url"`
-		CommitTimeout int64  `json:"commit_timeout"`
-		Timeout       int64  `json:"timeout"`
-	}{URL: args.URL, CommitTimeout: commitSeconds(args.CommitTimeout), Timeout: seconds(args.Timeout)}
+	params := wire.UpdateArgs{URL: args.URL, CommitTimeout: commitSeconds(args.CommitTimeout), Timeout: seconds(args.Timeout)}
 	if args.URL == "" {
-		return Accepted{}, fmt.Errorf("OTA.Update: no bundle URL given")
+		return Accepted{}, fmt.Errorf("%s: no bundle URL given", wire.OTAUpdate)
 	}
 	if err := CheckTimeouts(args.CommitTimeout, args.Timeout); err != nil {
-		return Accepted{}, fmt.Errorf("OTA.Update: %w", err)
+		return Accepted{}, fmt.Errorf("%s: %w", wire.OTAUpdate, err)
 	}
 	if params.Timeout == 0 {
 		params.Timeout = seconds(DefaultUpdateTimeout)
@@ -74,7 +72,7 @@ func (d *Device) Update(ctx context.Context, args UpdateArgs) (Accepted, error) 
 		defer wg.Done()
 		d.pollProgress(ctx, stop, args, endCall)
 	}()
-	_, err := d.c.Call(callCtx, "OTA.Update", params)
+	_, err := d.c.Call(callCtx, wire.OTAUpdate, params)
 	close(stop)
 	wg.Wait()
 
@@ -101,7 +99,7 @@ func (d *Device) Update(ctx context.Context, args UpdateArgs) (Accepted, error) 
 }
 
 // errReplyLost ends an OTA.Update call whose reply cannot come any more.
-var errReplyLost = errors.New("OTA.Status shows the update over, but its reply did not come")
+var errReplyLost = errors.New(wire.OTAStatus + " shows the update over, but its reply did not come")
 
 // replyGrace is how long the reply to OTA.Update may trail OTA.Status
 // showing the update over (a failed update returns the updater to idle as
@@ -197,7 +195,7 @@ func (e *GaveUpError) Error() string {
 	case e.Status.State == StateProgress:
 		s += fmt.Sprintf("the device is still updating (OTA.Status: in progress, %d%%). ", e.Status.ProgressPercent)
 	default:
-		s += fmt.Sprintf("OTA.Status says %s. ", e.Status.State)
+		s += fmt.Sprintf("%s says %s. ", wire.OTAStatus, e.Status.State)
 	}
 	if e.Status != nil && e.Status.State == StateIdle {
 		return s + "The update ended without its reply reaching otactl: check what runs with 'otactl bootstate'"

@@ -7,6 +7,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/otactl/otactl/pkg/ota/wire"
 	"github.com/otactl/otactl/pkg/rpc"
 )
 
@@ -190,7 +191,7 @@ func (p probe) describe() string {
 // CodeShuttingDown is the error code a Mongoose OS device answers every
 // call with between scheduling its reboot and rebooting (~100 ms; the
 // message says "shutting down in N ms"): it is about to go away.
-const CodeShuttingDown = 418
+const CodeShuttingDown = wire.CodeShuttingDown
 
 // ErrShuttingDown is wrapped by the error of a wait attempt that the
 // device answered with CodeShuttingDown: not back yet.

@@ -34,6 +34,16 @@ func Errorf(code int, format string, args ...any) *Error {
 	return &Error{Code: code, Message: fmt.Sprintf(format, args...)}
 }
 
+// CodeNoHandler is the code of the reply to a method the device does not
+// have (NoHandler).
+const CodeNoHandler = 404
+
+// NoHandler is the device's reply to a call of a method it does not have:
+// 404 "No handler for METHOD".
+func NoHandler(method string) *Error {
+	return &Error{Code: CodeNoHandler, Message: "No handler for " + method}
+}
+
 // LinkError is a failure of the connection to the device while calling a
 // method: the request could not be sent, the link dropped, or the device did
 // not answer before the context ended. The device said nothing about the

@@ -282,7 +282,7 @@ func TestLenientArguments(t *testing.T) {
 	}
 }
 
-// A device that wants in-frame digest auth (wire-protocol.md §6).
+// A device that wants in-frame digest auth (docs/protocol.md, "Authentication").
 func authServer(user, pass string) *rpc.Server {
 	s := testServer()
 	const realm, nonce = "otactl-test", 123456

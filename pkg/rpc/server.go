@@ -107,7 +107,8 @@ func (s *Server) HandleFrame(ctx context.Context, f *frame.Frame) *frame.Frame {
 	resp := &frame.Frame{ID: f.ID, Src: s.ID, Dst: f.Src, Tag: f.Tag}
 	switch {
 	case !ok:
-		resp.Error = &frame.Error{Code: 404, Message: "No handler for " + f.Method}
+		nh := NoHandler(f.Method)
+		resp.Error = &frame.Error{Code: nh.Code, Message: nh.Message}
 	default:
 		if gate != nil {
 			if e := gate(ctx, req); e != nil {

@@ -1,12 +1,15 @@
 package emulator
 
 import (
+	"context"
 	"encoding/json"
 	"os"
 	"path/filepath"
 	"slices"
 	"testing"
 	"time"
+
+	"github.com/otactl/otactl/pkg/rpc/frame"
 )
 
 func TestFactoryFirmware(t *testing.T) {
@@ -120,4 +123,18 @@ func TestRestartResumes(t *testing.T) {
 	if v := e.info()["fw_version"]; v != "2.0.0" {
 		t.Fatalf("after restart: %v", v)
 	}
+}
+
+// OTA.Update's success reply is the old devices' code-0 error, which
+// rpc.Client hides: check the frame itself.
+func TestUpdateSuccessFrame(t *testing.T) {
+	e := newEnv(t, nil)
+	params, _ := json.Marshal(map[string]any{"url": e.serve("/fw.zip", makeBundle(t, fw{version: "2.0.0"}))})
+	ctx, cancel := context.WithTimeout(context.Background(), waitLimit)
+	defer cancel()
+	resp := e.d.Handler().HandleFrame(ctx, &frame.Frame{ID: 7, Src: "test", Method: "OTA.Update", Params: params})
+	if resp == nil || resp.ID != 7 || resp.Error == nil || resp.Error.Code != 0 || resp.Error.Message != "Update applied, finalizing" {
+		t.Fatalf("reply %+v (error %+v)", resp, resp.Error)
+	}
+	e.waitBoots(2)
 }

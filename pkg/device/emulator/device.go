@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/otactl/otactl/pkg/ota/bundle"
+	"github.com/otactl/otactl/pkg/ota/wire"
 	"github.com/otactl/otactl/pkg/rpc"
 	"github.com/otactl/otactl/pkg/rpc/frame"
 	"github.com/otactl/otactl/pkg/transport"
@@ -43,8 +44,8 @@ const (
 	DefaultID             = "dev1"
 	DefaultPlatform       = "esp32"
 	DefaultSlots          = 2
-	DefaultUpdateTimeout  = 600 * time.Second
-	DefaultRebootAfter    = 100 * time.Millisecond
+	DefaultUpdateTimeout  = wire.DefaultUpdateTimeout
+	DefaultRebootAfter    = wire.RebootAfter
 	DefaultMaxRedirects   = 10
 	DefaultFactoryVersion = "1.0.0"
 )
@@ -54,8 +55,8 @@ const (
 // arrives when the scheduled reboot is RebootLockout away or closer gets
 // error RebootLockoutCode "shutting down in N ms" instead of an answer.
 const (
-	RebootLockout     = 100 * time.Millisecond
-	RebootLockoutCode = 418
+	RebootLockout     = wire.RebootLockout
+	RebootLockoutCode = wire.CodeShuttingDown
 )
 
 // Config configures a Device. Zero values mean defaults.
@@ -279,7 +280,7 @@ type Device struct {
 }
 
 type otaStatus struct {
-	state    int
+	state    wire.State
 	msg      string
 	progress int
 }
@@ -567,7 +568,7 @@ func (d *Device) State() State {
 		Online: d.online, PoweredOff: d.poweredOff.Load(), Bricked: d.bricked, Boots: d.boots,
 		RunningSlot: d.running, Boot: d.mem, Behavior: d.behavior,
 		HealthMethod: d.health.method, Health: d.health.String(),
-		OTAState: d.status.state, OTAMessage: d.statusMsgLocked(), CommitTimerArmed: d.commitTimer != nil,
+		OTAState: int(d.status.state), OTAMessage: d.statusMsgLocked(), CommitTimerArmed: d.commitTimer != nil,
 		RebootPending: !d.rebootAt.IsZero(), OffUntil: d.offUntil, CrashOnNewFirmware: d.cfg.CrashOnNewFirmware,
 		MQTTConnected: mqttUp,
 	}
@@ -714,7 +715,7 @@ func (d *Device) lockout(context.Context, *rpc.Request) *frame.Error {
 	if left > RebootLockout {
 		return nil
 	}
-	return &frame.Error{Code: RebootLockoutCode, Message: fmt.Sprintf("shutting down in %d ms", max(left.Milliseconds(), 0))}
+	return &frame.Error{Code: RebootLockoutCode, Message: wire.ShuttingDown(left.Milliseconds())}
 }
 
 // reboot takes the device off its transports, waits Config.RebootDelay and
@@ -954,7 +955,7 @@ func (d *Device) boot() (again bool, err error) {
 		}
 	}
 	if p.CommitTimeout > 0 {
-		d.log.Info(fmt.Sprintf("Arming commit watchdog for %d seconds", p.CommitTimeout))
+		d.log.Info(wire.ArmingCommitWatchdog(p.CommitTimeout))
 		epoch := d.epoch
 		d.commitTimer = d.clock.AfterFunc(time.Duration(p.CommitTimeout)*time.Second, func() { d.commitTimeout(epoch) })
 		return false, nil
@@ -1001,7 +1002,7 @@ func (d *Device) commitTimeout(epoch context.Context) {
 		return
 	}
 	d.commitTimer = nil
-	d.log.Error("Update commit timeout expired")
+	d.log.Error(wire.MsgCommitTimeoutExpired)
 	err := d.revertLocked()
 	d.mu.Unlock()
 	if err != nil {
@@ -1044,7 +1045,7 @@ func (d *Device) statusMsgLocked() string {
 	if d.status.msg != "" {
 		return d.status.msg
 	}
-	return [...]string{"idle", "progress", "error", "success"}[d.status.state]
+	return d.status.state.Word()
 }
 
 func (d *Device) uptime() int64 {

@@ -1,5 +1,5 @@
 // Package emulator is an emulated Mongoose OS device: the OTA slot state
-// machine of docs/device-semantics.md, served on every transport otactl
+// machine of docs/protocol.md, served on every transport otactl
 // speaks, with its flash kept on disk so that killing the process is a
 // power cut and starting it again is a boot.
 //

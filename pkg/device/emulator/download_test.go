@@ -12,7 +12,7 @@ import (
 // Content-Length is shorter than the bundle, or a body delimited by the
 // connection's close is cut short) is a failed download, "Update failed",
 // as a real device reports a connection that closes before its update
-// finished (docs/emulator.md, "OTA.Update"): the bundle itself may well be
+// finished (docs/protocol.md, "Updating from a URL"): the bundle itself may be
 // fine, so the device must not call it "Malformed archive (truncated)".
 // The boot state is untouched and the device takes the next update. A
 // push that ends its data early (OTA.End) is another matter: there the

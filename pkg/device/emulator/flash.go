@@ -15,15 +15,12 @@ import (
 	"sync/atomic"
 
 	"github.com/otactl/otactl/pkg/ota/bundle"
+	"github.com/otactl/otactl/pkg/ota/wire"
 )
 
-// BootState is the device's boot configuration (OTA.GetBootState).
-type BootState struct {
-	ActiveSlot    int  `json:"active_slot"`
-	IsCommitted   bool `json:"is_committed"`
-	RevertSlot    int  `json:"revert_slot"`
-	CommitTimeout int  `json:"commit_timeout"`
-}
+// BootState is the device's boot configuration (OTA.GetBootState), as it
+// answers it and keeps it on flash (bootstate.json): the contract's type.
+type BootState = wire.BootState
 
 // PageSize is the unit of the emulated flash's data writes: file data (a
 // part, a file copied by a snapshot or the first boot's merge) reaches the

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/otactl/otactl/pkg/ota/bundle"
+	"github.com/otactl/otactl/pkg/ota/wire"
 	"github.com/otactl/otactl/pkg/rpc"
 )
 
@@ -22,7 +23,7 @@ const (
 	HealthMethodAttribute = "emulator_health_method"
 	// DefaultHealthMethod is the health method of a firmware that does not
 	// name one.
-	DefaultHealthMethod = "App.Health"
+	DefaultHealthMethod = wire.AppHealth
 	// HealthAttribute says how the health method answers: HealthOK,
 	// HealthFail, "late:N" (HealthLatePrefix) or HealthHang.
 	HealthAttribute = "emulator_health"
@@ -108,7 +109,7 @@ func (d *Device) healthCheck(ctx context.Context, req *rpc.Request) (any, error)
 	h, booted, epoch := d.health, d.bootTime, d.epoch
 	d.mu.Unlock()
 	if req.Method != h.method { // the firmware changed under this call
-		return nil, rpc.Errorf(404, "No handler for %s", req.Method)
+		return nil, rpc.NoHandler(req.Method)
 	}
 	switch h.kind {
 	case HealthFail:

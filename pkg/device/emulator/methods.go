@@ -7,37 +7,27 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/otactl/otactl/pkg/ota/wire"
 	"github.com/otactl/otactl/pkg/rpc"
-)
-
-// Status messages the device replies with (device-semantics.md §1).
-const (
-	msgMalformed      = "Malformed request"
-	msgInitFailed     = "Failed to init updater"
-	msgApplied        = "Update applied, finalizing"
-	msgSnapUncommited = "Cannot create snapshots in uncommitted state"
-	msgSnapFailed     = "Failed to create snapshot"
-	msgSetBootFailed  = "Failed to set boot state"
-	msgSetCTFailed    = "Failed to set commit timeout"
-	msgNotStarted     = "Update not started"
-	msgNotModified    = "Not Modified"
 )
 
 func (d *Device) registerMethods() {
 	s := d.srv
-	s.Handle("OTA.Update", d.otaUpdate)
-	s.Handle("OTA.Commit", d.otaCommit)
-	s.Handle("OTA.Revert", d.otaRevert)
-	s.Handle("OTA.CreateSnapshot", d.otaCreateSnapshot)
-	s.Handle("OTA.GetBootState", d.otaGetBootState)
-	s.Handle("OTA.SetBootState", d.otaSetBootState)
-	s.Handle("OTA.Status", d.otaStatus)
-	s.Handle("OTA.Begin", d.otaBegin)
-	s.Handle("OTA.Write", d.otaWrite)
-	s.Handle("OTA.End", d.otaEnd)
-	s.Handle("Sys.GetInfo", d.sysGetInfo)
-	s.Handle("Sys.Reboot", d.sysReboot)
-	s.Handle("RPC.List", func(context.Context, *rpc.Request) (any, error) { return s.Methods(), nil })
+	// The device's methods and replies: pkg/ota/wire (docs/protocol.md,
+	// "Methods").
+	s.Handle(wire.OTAUpdate, d.otaUpdate)
+	s.Handle(wire.OTACommit, d.otaCommit)
+	s.Handle(wire.OTARevert, d.otaRevert)
+	s.Handle(wire.OTACreateSnapshot, d.otaCreateSnapshot)
+	s.Handle(wire.OTAGetBootState, d.otaGetBootState)
+	s.Handle(wire.OTASetBootState, d.otaSetBootState)
+	s.Handle(wire.OTAStatus, d.otaStatus)
+	s.Handle(wire.OTABegin, d.otaBegin)
+	s.Handle(wire.OTAWrite, d.otaWrite)
+	s.Handle(wire.OTAEnd, d.otaEnd)
+	s.Handle(wire.SysGetInfo, d.sysGetInfo)
+	s.Handle(wire.SysReboot, d.sysReboot)
+	s.Handle(wire.RPCList, func(context.Context, *rpc.Request) (any, error) { return s.Methods(), nil })
 }
 
 // intArg reads an integer argument the way the device's JSON scanner does:
@@ -54,10 +44,10 @@ func (d *Device) otaCommit(context.Context, *rpc.Request) (any, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.mem.IsCommitted {
-		return nil, rpc.Errorf(-1, "")
+		return nil, rpc.Errorf(wire.CodeFailed, "")
 	}
 	if err := d.commitLocked(); err != nil {
-		return nil, rpc.Errorf(-1, "%s", err)
+		return nil, rpc.Errorf(wire.CodeFailed, "%s", err)
 	}
 	return nil, nil
 }
@@ -66,12 +56,12 @@ func (d *Device) otaRevert(context.Context, *rpc.Request) (any, error) {
 	d.mu.Lock()
 	if d.mem.IsCommitted {
 		d.mu.Unlock()
-		return nil, rpc.Errorf(-1, "")
+		return nil, rpc.Errorf(wire.CodeFailed, "")
 	}
 	err := d.revertLocked()
 	d.mu.Unlock()
 	if err != nil {
-		return nil, rpc.Errorf(-1, "%s", err)
+		return nil, rpc.Errorf(wire.CodeFailed, "%s", err)
 	}
 	d.requestReboot(d.cfg.RebootAfter)
 	return nil, nil
@@ -112,25 +102,25 @@ func (d *Device) otaSetBootState(_ context.Context, req *rpc.Request) (any, erro
 		}
 	}
 	if n == 0 {
-		return nil, rpc.Errorf(-2, "")
+		return nil, rpc.Errorf(wire.CodeNoField, "")
 	}
 	if !d.fl.validSlot(st.ActiveSlot) || !d.fl.validSlot(st.RevertSlot) {
-		return nil, rpc.Errorf(-3, "")
+		return nil, rpc.Errorf(wire.CodeBadSlot, "")
 	}
 	if u := d.upd; u != nil && (st.ActiveSlot == u.target || !st.IsCommitted && st.RevertSlot == u.target) {
 		// The slot holds half an update: booting it after a power cut
 		// would find nothing.
 		d.log.Error(fmt.Sprintf("Slot %d is being written by an update: not setting the boot state to it", u.target))
-		return nil, rpc.Errorf(-3, "")
+		return nil, rpc.Errorf(wire.CodeBadSlot, "")
 	}
 	if ct >= 0 {
 		st.CommitTimeout = int(ct)
 	}
 	if err := d.fl.saveBoot(st); err != nil {
 		if ct >= 0 {
-			return nil, rpc.Errorf(-4, "")
+			return nil, rpc.Errorf(wire.CodeCommitTimeoutWrite, "")
 		}
-		return nil, rpc.Errorf(-3, "")
+		return nil, rpc.Errorf(wire.CodeBadSlot, "")
 	}
 	d.mem = st
 	return nil, nil
@@ -143,16 +133,16 @@ func (d *Device) otaStatus(context.Context, *rpc.Request) (any, error) {
 	if u := d.upd; u != nil {
 		progress = u.percent()
 	}
-	st := map[string]any{
-		"state":            d.status.state,
-		"msg":              d.statusMsgLocked(),
-		"is_committed":     d.mem.IsCommitted,
-		"partition":        d.mem.ActiveSlot,
-		"commit_timeout":   d.mem.CommitTimeout,
-		"progress_percent": progress,
+	st := wire.Status{
+		State:           d.status.state,
+		Msg:             d.statusMsgLocked(),
+		IsCommitted:     d.mem.IsCommitted,
+		Partition:       d.mem.ActiveSlot,
+		CommitTimeout:   d.mem.CommitTimeout,
+		ProgressPercent: progress,
 	}
 	if off, ok := d.pushOffsetLocked(); ok {
-		st["offset"] = off // emulator extension: where a push resumes
+		st.Offset = &off // emulator extension: where a push resumes
 	}
 	return st, nil
 }
@@ -161,19 +151,19 @@ func (d *Device) otaCreateSnapshot(_ context.Context, req *rpc.Request) (any, er
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if !d.mem.IsCommitted {
-		return nil, rpc.Errorf(-1, msgSnapUncommited)
+		return nil, rpc.Errorf(wire.CodeFailed, wire.MsgSnapUncommitted)
 	}
 	if d.upd != nil {
-		return nil, rpc.Errorf(-1, msgSnapFailed)
+		return nil, rpc.Errorf(wire.CodeFailed, wire.MsgSnapFailed)
 	}
 	target := d.spareSlot()
 	if target < 0 {
-		d.log.Error(nextBootMsg(d.mem.ActiveSlot, "a snapshot"))
-		return nil, rpc.Errorf(-1, msgSnapFailed)
+		d.log.Error(wire.NextBootBusy(d.mem.ActiveSlot, "a snapshot"))
+		return nil, rpc.Errorf(wire.CodeFailed, wire.MsgSnapFailed)
 	}
 	if err := d.fl.copySlot(d.running, target); err != nil {
 		d.log.Error("snapshot failed", "err", err)
-		return nil, rpc.Errorf(-1, msgSnapFailed)
+		return nil, rpc.Errorf(wire.CodeFailed, wire.MsgSnapFailed)
 	}
 	if req.Bool("set_as_revert") {
 		st := d.mem
@@ -185,13 +175,13 @@ func (d *Device) otaCreateSnapshot(_ context.Context, req *rpc.Request) (any, er
 		}
 		if err := d.fl.saveBoot(st); err != nil {
 			if ct >= 0 {
-				return nil, rpc.Errorf(-4, msgSetCTFailed)
+				return nil, rpc.Errorf(wire.CodeCommitTimeoutWrite, wire.MsgSetCommitTimeoutFailed)
 			}
-			return nil, rpc.Errorf(-3, msgSetBootFailed)
+			return nil, rpc.Errorf(wire.CodeBadSlot, wire.MsgSetBootFailed)
 		}
 		d.mem = st
 	}
-	return map[string]int{"slot": target}, nil
+	return wire.SnapshotReply{Slot: target}, nil
 }
 
 // spareSlot is the slot an update or a snapshot writes: the first one
@@ -199,7 +189,7 @@ func (d *Device) otaCreateSnapshot(_ context.Context, req *rpc.Request) (any, er
 // there is none (OTA.SetBootState pointed the next boot at the only other
 // slot): erasing the slot the next boot uses would leave nothing to boot
 // after a power cut, so the device refuses until it has booted that slot
-// (docs/emulator.md, "Snapshots and boot state").
+// (docs/emulator.md, "How faithful it is").
 func (d *Device) spareSlot() int {
 	for i := 1; i < d.cfg.Slots; i++ {
 		if s := (d.running + i) % d.cfg.Slots; s != d.mem.ActiveSlot {
@@ -209,10 +199,6 @@ func (d *Device) spareSlot() int {
 	return -1
 }
 
-func nextBootMsg(slot int, what string) string {
-	return fmt.Sprintf("The next boot uses slot %d, the slot %s would write: reboot first", slot, what)
-}
-
 func (d *Device) sysGetInfo(context.Context, *rpc.Request) (any, error) {
 	up := d.uptime()
 	d.mu.Lock()
@@ -220,28 +206,28 @@ func (d *Device) sysGetInfo(context.Context, *rpc.Request) (any, error) {
 	m := d.manifest
 	sum := sha1.Sum([]byte(d.cfg.ID))
 	mac := hex.EncodeToString(append([]byte{0x02}, sum[:5]...))
-	info := map[string]any{
-		"id":           d.cfg.ID,
-		"app":          m.Name,
-		"fw_version":   m.Version,
-		"fw_id":        m.BuildID,
-		"fw_timestamp": m.BuildTimestamp,
-		"arch":         d.cfg.Platform,
-		"mac":          mac,
-		"uptime":       up,
-		"ram_size":     320 * 1024,
-		"ram_free":     200 * 1024,
-		"ota_slot":     d.running,
-		"emulator":     true,
-	}
-	return info, nil
+	slot := d.running
+	return wire.SysInfo{
+		ID:          d.cfg.ID,
+		App:         m.Name,
+		FWVersion:   m.Version,
+		FWID:        m.BuildID,
+		FWTimestamp: m.BuildTimestamp,
+		Arch:        d.cfg.Platform,
+		Mac:         mac,
+		Uptime:      float64(up),
+		RAMSize:     320 * 1024,
+		RAMFree:     200 * 1024,
+		RunningSlot: &slot,
+		Emulator:    true,
+	}, nil
 }
 
 func (d *Device) sysReboot(_ context.Context, req *rpc.Request) (any, error) {
 	delay := d.cfg.RebootAfter
 	if ms, ok, err := req.Int("delay_ms"); ok && err == nil {
 		if ms < 0 {
-			return nil, rpc.Errorf(400, "invalid delay value")
+			return nil, rpc.Errorf(wire.CodeBadArgument, wire.MsgInvalidDelay)
 		}
 		delay = time.Duration(ms) * time.Millisecond
 	}

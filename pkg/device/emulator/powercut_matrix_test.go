@@ -20,6 +20,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/otactl/otactl/pkg/ota/bundle"
+	"github.com/otactl/otactl/pkg/ota/wire"
 	"github.com/otactl/otactl/pkg/rpc"
 	"github.com/otactl/otactl/pkg/transport"
 	"github.com/otactl/otactl/pkg/transport/pipe"
@@ -179,8 +180,8 @@ var pcFlows = []pcFlow{
 				return
 			}
 			var re *rpc.Error
-			if !errors.As(err, &re) || re.Code != -1 || re.Message != msgInitFailed {
-				r.t.Fatalf("OTA.Update into the slot the next boot uses: %v, want -1 %q", err, msgInitFailed)
+			if !errors.As(err, &re) || re.Code != -1 || re.Message != wire.MsgInitFailed {
+				r.t.Fatalf("OTA.Update into the slot the next boot uses: %v, want -1 %q", err, wire.MsgInitFailed)
 			}
 			if r.call("Sys.Reboot", nil) {
 				r.reboot()

@@ -6,6 +6,7 @@ import (
 	"io"
 	"time"
 
+	"github.com/otactl/otactl/pkg/ota/wire"
 	"github.com/otactl/otactl/pkg/rpc"
 )
 
@@ -72,10 +73,10 @@ func (d *Device) pushUpdate() (*update, error) {
 	defer d.mu.Unlock()
 	u := d.upd
 	if u == nil || !u.push {
-		if d.status.state == 2 {
-			return nil, rpc.Errorf(-1, "%s", d.status.msg)
+		if d.status.state == wire.StateError {
+			return nil, rpc.Errorf(wire.CodeFailed, "%s", d.status.msg)
 		}
-		return nil, rpc.Errorf(-1, msgNotStarted)
+		return nil, rpc.Errorf(wire.CodeFailed, wire.MsgNotStarted)
 	}
 	return u, nil
 }
@@ -88,11 +89,11 @@ func (d *Device) otaWrite(ctx context.Context, req *rpc.Request) (any, error) {
 	off, ok, oerr := req.Int("offset")
 	data, dok := req.String("data")
 	if !ok || oerr != nil || !dok {
-		return nil, rpc.Errorf(-1, msgMalformed)
+		return nil, rpc.Errorf(wire.CodeFailed, wire.MsgMalformed)
 	}
 	raw, err := base64.StdEncoding.DecodeString(data)
 	if err != nil {
-		return nil, rpc.Errorf(-1, msgMalformed)
+		return nil, rpc.Errorf(wire.CodeFailed, wire.MsgMalformed)
 	}
 	if err := u.awaitTurn(ctx, d.clock, off); err != nil {
 		return nil, err
@@ -119,7 +120,7 @@ func (d *Device) otaWrite(ctx context.Context, req *rpc.Request) (any, error) {
 // wrongOffset is the reply to a write at an offset other than the expected
 // one; it names the expected offset, so a client knows where to go on.
 func wrongOffset(off, expected int64) error {
-	return rpc.Errorf(-1, "Wrong offset %d, expected %d", off, expected)
+	return rpc.Errorf(wire.CodeFailed, "%s", wire.WrongOffset(off, expected))
 }
 
 // movedLocked wakes the writes waiting for their turn; u.pmu is held.
@@ -206,9 +207,9 @@ func (u *update) awaitTurn(ctx context.Context, clock Clock, off int64) error {
 func endedError(u *update) error {
 	<-u.done
 	if u.err == nil {
-		return rpc.Errorf(-1, msgNotStarted)
+		return rpc.Errorf(wire.CodeFailed, wire.MsgNotStarted)
 	}
-	return rpc.Errorf(-1, "%s", statusMessage(u.err))
+	return rpc.Errorf(wire.CodeFailed, "%s", statusMessage(u.err))
 }
 
 func (d *Device) otaEnd(ctx context.Context, _ *rpc.Request) (any, error) {

@@ -474,3 +474,47 @@ func TestPushAbandonedEndsAtWatchdog(t *testing.T) {
 		t.Fatalf("%+v", bs)
 	}
 }
+
+// A device counts every byte it receives, the central directory too: once
+// the whole bundle is written, OTA.Status says 100 %, before OTA.End.
+func TestPushProgressCountsWholeBundle(t *testing.T) {
+	e := newEnv(t, nil)
+	b := makeBundle(t, fw{version: "2.0.0"})
+	e.mustCall("OTA.Begin", map[string]any{"size": len(b), "commit_timeout": 300})
+	const chunk = 512
+	for off := 0; off < len(b); off += chunk {
+		end := min(off+chunk, len(b))
+		e.mustCall("OTA.Write", map[string]any{"offset": off, "data": base64.StdEncoding.EncodeToString(b[off:end])})
+	}
+	e.waitUntil("100 % before OTA.End", func(s State) bool { return s.OTAProgress == 100 })
+	var st map[string]any
+	json.Unmarshal(e.mustCall("OTA.Status", nil), &st)
+	if st["state"] != 1.0 || st["progress_percent"] != 100.0 {
+		t.Fatalf("status before End: %v", st)
+	}
+	e.mustCall("OTA.End", nil)
+	e.waitBoots(2)
+}
+
+// An OTA.Write that races with a successful OTA.End (it got the update
+// before End finished it) must get an error reply, not crash the device.
+// The interleaving is replayed by handing the finished update back to the
+// device as if the Write had fetched it just before End completed.
+func TestWriteRacingSuccessfulEnd(t *testing.T) {
+	e := newEnv(t, func(c *Config) { c.RebootAfter = time.Hour })
+	b := makeBundle(t, fw{version: "2.0.0"})
+	e.mustCall("OTA.Begin", map[string]any{"size": len(b)})
+	e.d.mu.Lock()
+	u := e.d.upd
+	e.d.mu.Unlock()
+	e.mustCall("OTA.Write", map[string]any{"offset": 0, "data": base64.StdEncoding.EncodeToString(b)})
+	e.mustCall("OTA.End", nil)
+	e.d.mu.Lock()
+	e.d.upd = u
+	e.d.mu.Unlock()
+	_, err := e.call("OTA.Write", map[string]any{"offset": len(b), "data": "AAAA"})
+	e.d.mu.Lock()
+	e.d.upd = nil
+	e.d.mu.Unlock()
+	wantErr(t, err, -1, "Update not started")
+}

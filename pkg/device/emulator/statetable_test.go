@@ -20,7 +20,7 @@ var (
 	uncommit1  = BootState{ActiveSlot: 1, IsCommitted: false, RevertSlot: 0, CommitTimeout: 300}
 )
 
-// TestStateTable walks the rows of device-semantics.md §5: each row puts
+// TestStateTable walks the rows of docs/protocol.md, "State table": each row puts
 // the device in a state, applies the event, and checks the reply, the boot
 // state, and what boots next.
 func TestStateTable(t *testing.T) {
@@ -225,7 +225,8 @@ func TestBusy(t *testing.T) {
 	}
 }
 
-// Every error message of device-semantics.md §1 not covered by the table.
+// Every error message of docs/protocol.md, "Methods", not covered by the
+// table.
 func TestErrorMessages(t *testing.T) {
 	e := newEnv(t, nil)
 	_, err := e.call("OTA.Update", nil)

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/otactl/otactl/pkg/ota/bundle"
+	"github.com/otactl/otactl/pkg/ota/wire"
 	"github.com/otactl/otactl/pkg/rpc"
 )
 
@@ -67,7 +68,7 @@ func (u *update) arm() {
 		return
 	}
 	u.wdt = u.d.clock.AfterFunc(u.timeout, func() {
-		u.d.log.Error("Update timed out", "timeout_s", int64(u.timeout/time.Second),
+		u.d.log.Error(wire.MsgTimedOut, "timeout_s", int64(u.timeout/time.Second),
 			"received", u.got.Load(), "size", u.total.Load())
 		u.cancel(errTimedOut)
 	})
@@ -97,8 +98,8 @@ func (e *statusError) Error() string {
 func (e *statusError) Unwrap() error { return e.err }
 
 var (
-	errTimedOut = &statusError{msg: "Update timed out"}
-	errRebooted = &statusError{msg: "Update interrupted by reboot"}
+	errTimedOut = &statusError{msg: wire.MsgTimedOut}
+	errRebooted = &statusError{msg: wire.MsgInterrupted}
 )
 
 // sourceError marks a failure to read the bundle (network, connection
@@ -120,10 +121,10 @@ func statusMessage(err error) string {
 	}
 	var src *sourceError
 	if errors.As(err, &src) {
-		return "Update failed"
+		return wire.MsgDownloadFailed
 	}
 	if errors.Is(err, ErrPowerCut) {
-		return "Power cut"
+		return wire.MsgPowerCut
 	}
 	return err.Error()
 }
@@ -133,17 +134,17 @@ func (d *Device) beginUpdate(timeout, commitTimeout int64, total int64, push boo
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.upd != nil {
-		d.log.Error("Update already in progress")
-		return nil, rpc.Errorf(-1, msgInitFailed)
+		d.log.Error(wire.MsgAlreadyRunning)
+		return nil, rpc.Errorf(wire.CodeFailed, wire.MsgInitFailed)
 	}
 	if !d.mem.IsCommitted {
-		d.log.Error("Previous update has not been committed yet")
-		return nil, rpc.Errorf(-1, msgInitFailed)
+		d.log.Error(wire.MsgNotCommitted)
+		return nil, rpc.Errorf(wire.CodeFailed, wire.MsgInitFailed)
 	}
 	target := d.spareSlot()
 	if target < 0 {
-		d.log.Error(nextBootMsg(d.mem.ActiveSlot, "an update"))
-		return nil, rpc.Errorf(-1, msgInitFailed)
+		d.log.Error(wire.NextBootBusy(d.mem.ActiveSlot, "an update"))
+		return nil, rpc.Errorf(wire.CodeFailed, wire.MsgInitFailed)
 	}
 	to := DefaultUpdateTimeout
 	if timeout > 0 {
@@ -155,7 +156,7 @@ func (d *Device) beginUpdate(timeout, commitTimeout int64, total int64, push boo
 		u.total.Store(total)
 	}
 	d.upd = u
-	d.status = otaStatus{state: 1}
+	d.status = otaStatus{state: wire.StateProgress}
 	d.log.Info(fmt.Sprintf("starting, timeout %d", int(to/time.Second)))
 	u.arm()
 	return u, nil
@@ -180,7 +181,7 @@ func (d *Device) finishUpdate(u *update, target int, err error) {
 	if ok {
 		st := BootState{ActiveSlot: target, IsCommitted: false, RevertSlot: d.running, CommitTimeout: u.ct}
 		if serr := d.fl.saveBoot(st); serr != nil {
-			err = &statusError{msg: "Cannot save update status", err: serr}
+			err = &statusError{msg: wire.MsgCannotSave, err: serr}
 			ok = false
 		} else {
 			d.mem = st
@@ -188,12 +189,12 @@ func (d *Device) finishUpdate(u *update, target int, err error) {
 	}
 	switch {
 	case ok:
-		d.status = otaStatus{state: 3, msg: msgApplied, progress: 100}
+		d.status = otaStatus{state: wire.StateSuccess, msg: wire.MsgApplied, progress: 100}
 		d.log.Info("update applied", "slot", target)
 	case u.notModified:
 		d.status = otaStatus{}
 	default:
-		d.status = otaStatus{state: 2, msg: statusMessage(err), progress: u.percent()}
+		d.status = otaStatus{state: wire.StateError, msg: statusMessage(err), progress: u.percent()}
 		d.log.Error("update failed", "err", err)
 	}
 	d.upd = nil
@@ -264,7 +265,7 @@ func (d *Device) apply(u *update, src io.Reader) (int, error) {
 	bySrc := m.DataParts()
 	target := u.target
 	if err := d.fl.eraseSlot(target); err != nil {
-		return 0, &statusError{msg: "Failed to erase slot", err: err}
+		return 0, &statusError{msg: wire.MsgEraseFailed, err: err}
 	}
 	written := map[string]bool{}
 	buf := make([]byte, 32<<10)
@@ -285,18 +286,18 @@ func (d *Device) apply(u *update, src io.Reader) (int, error) {
 		path := d.fl.partPath(target, name, p)
 		w, err := d.fl.create(path, "part")
 		if err != nil {
-			return 0, &statusError{msg: "Failed to write part", err: err}
+			return 0, &statusError{msg: wire.MsgWritePartFailed, err: err}
 		}
 		_, err = io.CopyBuffer(w, e, buf)
 		if cerr := w.Close(); err == nil && cerr != nil {
-			err = &statusError{msg: "Failed to write part", err: cerr}
+			err = &statusError{msg: wire.MsgWritePartFailed, err: cerr}
 		}
 		if err != nil {
 			return 0, err
 		}
 		size, s1, s256, err := digestFile(path)
 		if err != nil {
-			return 0, &statusError{msg: "Failed to read back part", err: err}
+			return 0, &statusError{msg: wire.MsgReadBackFailed, err: err}
 		}
 		if err := bundle.CheckPart(name, p, size, s1, s256); err != nil {
 			d.log.Error(err.Error())
@@ -314,10 +315,10 @@ func (d *Device) apply(u *update, src io.Reader) (int, error) {
 		}
 	}
 	if err := d.fl.syncSlot(target); err != nil {
-		return 0, &statusError{msg: "Failed to write part", err: err}
+		return 0, &statusError{msg: wire.MsgWritePartFailed, err: err}
 	}
 	if err := d.fl.writeAtomic(d.fl.manifestPath(target), br.RawManifest(), "manifest"); err != nil {
-		return 0, &statusError{msg: "Failed to write manifest", err: err}
+		return 0, &statusError{msg: wire.MsgManifestFailed, err: err}
 	}
 	return target, nil
 }
@@ -325,7 +326,7 @@ func (d *Device) apply(u *update, src io.Reader) (int, error) {
 func (d *Device) otaUpdate(ctx context.Context, req *rpc.Request) (any, error) {
 	url, ok := req.String("url")
 	if !ok || url == "" {
-		return nil, rpc.Errorf(-1, msgMalformed)
+		return nil, rpc.Errorf(wire.CodeFailed, wire.MsgMalformed)
 	}
 	u, err := d.beginUpdate(intArg(req, "timeout", 0), intArg(req, "commit_timeout", 0), 0, false)
 	if err != nil {
@@ -344,12 +345,12 @@ func waitUpdate(ctx context.Context, u *update) (any, error) {
 		return nil, ctx.Err()
 	}
 	if u.err != nil {
-		return nil, rpc.Errorf(-1, "%s", statusMessage(u.err))
+		return nil, rpc.Errorf(wire.CodeFailed, "%s", statusMessage(u.err))
 	}
 	if u.notModified {
-		return nil, rpc.Errorf(0, msgNotModified)
+		return nil, rpc.Errorf(0, wire.MsgNotModified)
 	}
-	return nil, rpc.Errorf(0, msgApplied)
+	return nil, rpc.Errorf(0, wire.MsgApplied)
 }
 
 func (d *Device) download(u *update, url string) {
@@ -360,7 +361,7 @@ func (d *Device) download(u *update, url string) {
 func (d *Device) fetch(u *update, url string) (int, error) {
 	req, err := http.NewRequestWithContext(u.ctx, http.MethodGet, url, nil)
 	if err != nil {
-		return 0, &statusError{msg: "Invalid URL", err: err}
+		return 0, &statusError{msg: wire.MsgInvalidURL, err: err}
 	}
 	d.log.Info("downloading", "url", req.URL.Redacted())
 	resp, err := d.client.Do(req)
@@ -373,7 +374,7 @@ func (d *Device) fetch(u *update, url string) (int, error) {
 		u.notModified = true
 		return 0, nil
 	case resp.StatusCode != http.StatusOK:
-		return 0, &statusError{msg: fmt.Sprintf("Invalid HTTP response code %d", resp.StatusCode)}
+		return 0, &statusError{msg: wire.InvalidHTTPResponse(resp.StatusCode)}
 	}
 	if resp.ContentLength > 0 {
 		u.total.Store(resp.ContentLength)

@@ -25,7 +25,8 @@ func (e *Error) Is(target error) bool {
 	return ok && t.Msg == e.Msg
 }
 
-// The device's status messages (device-semantics.md §3, ota-common).
+// The device's status messages (docs/protocol.md, "The bundle as the
+// device reads it"; ota-common).
 var (
 	// ErrMalformed: sizes in a local header are inconsistent, or the
 	// archive is not a zip archive a device can stream.

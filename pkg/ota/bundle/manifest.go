@@ -1,7 +1,7 @@
 // Package bundle reads, verifies and creates Mongoose OS firmware bundles
 // (fw.zip), written from the zip format specification (PKWARE APPNOTE) and
-// the behaviour of the device's streaming updater (docs/device-semantics.md
-// §3).
+// the behaviour of the device's streaming updater (docs/protocol.md, "The
+// bundle as the device reads it").
 //
 // A bundle is a zip archive whose first entry is manifest.json, followed by
 // one stored (uncompressed) entry per part, with flat names. The streaming

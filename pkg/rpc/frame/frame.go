@@ -2,7 +2,7 @@
 // message) and its ASCII-only encoding. It is shared by pkg/rpc and by every
 // transport so that the frame is defined once.
 //
-// See docs/wire-protocol.md §1 for the field list.
+// See docs/protocol.md, "Frames", for the field list.
 package frame
 
 import (
@@ -46,7 +46,8 @@ type Error struct {
 	Message string `json:"message,omitempty"`
 }
 
-// Auth is the in-frame digest authentication response (wire-protocol.md §6).
+// Auth is the in-frame digest authentication response (docs/protocol.md,
+// "Authentication").
 type Auth struct {
 	Realm     string `json:"realm"`
 	Username  string `json:"username"`

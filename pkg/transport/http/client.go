@@ -1,5 +1,5 @@
 // Package httptransport is the HTTP transport of the Mongoose OS RPC protocol
-// (docs/wire-protocol.md §3), both ends: the client Dial used by otactl, which
+// (docs/protocol.md, "HTTP"), both ends: the client Dial used by otactl, which
 // POSTs each request frame to http(s)://host/rpc and queues the reply frame
 // for Recv, and the device-side NewHandler used by the emulator, which serves
 // POST /rpc (whole frames) and POST /rpc/<Method> (bare arguments and result)
@@ -304,8 +304,8 @@ func (c *Conn) post(ctx context.Context, body []byte, authz string) ([]byte, err
 		drain(resp.Body)
 		return nil, &unauthorized{www: resp.Header.Get("WWW-Authenticate")}
 	case resp.StatusCode != http.StatusOK:
-		// Something answered, but not with an RPC reply (wire-protocol.md
-		// §3: a non-200 other than 401 is no reply): show what it said.
+		// Something answered, but not with an RPC reply (docs/protocol.md,
+		// "HTTP": a non-200 other than 401 is no reply): show what it said.
 		body, _ := io.ReadAll(io.LimitReader(resp.Body, 4<<10))
 		drain(resp.Body)
 		return nil, c.notRPC("HTTP "+resp.Status, "", body, statusHint(resp.StatusCode))

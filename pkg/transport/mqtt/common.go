@@ -1,5 +1,5 @@
 // Package mqtt is the MQTT transport of the Mongoose OS RPC protocol
-// (docs/wire-protocol.md §5), both ends:
+// (docs/protocol.md, "MQTT"), both ends:
 //
 //   - Dial is the client used by otactl for
 //     mqtt://[user:pass@]broker[:1883]/<device_id> and mqtts://… (port 8883).

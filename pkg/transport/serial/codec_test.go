@@ -12,7 +12,7 @@ import (
 )
 
 func TestEncodeFrameGolden(t *testing.T) {
-	// The example of docs/wire-protocol.md §2, as mos writes it.
+	// The example of docs/protocol.md, "Serial", as mos writes it.
 	in := `{"src":"mos","id":1711787588495,"method":"Sys.GetInfo","params":{"x":1}}`
 	want := "\n\"\"\"" + in + "e866a350\"\"\"\n"
 	if got := string(EncodeFrame([]byte(in))); got != want {

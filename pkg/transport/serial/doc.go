@@ -1,5 +1,5 @@
 // Package serial is the serial (UART) transport of the Mongoose OS RPC
-// protocol (docs/wire-protocol.md §2), both ends: the client Dial/NewConn
+// protocol (docs/protocol.md, "Serial"), both ends: the client Dial/NewConn
 // used by otactl, and the device side Serve (with OpenPTY) used by the
 // emulator. The framing lives in one place, EncodeFrame and Decoder, shared
 // by both ends and by the fuzz test.

@@ -1,5 +1,5 @@
 // Package ws is the WebSocket transport of the Mongoose OS RPC protocol
-// (docs/wire-protocol.md §4), both ends: the client Dial used by otactl
+// (docs/protocol.md, "WebSocket"), both ends: the client Dial used by otactl
 // (ws:// and wss://, subprotocol clubby.cesanta.com, one text message per
 // frame) and the device-side Handler used by the emulator.
 package ws

@@ -1,4 +1,4 @@
-package ota
+package wire
 
 import (
 	"bytes"
@@ -130,6 +130,20 @@ func (o *object) int(k string) int {
 	return int(f)
 }
 
+// int64 reads an integer that may exceed 32 bits (a
+// byte offset): a JSON number without fraction, or a string holding one.
+func (o *object) int64(k string) int64 {
+	if !o.present(k) {
+		return 0
+	}
+	f, ok := number(o.m[k])
+	if !ok || f != math.Trunc(f) || math.Abs(f) > 1<<53 {
+		o.fail(k, "that is not an integer: "+clip(o.m[k]))
+		return 0
+	}
+	return int64(f)
+}
+
 // float reads a number, or a string holding one.
 func (o *object) float(k string) float64 {
 	if !o.present(k) {
@@ -204,7 +218,7 @@ var (
 // refuse one that lacks a required field (BootStateRequired), and
 // leniently otherwise (numbers as numeric strings, booleans as 0/1).
 func ParseBootState(raw json.RawMessage) (BootState, error) {
-	o := decodeObject("OTA.GetBootState", raw, BootStateRequired...)
+	o := decodeObject(OTAGetBootState, raw, BootStateRequired...)
 	bs := BootState{
 		ActiveSlot:    o.int("active_slot"),
 		IsCommitted:   o.bool("is_committed"),
@@ -216,7 +230,7 @@ func ParseBootState(raw json.RawMessage) (BootState, error) {
 
 // ParseStatus decodes an OTA.Status result (state required).
 func ParseStatus(raw json.RawMessage) (Status, error) {
-	o := decodeObject("OTA.Status", raw, StatusRequired...)
+	o := decodeObject(OTAStatus, raw, StatusRequired...)
 	st := Status{
 		State:           State(o.int("state")),
 		Msg:             o.str("msg"),
@@ -226,7 +240,19 @@ func ParseStatus(raw json.RawMessage) (Status, error) {
 		Partition:       o.int("partition"),
 		Raw:             raw,
 	}
+	if o.present("offset") {
+		if off := o.int64("offset"); off >= 0 {
+			st.Offset = &off
+		}
+	}
 	return st, o.Err()
+}
+
+// ParseSnapshot decodes an OTA.CreateSnapshot result: the slot written
+// (SnapshotRequired).
+func ParseSnapshot(raw json.RawMessage) (SnapshotReply, error) {
+	o := decodeObject(OTACreateSnapshot, raw, SnapshotRequired...)
+	return SnapshotReply{Slot: o.int("slot")}, o.Err()
 }
 
 // ParseSysInfo decodes a Sys.GetInfo result: it must be a JSON object;
@@ -234,7 +260,7 @@ func ParseStatus(raw json.RawMessage) (Status, error) {
 // unexpected type is left zero, and uptime may be a number or a numeric
 // string.
 func ParseSysInfo(raw json.RawMessage) (SysInfo, error) {
-	o := decodeObject("Sys.GetInfo", raw)
+	o := decodeObject(SysGetInfo, raw)
 	info := SysInfo{
 		ID: o.str("id"), App: o.str("app"), Arch: o.str("arch"),
 		FWVersion: o.str("fw_version"), FWID: o.str("fw_id"),

@@ -1,9 +1,7 @@
 package ota_test
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"sync"
 	"testing"
@@ -11,19 +9,7 @@ import (
 
 	"github.com/otactl/otactl/pkg/ota"
 	"github.com/otactl/otactl/pkg/rpc"
-	"github.com/otactl/otactl/pkg/rpc/frame"
-	"github.com/otactl/otactl/pkg/transport"
-	"github.com/otactl/otactl/pkg/transport/pipe"
 )
-
-// sysInfo is what the fake's Sys.GetInfo answers, read under d.mu.
-func (d *fakeDev) sysInfoLocked() map[string]any {
-	return map[string]any{
-		"id": "esp32_0A1B2C", "app": "demo", "arch": "esp32",
-		"fw_version": d.fw.Version, "fw_id": d.fw.BuildID,
-		"uptime": int64(time.Since(d.bootedAt) / time.Second),
-	}
-}
 
 // A reboot faster than a call: Sys.GetInfo is answered by the old instance
 // (reboot pending), the next calls by the new firmware, and the device never
@@ -59,23 +45,6 @@ func TestWaitOutcomeProbeStraddlesReboot(t *testing.T) {
 			t.Fatalf("outcome %+v (info %+v), want the new firmware's, deadline %v", o, o.Info, bootedAt.Add(300*time.Second))
 		}
 	})
-}
-
-// slowDial connects through a link with this round-trip time (half each
-// way), e.g. MQTT over a congested cellular uplink.
-func (d *fakeDev) slowDial(t *testing.T, rtt time.Duration) ota.Dialer {
-	return func(ctx context.Context) (*rpc.Client, error) {
-		h := d.handler()
-		conn := pipe.New(transport.HandlerFunc(func(ctx context.Context, f *frame.Frame) *frame.Frame {
-			time.Sleep(rtt / 2)
-			r := h.HandleFrame(ctx, f)
-			time.Sleep(rtt / 2)
-			return r
-		}))
-		c := rpc.NewClient(conn, rpc.ClientOptions{})
-		t.Cleanup(func() { c.Close() })
-		return c, nil
-	}
 }
 
 // On a slow link the uptime must be referred to the moment Sys.GetInfo
@@ -197,40 +166,6 @@ func TestWaitOutcomeWaitsWhileDownloading(t *testing.T) {
 			t.Fatalf("outcome %+v, err %v", o, err)
 		}
 		contains(t, err, "update in progress", "42%")
-	})
-}
-
-// flakyWrites fails OTA.Write at once, as an HTTP link does while the
-// device's Wi-Fi is gone, until the given time.
-type flakyWrites struct {
-	c     ota.Caller
-	until time.Time
-	fails int
-}
-
-func (f *flakyWrites) Call(ctx context.Context, method string, params any) (json.RawMessage, error) {
-	if method == "OTA.Write" && time.Now().Before(f.until) {
-		f.fails++
-		return nil, &rpc.LinkError{Method: method, Err: errors.New("dial tcp 192.168.4.1:80: connect: no route to host")}
-	}
-	return f.c.Call(ctx, method, params)
-}
-
-// A write that fails at once (the link is briefly gone) is retried after a
-// pause, not three times within a millisecond.
-func TestPushRetryPausesAfterInstantFailure(t *testing.T) {
-	bubble(t, func(t *testing.T, ctx context.Context) {
-		d := newFakeDev(t)
-		f := &flakyWrites{c: d.client(t), until: time.Now().Add(1500 * time.Millisecond)}
-		data := payload(1500)
-		ev := &events{}
-		res, err := ota.New(f).Push(ctx, bytes.NewReader(data), int64(len(data)), ota.PushOptions{ChunkSize: 512, OnEvent: ev.fn})
-		if err != nil {
-			t.Fatalf("%v (after %d instant failures)", err, f.fails)
-		}
-		if got, _ := d.got(); !bytes.Equal(got, data) || res.Retries != 2 || f.fails != 2 {
-			t.Fatalf("result %+v, %d failures", res, f.fails)
-		}
 	})
 }
 
