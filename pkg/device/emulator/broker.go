@@ -11,6 +11,7 @@ import (
 	mochi "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/listeners"
 	"github.com/mochi-mqtt/server/v2/packets"
+	"github.com/otactl/otactl/internal/mochisafe"
 )
 
 // DefaultEmbeddedBroker is the address of "--mqtt-broker embedded".
@@ -66,7 +67,7 @@ func (b *embeddedBroker) start() error {
 		return fmt.Errorf("embedded MQTT broker: %w", err)
 	}
 	tcp := listeners.NewTCP(listeners.Config{ID: "emulator", Address: b.addr, TLSConfig: b.tls})
-	if err := srv.AddListener(tcp); err != nil {
+	if err := srv.AddListener(mochisafe.Wrap(srv, tcp)); err != nil {
 		return fmt.Errorf("embedded MQTT broker: listening on %s: %w", b.addr, err)
 	}
 	if err := srv.Serve(); err != nil {

@@ -28,6 +28,7 @@ import (
 	mochi "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/listeners"
 	"github.com/mochi-mqtt/server/v2/packets"
+	"github.com/otactl/otactl/internal/mochisafe"
 )
 
 // MosquittoEnv names the environment variable that holds the address
@@ -129,7 +130,7 @@ func Start(t testing.TB, c Config) *Broker {
 		addr = "127.0.0.1:0"
 	}
 	l := listeners.NewTCP(listeners.Config{ID: "t1", Address: addr, TLSConfig: c.TLS})
-	if err := srv.AddListener(l); err != nil {
+	if err := srv.AddListener(mochisafe.Wrap(srv, l)); err != nil {
 		t.Fatalf("mqtttest: listen on %s: %v", addr, err)
 	}
 	if err := srv.Serve(); err != nil { // returns at once
