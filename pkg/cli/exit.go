@@ -11,15 +11,16 @@ import (
 	"github.com/otactl/otactl/pkg/transport"
 )
 
-// Exit codes; docs/exit-codes.md documents them and tests pin them.
+// Exit codes: pkg/ota owns them (docs/exit-codes.md); the CLI's names are
+// the same constants.
 const (
-	ExitOK          = 0 // success
-	ExitFailure     = 1 // any other failure, an answer that is not an RPC frame, two devices answering
-	ExitUsage       = 2 // bad flag, argument or --port value
-	ExitRPCError    = 3 // the device returned an RPC error
-	ExitAuth        = 4 // authentication failed, ACL refused the call, TLS failed
-	ExitUnreachable = 5 // device unreachable or timed out
-	ExitUpdate      = 6 // the update did not take (rejected, failed, rolled back)
+	ExitOK          = ota.ExitOK
+	ExitFailure     = ota.ExitFailure
+	ExitUsage       = ota.ExitUsage
+	ExitRPCError    = ota.ExitRPCError
+	ExitAuth        = ota.ExitAuth
+	ExitUnreachable = ota.ExitUnreachable
+	ExitUpdate      = ota.ExitUpdate
 )
 
 // UsageError marks an error caused by how the command was called.
