@@ -199,7 +199,7 @@ func faultRows() []faultRow {
 		{name: "link_cut_mid_push_ws", transport: "ws", proxy: true, cmd: push, inject: injectLinkCutMidPush,
 			want: pushed},
 		{name: "broker_restart_during_push", transport: "mqtt", cmd: push, inject: injectBrokerRestartMidPush,
-			want: pushed, knownBug: "since the shared broker connection (mux), otactl's reconnection after a broker restart mid-push fails 2 times in 3 with 'subscribe to MQTT topic …: context deadline exceeded' for 10 s while the device is back on the broker within 2.3 s (exit 5 instead of a resumed push)"},
+			want: pushed},
 		// A device reset (or power cut) during a push loses the update:
 		// one cause, one verdict on every transport.
 		{name: "device_reset_mid_push_http", proxy: true, cmd: push, inject: injectResetMidPush,

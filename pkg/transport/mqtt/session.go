@@ -75,6 +75,7 @@ type brokerSession struct {
 	refs       int         // open connections and dials under way
 	closing    bool        // shut down or about to be
 	failed     bool        // the connect failed
+	retired    bool        // takes no new dials: a SUBSCRIBE on it went unanswered
 	open       bool        // counted as an open broker connection
 	lingerGen  int         // invalidates a linger timer that fired late
 	stopLinger func() bool // stops the linger timer; nil: none
@@ -83,6 +84,7 @@ type brokerSession struct {
 // route is one device's reply topic on a session.
 type route struct {
 	topic string
+	sent  bool          // its SUBSCRIBE went to paho (session.mu)
 	ready chan struct{} // closed once the SUBSCRIBE was answered
 	err   error         // why the subscription failed; written before ready closes
 	conns []*conn       // the device's connections; replaced, never changed in place (session.mu)
@@ -205,6 +207,7 @@ func (s *brokerSession) attach(ctx context.Context, u *url.URL, deviceID string,
 		err = r.err
 	case <-ctx.Done():
 		err = fmt.Errorf("subscribe to MQTT topic %q: %w", topic, ctx.Err())
+		s.unanswered(r)
 	case <-s.lost:
 		err = s.lostErr()
 	case <-s.done:
@@ -219,6 +222,33 @@ func (s *brokerSession) attach(ctx context.Context, u *url.URL, deviceID string,
 	}
 	c.logf("device reachable over MQTT", "broker", transport.Redact(s.b.u), "client_id", s.clientID, "device", deviceID, "reply_topic", topic)
 	return c, nil
+}
+
+// unanswered is called when a dial gave up waiting for r's SUBACK. If
+// r's SUBSCRIBE was sent and is still unanswered, the broker connection
+// is not to be trusted (docs/transports.md, "One broker connection for
+// many devices"): it may carry a
+// CONNACK and pings and yet have lost the SUBSCRIBE (a broker that went
+// away without a FIN or RST reaching us, a middlebox that dropped the
+// flow), and paho reports no loss while the TCP connection stands. The
+// session then takes no new dials: the next one connects afresh instead
+// of waiting on the same SUBSCRIBE until its own deadline, and this one
+// ends once its last connection closed. Connections open on it carry on.
+func (s *brokerSession) unanswered(r *route) {
+	s.mu.Lock()
+	stuck := r.sent
+	select {
+	case <-r.ready:
+		stuck = false
+	default:
+	}
+	s.mu.Unlock()
+	if !stuck || s.owner == nil {
+		return
+	}
+	s.debug("SUBSCRIBE unanswered: the MQTT broker connection takes no new dials", "broker", transport.Redact(s.b.u),
+		"client_id", s.clientID, "topic", r.topic)
+	s.owner.retire(s)
 }
 
 // detach removes c from its device's route. The route stays subscribed.
@@ -251,6 +281,9 @@ func (s *brokerSession) kick() {
 		}
 		s.subs++
 		s.subscribes++
+		for _, r := range batch {
+			r.sent = true
+		}
 		go s.subscribe(batch)
 	}
 	if len(s.pending) == 0 {

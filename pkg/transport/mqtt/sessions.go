@@ -271,9 +271,21 @@ func (p *Sessions) forget(s *brokerSession) {
 	}
 }
 
+// retire takes s out of reach of new dials (a SUBSCRIBE on it went
+// unanswered for the whole of a dial): they connect a new session. s
+// ends once its connections are closed, without lingering.
+func (p *Sessions) retire(s *brokerSession) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	s.retired = true
+	if p.byKey[s.key] == s {
+		delete(p.byKey, s.key)
+	}
+}
+
 // release drops a reference to s; the last one starts its linger, or ends
-// it at once when it failed, was lost, lingers for no time, or the pool is
-// closed.
+// it at once when it failed, was lost or retired, lingers for no time, or
+// the pool is closed.
 func (p *Sessions) release(s *brokerSession) {
 	p.mu.Lock()
 	s.refs--
@@ -281,7 +293,7 @@ func (p *Sessions) release(s *brokerSession) {
 		p.mu.Unlock()
 		return
 	}
-	if p.closed || s.failed || s.isLost() || p.opts.Linger < 0 {
+	if p.closed || s.failed || s.retired || s.isLost() || p.opts.Linger < 0 {
 		s.closing = true
 		if p.byKey[s.key] == s {
 			delete(p.byKey, s.key)
