@@ -227,10 +227,10 @@ func (s *brokerSession) attach(ctx context.Context, u *url.URL, deviceID string,
 // unanswered is called when a dial gave up waiting for r's SUBACK. If
 // r's SUBSCRIBE was sent and is still unanswered, the broker connection
 // is not to be trusted (docs/transports.md, "One broker connection for
-// many devices"): it may carry a
-// CONNACK and pings and yet have lost the SUBSCRIBE (a broker that went
-// away without a FIN or RST reaching us, a middlebox that dropped the
-// flow), and paho reports no loss while the TCP connection stands. The
+// many devices"): it may carry a CONNACK and pings and yet have lost the
+// SUBSCRIBE (a broker that went away without a FIN or RST reaching us, a
+// middlebox that dropped the flow), and paho reports no loss while the
+// TCP connection stands. The
 // session then takes no new dials: the next one connects afresh instead
 // of waiting on the same SUBSCRIBE until its own deadline, and this one
 // ends once its last connection closed. Connections open on it carry on.
