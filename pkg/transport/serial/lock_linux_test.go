@@ -12,7 +12,9 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/otactl/otactl/pkg/transport"
 )
@@ -82,26 +84,58 @@ func TestSecondOpenerIsRefused(t *testing.T) {
 	}
 }
 
-// A lock file naming a live process makes the port busy and names it; one
-// naming a dead process is stale and replaced.
+// age makes a lock file older than lockGrace, as one left from long ago.
+func age(t *testing.T, file string) {
+	t.Helper()
+	old := time.Now().Add(-2 * lockGrace)
+	if err := os.Chtimes(file, old, old); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// startSleeper starts a process that lives until the test ends, with stdin
+// from in (nil: none); it holds no port unless in is one.
+func startSleeper(t *testing.T, in *os.File) *exec.Cmd {
+	t.Helper()
+	c := exec.Command("sleep", "60")
+	if in != nil {
+		c.Stdin = in
+	}
+	if err := c.Start(); err != nil {
+		t.Skipf("cannot start sleep: %v", err)
+	}
+	t.Cleanup(func() { c.Process.Kill(); c.Wait() })
+	return c
+}
+
+func writeLock(t *testing.T, file string, pid int) {
+	t.Helper()
+	if err := os.WriteFile(file, fmt.Appendf(nil, "%10d\n", pid), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A lock file makes the port busy, naming its process, while that process
+// has the port open (as minicom does: a lock file and no flock), also when
+// the file is old; one naming a dead process is stale and replaced.
 func TestUUCPLockFiles(t *testing.T) {
 	dev := startPTYDevice(t, transport.Options{})
 	dir := t.TempDir()
 	file := filepath.Join(dir, uucpName(dev.slave))
 
-	sleeper := exec.Command("sleep", "60")
-	if err := sleeper.Start(); err != nil {
-		t.Skipf("cannot start sleep: %v", err)
-	}
-	t.Cleanup(func() { sleeper.Process.Kill(); sleeper.Wait() })
-	if err := os.WriteFile(file, fmt.Appendf(nil, "%10d\n", sleeper.Process.Pid), 0o644); err != nil {
+	port, err := os.OpenFile(dev.slave, os.O_RDWR|syscall.O_NOCTTY, 0)
+	if err != nil {
 		t.Fatal(err)
 	}
-	_, err := dev.dialLocked([]string{dir})
-	wantBusy(t, err, dev.slave, sleeper.Process.Pid, "(sleep) holds lock file "+file)
+	holder := startSleeper(t, port)
+	port.Close() // only the holder has it open now
+	writeLock(t, file, holder.Process.Pid)
+	age(t, file)
+	_, err = dev.dialLocked([]string{dir})
+	wantBusy(t, err, dev.slave, holder.Process.Pid, "(sleep) holds lock file "+file)
 
-	sleeper.Process.Kill()
-	sleeper.Wait()
+	holder.Process.Kill()
+	holder.Wait()
 	c, err := dev.dialLocked([]string{dir})
 	if err != nil {
 		t.Fatalf("open with a stale lock file: %v", err)
@@ -110,6 +144,39 @@ func TestUUCPLockFiles(t *testing.T) {
 	if b, _ := os.ReadFile(file); strings.TrimSpace(string(b)) != strconv.Itoa(os.Getpid()) {
 		t.Fatalf("stale lock file not replaced: %q", b)
 	}
+}
+
+// A lock file naming a live process that does not have the port open is
+// stale (the pts number, or the PID, was reused since it was written): the
+// port is not busy and the file is replaced. A fresh one (younger than
+// lockGrace) is trusted, as its writer may be about to open the port.
+func TestLockFileOfProcessWithoutThePort(t *testing.T) {
+	dev := startPTYDevice(t, transport.Options{})
+	dir := t.TempDir()
+	file := filepath.Join(dir, uucpName(dev.slave))
+	// A live process that holds another port, not this one.
+	other := startPTYDevice(t, transport.Options{})
+	otherPort, err := os.OpenFile(other.slave, os.O_RDWR|syscall.O_NOCTTY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sleeper := startSleeper(t, otherPort)
+	otherPort.Close()
+
+	writeLock(t, file, sleeper.Process.Pid)
+	_, err = dev.dialLocked([]string{dir})
+	wantBusy(t, err, dev.slave, sleeper.Process.Pid, "(sleep) holds lock file "+file)
+
+	age(t, file)
+	c, err := dev.dialLocked([]string{dir})
+	if err != nil {
+		t.Fatalf("open with a lock file of a process that does not hold the port: %v", err)
+	}
+	call(t, c, 4, `"not busy"`)
+	if b, _ := os.ReadFile(file); strings.TrimSpace(string(b)) != strconv.Itoa(os.Getpid()) {
+		t.Fatalf("stale lock file not replaced: %q", b)
+	}
+	c.Close()
 }
 
 func TestUUCPName(t *testing.T) {
@@ -161,6 +228,7 @@ func TestCrashedHolderReleasesThePort(t *testing.T) {
 	if line != "held\n" {
 		t.Fatalf("holder process: %q", line)
 	}
+	age(t, filepath.Join(dir, uucpName(dev.slave))) // live because it holds the port
 	_, err = dev.dialLocked([]string{dir})
 	wantBusy(t, err, dev.slave, holder.Process.Pid, "holds lock file")
 	// Without the lock file, the flock alone names the holder.

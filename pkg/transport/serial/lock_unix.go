@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -28,8 +29,8 @@ type portLock struct {
 // lockPort takes the locks for the device at path before it is opened as a
 // serial port, so that a second opener fails at once, root included
 // (root is not stopped by the TIOCEXCL that go.bug.st/serial sets). A
-// lock file in dirs that names a live process other than this one makes
-// the port busy too; one naming a dead process is stale and replaced.
+// lock file in dirs makes the port busy too while the process it names
+// holds the port (lockLive); any other is stale and replaced.
 //
 // An error that is not ErrPortBusy comes from opening path (it does not
 // exist, permission denied) and is for the caller to explain.
@@ -39,7 +40,8 @@ func lockPort(path string, dirs []string) (*portLock, error) {
 		real = path
 	}
 	name := uucpName(real)
-	if pid, file := uucpHolder(dirs, name); pid > 0 {
+	dev := deviceID(real)
+	if pid, file := uucpHolder(dirs, name, dev); pid > 0 {
 		return nil, busyError(path, pid, "holds lock file "+file)
 	}
 	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_NOCTTY|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
@@ -63,7 +65,7 @@ func lockPort(path string, dirs []string) (*portLock, error) {
 	if errors.Is(err, ErrPortBusy) {
 		// Another program wrote its lock file between our check and now.
 		l.release()
-		pid, holder := uucpHolder(dirs, name)
+		pid, holder := uucpHolder(dirs, name, dev)
 		return nil, busyError(path, pid, "holds lock file "+holder)
 	}
 	l.uucp = file
@@ -83,22 +85,84 @@ func (l *portLock) release() {
 	l.f.Close() // closing the descriptor drops the flock
 }
 
-// uucpHolder returns the live process that a lock file name in one of dirs
-// names, and that file; 0 when none does. Stale files (a dead process, no
-// PID) are removed when we may.
-func uucpHolder(dirs []string, name string) (int, string) {
+// uucpHolder returns the process that a lock file name in one of dirs
+// names while it holds the port dev (lockLive), and that file; 0 when none
+// does. Stale files are removed when we may.
+func uucpHolder(dirs []string, name string, dev *devID) (int, string) {
 	for _, dir := range dirs {
 		file := filepath.Join(dir, name)
 		pid, err := readUUCP(file)
 		if err != nil {
 			continue
 		}
-		if pid > 0 && alive(pid) {
+		if lockLive(file, pid, dev) {
 			return pid, file
 		}
 		os.Remove(file) // stale
 	}
 	return 0, ""
+}
+
+// lockGrace is how long a fresh lock file naming a live process counts as
+// live even though that process does not have the port open (yet): the
+// UUCP convention writes the lock file first and opens the port after.
+const lockGrace = 5 * time.Second
+
+// lockLive reports whether the lock file (naming pid) still guards the
+// port dev. By the UUCP convention a lock file is live while the process
+// it names is; but pts numbers and PIDs get reused, so a live process
+// whose open files (/proc/PID/fd) do not include the port does not hold it,
+// and its lock file is stale — unless the file is younger than lockGrace
+// (its writer may be about to open the port). Where the open files cannot
+// be read (no /proc, another user's process) or the port cannot be
+// identified, a live process counts as the holder, as the convention has
+// it (docs/transports.md, "Serial").
+func lockLive(file string, pid int, dev *devID) bool {
+	if pid <= 0 || !alive(pid) {
+		return false
+	}
+	if dev == nil {
+		return true
+	}
+	if fi, err := os.Stat(file); err == nil && time.Since(fi.ModTime()) < lockGrace {
+		return true
+	}
+	holds, known := hasOpen(pid, dev)
+	return holds || !known
+}
+
+// devID identifies a character device (its device number), so that any
+// path to it (a symlink, /dev/serial/by-id/…) is recognised.
+type devID struct{ rdev uint64 }
+
+// deviceID returns the identity of the character device at path, or nil
+// when path is not one.
+func deviceID(path string) *devID {
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFCHR {
+		return nil
+	}
+	return &devID{rdev: uint64(st.Rdev)}
+}
+
+// hasOpen reports whether process pid has the device dev open, from its
+// /proc/PID/fd; known is false when that cannot be read.
+func hasOpen(pid int, dev *devID) (holds, known bool) {
+	dir := filepath.Join("/proc", strconv.Itoa(pid), "fd")
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return false, false
+	}
+	for _, e := range entries {
+		var st unix.Stat_t
+		if unix.Stat(filepath.Join(dir, e.Name()), &st) != nil {
+			continue // closed meanwhile, or not ours to see
+		}
+		if st.Mode&unix.S_IFMT == unix.S_IFCHR && uint64(st.Rdev) == dev.rdev {
+			return true, true
+		}
+	}
+	return false, true
 }
 
 // createUUCP writes our PID to dir/name in the first of dirs that exists.
