@@ -839,6 +839,9 @@ func (d *Device) powerOn(ctx context.Context) error {
 		}
 	}()
 	for {
+		if sl := d.uartLog.Load(); sl != nil && !d.poweredOff.Load() {
+			sl.booting() // its boot output goes out on the serial port
+		}
 		again, err := d.boot()
 		if err != nil {
 			return err

@@ -41,8 +41,9 @@
 //
 // A reboot (Sys.Reboot, after an update, a revert, a commit timeout) takes
 // the device off every transport: listeners are stopped (HTTP and WebSocket
-// connections close, the serial pty is closed and recreated at the same
-// link path, the MQTT client disconnects; an embedded broker stays up), for
+// connections close, the serial pty stays but the device stops reading it
+// and what the host sends is dropped, the MQTT client disconnects; an
+// embedded broker stays up), for
 // Config.RebootDelay on Config.Clock (State.OffUntil), then the device boots
 // and starts them again. The
 // replies that precede a reboot are sent Config.RebootAfter (100 ms, on

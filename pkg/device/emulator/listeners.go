@@ -5,7 +5,6 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -239,9 +238,16 @@ func (l *HTTPListener) Info() []ListenerInfo {
 	}
 }
 
-// SerialListener serves the serial framing on a pty. Every Start creates a
-// new pty and points the symlink at it; Stop closes it, so a client sees
-// the port go away during a reboot and reopens it by the link path.
+// SerialListener serves the serial framing on a pty. The pty is made at
+// the first Start and kept until Close, across reboots and power cuts, as
+// a board's USB-UART adapter stays while its MCU resets: its slave path,
+// and the symlink to it, never change while the emulator runs (a pty made
+// anew at each boot could get a number another process's pty just freed,
+// and the symlink would name that one meanwhile). Stop ends the device's
+// end: what the host sends while the device is off or booting is dropped,
+// as an MCU in reset does not read its UART, and nothing is answered. Each
+// Start reads again with a fresh decoder, as a booting firmware does
+// (docs/emulator.md, "Reboots").
 type SerialListener struct {
 	// Baud, when > 0, paces the link to that UART speed (8N1), so that
 	// transfers take as long as over a real cable. Zero: as fast as the pty.
@@ -250,13 +256,16 @@ type SerialListener struct {
 	link string
 	log  *slog.Logger
 
-	mu    sync.Mutex
-	srv   *serial.Server
-	slave string
+	mu     sync.Mutex
+	port   *uartPort // from the first Start until Close
+	closed bool
+	srv    *serial.Server
 	// uart carries the device's log lines to the link while it is up
 	// (uartlog.go); Log never takes mu, so that a handler logging while
 	// Stop waits for it cannot deadlock.
 	uart atomic.Pointer[uartQueue]
+	// boot is the port while the device boots (booting), for its log.
+	boot atomic.Pointer[uartPort]
 }
 
 // NewSerialListener returns a listener whose pty is reachable at link.
@@ -264,33 +273,36 @@ func NewSerialListener(link string, log *slog.Logger) *SerialListener {
 	return &SerialListener{link: link, log: orDiscard(log)}
 }
 
-// Start implements Listener.
+// Start implements Listener: the device (re)boots and answers on the pty,
+// made now if it is the first Start.
 func (l *SerialListener) Start(_ context.Context, h transport.Handler) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if l.closed {
+		return errors.New("emulator: the serial listener is closed")
+	}
 	if l.srv != nil {
 		return nil
 	}
-	master, slave, err := serial.OpenPTY(l.link)
-	if err != nil {
-		return err
+	if l.port == nil {
+		master, _, err := serial.OpenPTY(l.link)
+		if err != nil {
+			return err
+		}
+		l.port = newUARTPort(master, l.Baud)
 	}
-	l.slave = slave
-	// What the device writes goes out through its transmit buffer: a
-	// reply or a log line never waits for the port's reader (uartlog.go).
-	var link io.ReadWriteCloser = newUARTTX(master)
-	if l.Baud > 0 {
-		link = newThrottled(link, l.Baud)
-	}
-	l.srv = serial.Serve(context.Background(), link, h, transport.Options{Logger: l.log})
-	l.uart.Store(startUARTQueue(l.srv, ptyRoom(master)))
+	l.boot.Store(nil)
+	l.srv = serial.Serve(context.Background(), l.port.attach(), h, transport.Options{Logger: l.log})
+	l.uart.Store(startUARTQueue(l.srv, l.port.room))
 	return nil
 }
 
-// Stop implements Listener.
+// Stop implements Listener: the device stops reading and answering; the
+// pty and its link stay.
 func (l *SerialListener) Stop() error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	l.boot.Store(nil)
 	if l.srv == nil {
 		return nil
 	}
@@ -299,6 +311,20 @@ func (l *SerialListener) Stop() error {
 	err := l.srv.Close()
 	q.wait()
 	l.srv = nil
+	return err
+}
+
+// Close stops the device's end and removes the pty and its symlink: the
+// port goes away, as an unplugged adapter's does. It is idempotent.
+func (l *SerialListener) Close() error {
+	err := l.Stop()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.closed = true
+	if l.port != nil {
+		err = errors.Join(err, l.port.close())
+		l.port = nil
+	}
 	return err
 }
 
@@ -312,6 +338,24 @@ func (l *SerialListener) Stop() error {
 func (l *SerialListener) Log(line string) {
 	if q := l.uart.Load(); q != nil {
 		q.put(line)
+		return
+	}
+	if p := l.boot.Load(); p != nil {
+		p.log(line)
+	}
+}
+
+// booting says that the device's firmware starts (Device.powerOn, before
+// each boot): until Start, the lines it logs go straight out on the port,
+// as a firmware prints its boot output on its UART before its RPC is up,
+// so that a client that keeps the port open sees them. While the device is
+// off (after Stop, before booting) it prints nothing. Before the first
+// Start there is no port yet.
+func (l *SerialListener) booting() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.srv == nil && l.port != nil {
+		l.boot.Store(l.port)
 	}
 }
 
