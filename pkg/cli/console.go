@@ -37,9 +37,10 @@ stdout, until Ctrl-C (exit 0). RPC frames on the link are not shown (with
 --verbose, on stderr). Nothing is sent to the device: no handshake, so its
 interactive console stays as it is.
 
-If the port goes away (the device resets and its USB port re-enumerates, or
-the emulator reboots), console says so on stderr and opens it again as soon
-as it is back.
+A reset that keeps the port (a USB-UART adapter, the emulator's reboots)
+shows as the device's boot lines. If the port goes away (the board's USB
+port re-enumerates, the emulator exits), console says so on stderr and opens
+it again as soon as it is back.
 
 --json prints one JSON object a line: {"time": "…", "line": "…"}.
 The port is held exclusively while console runs: stop it before running
