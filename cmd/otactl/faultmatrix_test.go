@@ -1027,7 +1027,7 @@ func (p *emuProc) start() {
 
 // kill cuts the power: SIGKILL, no chance to clean up. The board's
 // USB-UART adapter loses its power too, and the system removes its device
-// node: the --serial-link symlink goes, as udev removes an unplugged
+// node: the --serial-link symlink goes first, as udev removes an unplugged
 // adapter's /dev/serial/by-id link. (Left behind, it would name a pts the
 // kernel may give to another process's pty at once: otactl reconnecting
 // through it would talk to another test's emulator.)
@@ -1035,8 +1035,6 @@ func (p *emuProc) kill() {
 	if p.cmd == nil {
 		return
 	}
-	_ = p.cmd.Process.Signal(syscall.SIGKILL)
-	<-p.exited
 	for i, a := range p.extra {
 		if a == "--serial-link" && i+1 < len(p.extra) {
 			if fi, err := os.Lstat(p.extra[i+1]); err == nil && fi.Mode()&os.ModeSymlink != 0 {
@@ -1044,6 +1042,8 @@ func (p *emuProc) kill() {
 			}
 		}
 	}
+	_ = p.cmd.Process.Signal(syscall.SIGKILL)
+	<-p.exited
 }
 
 // waitLog waits until the device log holds s.
