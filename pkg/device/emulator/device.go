@@ -59,6 +59,15 @@ const (
 	RebootLockoutCode = wire.CodeShuttingDown
 )
 
+// ReplyWaitLimit bounds, on the device's clock, how long a reboot that a
+// call scheduled (OTA.Update/End, OTA.Revert, Sys.Reboot) waits, once due,
+// for that call's reply to be handed to the link: a device replies first
+// and reboots afterwards, but a link that does not take the reply (a
+// stalled broker, a client that stopped reading) must not keep it from
+// rebooting. Past it the device reboots and the reply is lost
+// (docs/emulator.md, "Reboots").
+const ReplyWaitLimit = 5 * time.Second
+
 // Config configures a Device. Zero values mean defaults.
 type Config struct {
 	// StateDir holds the flash (slots and boot state). Required. A new
@@ -262,8 +271,11 @@ type Device struct {
 	answering   bool // booted: the device answers on the transports that are up
 	bricked     bool
 	rebooting   bool
-	rebootAt    time.Time // on the clock; zero: no reboot scheduled
-	offUntil    time.Time // on the clock: the end of a reboot's delay; zero: not waiting
+	rebootAt    time.Time     // on the clock; zero: no reboot scheduled
+	held        int           // calls whose reply the scheduled reboot waits for (callReply)
+	unheld      chan struct{} // closed when held drops to 0; nil while 0
+	hurry       chan struct{} // closed to end the wait for held replies at once; nil: none
+	offUntil    time.Time     // on the clock: the end of a reboot's delay; zero: not waiting
 	boots       int
 	mem         BootState
 	running     int
@@ -480,7 +492,17 @@ func (d *Device) RPC() *rpc.Server { return d.srv }
 // silent while the device is off and for a firmware that answers no RPC.
 func (d *Device) Handler() transport.Handler { return deviceHandler{d} }
 
-func (d *Device) handleFrame(ctx context.Context, f *frame.Frame) *frame.Frame {
+func (d *Device) handleFrame(ctx context.Context, f *frame.Frame) (resp *frame.Frame) {
+	// A reboot this call schedules waits for its reply (callReply): until
+	// the transport reports it written, or at once when there is none or
+	// the transport does not report it.
+	c := &callReply{d: d}
+	ctx = context.WithValue(ctx, callReplyKey{}, c)
+	defer func() {
+		if resp == nil || !transport.AfterReply(ctx, c.release) {
+			c.release()
+		}
+	}()
 	d.mu.Lock()
 	online := d.answering
 	beh := d.behavior
@@ -497,7 +519,7 @@ func (d *Device) handleFrame(ctx context.Context, f *frame.Frame) *frame.Frame {
 			return cutOff(ctx)
 		}
 	}
-	resp := d.srv.HandleFrame(ctx, f)
+	resp = d.srv.HandleFrame(ctx, f)
 	if d.poweredOff.Load() || d.fl.dead.Load() || epoch.Err() != nil {
 		// Off, or rebooted meanwhile: a device does not answer a call
 		// of its previous run. (The flash dies first at a power cut, and
@@ -680,24 +702,141 @@ func (d *Device) offFor(dur time.Duration) bool {
 	}
 }
 
-// requestReboot reboots after the given delay on the device's clock,
-// unless a reboot is already pending. Until then the device answers, except
-// in the last RebootLockout, where every call gets error 418 (lockout).
-func (d *Device) requestReboot(after time.Duration) {
+// callReply is one call's reply on its way out, as a reboot the call
+// schedules sees it: the reboot waits (ReplyWaitLimit at most) until the
+// reply is handed to the link. handleFrame puts one in each call's ctx.
+type callReply struct {
+	d    *Device
+	held bool // the scheduled reboot waits for this reply (guarded by d.mu)
+	done bool // sent, or none will be (guarded by d.mu)
+}
+
+type callReplyKey struct{}
+
+// callFrom returns the call ctx belongs to, or nil.
+func callFrom(ctx context.Context) *callReply {
+	c, _ := ctx.Value(callReplyKey{}).(*callReply)
+	return c
+}
+
+// holdLocked makes the scheduled reboot wait for c's reply (d.mu held).
+func (c *callReply) holdLocked() {
+	if c == nil || c.done || c.held {
+		return
+	}
+	c.held = true
+	if c.d.held == 0 {
+		c.d.unheld = make(chan struct{})
+	}
+	c.d.held++
+}
+
+// release marks c's reply sent (or given up on): a reboot waiting for it
+// may go.
+func (c *callReply) release() {
+	d := c.d
 	d.mu.Lock()
-	if d.rebooting || d.closed {
+	defer d.mu.Unlock()
+	c.done = true
+	if !c.held {
+		return
+	}
+	c.held = false
+	d.held--
+	if d.held == 0 {
+		close(d.unheld)
+		d.unheld = nil
+	}
+}
+
+// requestReboot reboots after the given delay on the device's clock,
+// unless a reboot is already pending: a reboot from outside the device's
+// calls (Device.Reboot, the commit timer's rollback), which cuts the calls
+// in flight. When a pending reboot is only waiting for a reply to be sent
+// (rebootAfterReply), it goes at once.
+func (d *Device) requestReboot(after time.Duration) {
+	d.scheduleReboot(nil, after)
+}
+
+// rebootAfterReply schedules the reboot that the call ctx belongs to
+// causes (OTA.Update/End, OTA.Revert, Sys.Reboot): after the given delay
+// on the device's clock and, as on a device, never before that call's
+// reply has been handed to the link (ReplyWaitLimit at most). Until then
+// the device answers, except in the last RebootLockout (and while the
+// reboot waits for the reply), where every call gets error 418.
+func (d *Device) rebootAfterReply(c *callReply, after time.Duration) {
+	d.scheduleReboot(c, after)
+}
+
+func (d *Device) scheduleReboot(c *callReply, after time.Duration) {
+	d.mu.Lock()
+	if d.closed {
+		d.mu.Unlock()
+		return
+	}
+	c.holdLocked()
+	if d.rebooting {
+		if c == nil && d.hurry != nil {
+			close(d.hurry) // from outside: stop waiting for replies
+			d.hurry = nil
+		}
 		d.mu.Unlock()
 		return
 	}
 	d.rebooting = true
-	if after > 0 {
-		d.rebootAt = d.clock.Now().Add(after)
-		d.clock.AfterFunc(after, d.reboot) // stale after a power cut or Close: reboot checks
+	if c == nil && after <= 0 {
 		d.mu.Unlock()
+		d.reboot()
 		return
 	}
+	d.hurry = make(chan struct{})
+	d.rebootAt = d.clock.Now().Add(max(after, 0))
 	d.mu.Unlock()
-	d.reboot()
+	if after > 0 {
+		d.clock.AfterFunc(after, d.rebootWhenReplied) // stale after a power cut or Close: reboot checks
+		return
+	}
+	d.rebootWhenReplied()
+}
+
+// rebootWhenReplied is the scheduled reboot, once due: it waits until the
+// replies it waits for are sent (or ReplyWaitLimit passed, or a reboot from
+// outside came), then reboots. It does not block (a ManualClock runs it
+// inside Advance).
+func (d *Device) rebootWhenReplied() {
+	d.mu.Lock()
+	if d.held == 0 || d.closed || d.hurry == nil {
+		d.hurry = nil
+		d.mu.Unlock()
+		d.reboot()
+		return
+	}
+	unheld, hurry, n := d.unheld, d.hurry, d.held
+	limit := make(chan struct{})
+	t := d.clock.AfterFunc(ReplyWaitLimit, func() { close(limit) })
+	d.mu.Unlock()
+	d.log.Debug("rebooting once the reply is sent", "calls", n)
+	wait := func() {
+		select {
+		case <-unheld:
+		case <-hurry:
+		case <-limit:
+			d.log.Warn("rebooting with a reply not sent: the link did not take it", "limit", ReplyWaitLimit)
+		case <-d.life.Done():
+		case <-d.off:
+		}
+		t.Stop()
+		d.mu.Lock()
+		if d.hurry == hurry {
+			d.hurry = nil
+		}
+		d.mu.Unlock()
+		d.reboot()
+	}
+	if !d.spawn(wait) {
+		t.Stop()
+		d.reboot() // closing: reboot clears rebooting
+	}
 }
 
 // lockout is the RPC gate of the pre-reboot window (docs/emulator.md,
@@ -757,6 +896,10 @@ func (d *Device) reboot() {
 func (d *Device) goOffline() {
 	d.mu.Lock()
 	d.online, d.answering = false, false
+	if d.hurry != nil {
+		close(d.hurry)
+		d.hurry = nil
+	}
 	d.mu.Unlock()
 	// Clients of a shared listener lose their connections now, before the
 	// running firmware ends: no reply of this boot reaches them.

@@ -49,7 +49,9 @@
 // replies that precede a reboot are sent Config.RebootAfter (100 ms, on
 // Config.Clock) before it; in the last RebootLockout (100 ms) of that wait
 // every known method is answered with error 418 "shutting down in N ms",
-// as rpc-common does on a device.
+// as rpc-common does on a device. Such a reboot never goes before the
+// reply it follows has been written to the link (ReplyWaitLimit at most;
+// docs/emulator.md, "Reboots").
 //
 // # Updates
 //

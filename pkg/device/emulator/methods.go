@@ -52,7 +52,7 @@ func (d *Device) otaCommit(context.Context, *rpc.Request) (any, error) {
 	return nil, nil
 }
 
-func (d *Device) otaRevert(context.Context, *rpc.Request) (any, error) {
+func (d *Device) otaRevert(ctx context.Context, _ *rpc.Request) (any, error) {
 	d.mu.Lock()
 	if d.mem.IsCommitted {
 		d.mu.Unlock()
@@ -63,7 +63,7 @@ func (d *Device) otaRevert(context.Context, *rpc.Request) (any, error) {
 	if err != nil {
 		return nil, rpc.Errorf(wire.CodeFailed, "%s", err)
 	}
-	d.requestReboot(d.cfg.RebootAfter)
+	d.rebootAfterReply(callFrom(ctx), d.cfg.RebootAfter)
 	return nil, nil
 }
 
@@ -223,7 +223,7 @@ func (d *Device) sysGetInfo(context.Context, *rpc.Request) (any, error) {
 	}, nil
 }
 
-func (d *Device) sysReboot(_ context.Context, req *rpc.Request) (any, error) {
+func (d *Device) sysReboot(ctx context.Context, req *rpc.Request) (any, error) {
 	delay := d.cfg.RebootAfter
 	if ms, ok, err := req.Int("delay_ms"); ok && err == nil {
 		if ms < 0 {
@@ -231,6 +231,6 @@ func (d *Device) sysReboot(_ context.Context, req *rpc.Request) (any, error) {
 		}
 		delay = time.Duration(ms) * time.Millisecond
 	}
-	d.requestReboot(delay)
+	d.rebootAfterReply(callFrom(ctx), delay)
 	return nil, nil
 }

@@ -217,6 +217,9 @@ func (d *Device) otaEnd(ctx context.Context, _ *rpc.Request) (any, error) {
 	if err != nil {
 		return nil, err
 	}
+	d.mu.Lock()
+	u.reply = callFrom(ctx) // the call that replies the outcome, before it can end
+	d.mu.Unlock()
 	// After the write being processed, if any: the device handles frames
 	// one at a time.
 	u.pmu.Lock()

@@ -30,7 +30,8 @@ type update struct {
 	wdt Timer
 
 	done        chan struct{}
-	err         error // set before done is closed
+	reply       *callReply // the call that replies the outcome (OTA.Update, OTA.End); guarded by d.mu
+	err         error      // set before done is closed
 	notModified bool
 
 	// push (OTA.Begin/Write/End): see push.go
@@ -199,11 +200,13 @@ func (d *Device) finishUpdate(u *update, target int, err error) {
 	}
 	d.upd = nil
 	u.err = err
+	reply := u.reply
 	d.mu.Unlock()
 	if ok {
 		// Scheduled before the reply is released, so that whoever gets
-		// the reply finds the reboot (and its 418 window) pending.
-		d.requestReboot(d.cfg.RebootAfter)
+		// the reply finds the reboot (and its 418 window) pending; and
+		// not before that reply is on the link.
+		d.rebootAfterReply(reply, d.cfg.RebootAfter)
 	}
 	u.cancel(nil)
 	close(u.done)
@@ -332,6 +335,9 @@ func (d *Device) otaUpdate(ctx context.Context, req *rpc.Request) (any, error) {
 	if err != nil {
 		return nil, err
 	}
+	d.mu.Lock()
+	u.reply = callFrom(ctx) // before the download can end
+	d.mu.Unlock()
 	if !d.spawn(func() { d.download(u, url) }) {
 		d.finishUpdate(u, 0, errRebooted)
 	}

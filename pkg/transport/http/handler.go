@@ -171,7 +171,11 @@ func (s *Handler) serveFrame(w http.ResponseWriter, r *http.Request, body []byte
 		return
 	}
 	ch := httpChannel(r)
-	reply := s.h.HandleFrame(transport.WithChannel(r.Context(), ch), req)
+	// The reply counts as sent once writeBody flushed it (or the handler
+	// gave up on it): see transport.AfterReply.
+	ctx, replied := transport.WithReplyNotice(transport.WithChannel(r.Context(), ch))
+	defer replied()
+	reply := s.h.HandleFrame(ctx, req)
 	abortIfAborted(ch, reply)
 	if s.challenged(w, ch) {
 		return
@@ -215,7 +219,11 @@ func (s *Handler) serveMethod(w http.ResponseWriter, r *http.Request, method str
 		s.debug("recv", b)
 	}
 	ch := httpChannel(r)
-	reply := s.h.HandleFrame(transport.WithChannel(r.Context(), ch), req)
+	// The reply counts as sent once writeBody flushed it (or the handler
+	// gave up on it): see transport.AfterReply.
+	ctx, replied := transport.WithReplyNotice(transport.WithChannel(r.Context(), ch))
+	defer replied()
+	reply := s.h.HandleFrame(ctx, req)
 	abortIfAborted(ch, reply)
 	if s.challenged(w, ch) {
 		return
@@ -329,6 +337,11 @@ func writeBody(w http.ResponseWriter, status int, body []byte) {
 	w.WriteHeader(status)
 	_, _ = w.Write(body)
 	_, _ = w.Write([]byte("\r\n"))
+	// On the connection now, not in the server's buffer: a device that
+	// reboots right after its reply (transport.AfterReply) must not cut it.
+	if f, ok := w.(http.Flusher); ok {
+		f.Flush()
+	}
 }
 
 func (s *Handler) debug(dir string, data []byte) {

@@ -371,7 +371,11 @@ func (s *Server) onRequest(_ paho.Client, m paho.Message) {
 	}
 	go func() {
 		defer s.t.leave()
-		resp := s.h.HandleFrame(s.ctx, req)
+		// The reply counts as sent once the broker acknowledged it (QoS
+		// 1) or publishing failed: see transport.AfterReply.
+		ctx, replied := transport.WithReplyNotice(s.ctx)
+		defer replied()
+		resp := s.h.HandleFrame(ctx, req)
 		if resp == nil {
 			return
 		}

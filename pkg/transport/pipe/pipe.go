@@ -54,7 +54,9 @@ func (c *Conn) Send(ctx context.Context, f *frame.Frame) error {
 	}
 	go func() {
 		defer c.wg.Done()
-		resp := c.h.HandleFrame(c.ctx, req)
+		ctx, replied := transport.WithReplyNotice(c.ctx)
+		defer replied() // delivered, or given up on: see transport.AfterReply
+		resp := c.h.HandleFrame(ctx, req)
 		if resp == nil {
 			return
 		}

@@ -116,7 +116,9 @@ func (s *Server) onFrame(data []byte) {
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
-		resp := s.h.HandleFrame(s.ctx, req)
+		ctx, replied := transport.WithReplyNotice(s.ctx)
+		defer replied() // written, or given up on: see transport.AfterReply
+		resp := s.h.HandleFrame(ctx, req)
 		if resp == nil || s.ctx.Err() != nil {
 			return
 		}

@@ -130,6 +130,8 @@ func (s *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 // handle runs one request and writes its reply.
 func (s *Handler) handle(ctx context.Context, c *serverConn, req *frame.Frame) {
+	ctx, replied := transport.WithReplyNotice(ctx)
+	defer replied() // written, or given up on: see transport.AfterReply
 	reply := s.h.HandleFrame(ctx, req)
 	if reply == nil && transport.ChannelFrom(ctx).Aborted() {
 		// The device went away while the call was in flight: its
