@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/otactl/otactl/pkg/ota/wire"
@@ -35,6 +36,11 @@ type Accepted struct {
 	// the call timed out — the device is then probably rebooting, and
 	// WaitOutcome tells what really happened.
 	Confirmed bool `json:"confirmed"`
+	// Finished is true when the reply did not come but OTA.Status showed
+	// the update finished (state success) before the device rebooted: it
+	// had installed it, so coming back on the old firmware is a rollback
+	// (WaitOptions.Accepted).
+	Finished bool `json:"finished,omitempty"`
 }
 
 // Update calls OTA.Update: the device downloads the bundle from args.URL,
@@ -67,10 +73,11 @@ func (d *Device) Update(ctx context.Context, args UpdateArgs) (Accepted, error) 
 	// reboot): otherwise otactl would wait the whole update timeout.
 	callCtx, endCall := context.WithCancelCause(ctx)
 	defer endCall(nil)
+	var finished atomic.Bool // OTA.Status showed the update finished
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		d.pollProgress(ctx, stop, args, endCall)
+		d.pollProgress(ctx, stop, args, endCall, &finished)
 	}()
 	_, err := d.c.Call(callCtx, wire.OTAUpdate, params)
 	close(stop)
@@ -82,8 +89,7 @@ func (d *Device) Update(ctx context.Context, args UpdateArgs) (Accepted, error) 
 		emit(args.OnEvent, Event{Kind: EventAccepted, Msg: "the device installed the update and is rebooting"})
 		return Accepted{Confirmed: true}, nil
 	case ctx.Err() == nil && errors.Is(context.Cause(callCtx), errReplyLost):
-		emit(args.OnEvent, Event{Kind: EventNoReply, Err: errReplyLost, Msg: "no reply to OTA.Update, and OTA.Status shows no update running any more: the reply was lost, the device probably rebooted"})
-		return Accepted{}, nil
+		return d.replyLost(ctx, args, finished.Load(), start)
 	case lostLink(ctx, err):
 		emit(args.OnEvent, Event{Kind: EventNoReply, Err: err, Msg: "no reply to OTA.Update; the device is probably rebooting"})
 		return Accepted{}, nil
@@ -109,10 +115,14 @@ const replyGrace = 5 * time.Second
 // pollProgress reports OTA.Status progress (with OnEvent) until stop is
 // closed. Percent is capped at 99: only the reply says the device
 // finished. It also watches for an update that ended without its reply
-// reaching us: OTA.Status idle, for replyGrace, after it showed the update
-// running or finished, or after the device was away; it then calls
-// endCall(errReplyLost).
-func (d *Device) pollProgress(ctx context.Context, stop <-chan struct{}, args UpdateArgs, endCall context.CancelCauseFunc) {
+// reaching us (docs/protocol.md, "A lost reply to OTA.Update"): while
+// OTA.Update is outstanding, a device that has it shows it in progress,
+// or finished until it reboots; OTA.Status idle or failed for replyGrace
+// on end (the device rebooted, or the update failed, however fast, and the
+// reply was lost, or the request never arrived) calls
+// endCall(errReplyLost). finished is set once the status showed the
+// update finished.
+func (d *Device) pollProgress(ctx context.Context, stop <-chan struct{}, args UpdateArgs, endCall context.CancelCauseFunc, finished *atomic.Bool) {
 	every := args.ProgressInterval
 	if every <= 0 {
 		every = time.Second
@@ -120,8 +130,7 @@ func (d *Device) pollProgress(ctx context.Context, stop <-chan struct{}, args Up
 	t := time.NewTicker(every)
 	defer t.Stop()
 	last := -1
-	var seen bool // the update was seen running or finished, or the device away
-	var idleSince time.Time
+	var idleSince time.Time // since when OTA.Status shows no update running
 	for {
 		select {
 		case <-stop:
@@ -135,22 +144,22 @@ func (d *Device) pollProgress(ctx context.Context, stop <-chan struct{}, args Up
 		cancel()
 		switch {
 		case err != nil:
-			if !isDeviceError(err) || isCode(err, CodeShuttingDown) {
-				seen = true // away, or going: a reboot may cut the reply off
-			}
+			// Away, or going (418): a reboot may cut the reply off;
+			// what it shows once back counts.
 			idleSince = time.Time{}
 			continue
 		case st.State == StateProgress || st.State == StateSuccess:
-			seen, idleSince = true, time.Time{}
-		case st.State == StateIdle && seen:
+			idleSince = time.Time{}
+			if st.State == StateSuccess {
+				finished.Store(true)
+			}
+		default: // idle, or failed
 			if idleSince.IsZero() {
 				idleSince = time.Now()
 			} else if time.Since(idleSince) >= replyGrace {
 				endCall(errReplyLost)
 				return
 			}
-		default:
-			idleSince = time.Time{}
 		}
 		if args.OnEvent == nil || st.State != StateProgress {
 			continue
@@ -167,6 +176,28 @@ func (d *Device) pollProgress(ctx context.Context, stop <-chan struct{}, args Up
 		last = p
 		args.OnEvent(Event{Kind: EventDownload, Percent: p, Msg: fmt.Sprintf("downloading: %d%%", p)})
 	}
+}
+
+// replyLost decides an OTA.Update whose reply did not come although
+// OTA.Status shows the update over (pollProgress): OTA.Status, read once
+// more, failed is the verdict (ErrUpdateFailed, the device's reason);
+// otherwise the update is handed over unconfirmed, as after a lost link,
+// and WaitOutcome tells from the device what booted (the new firmware, or
+// the old one with its boot state unchanged: not applied).
+func (d *Device) replyLost(ctx context.Context, args UpdateArgs, finished bool, start time.Time) (Accepted, error) {
+	sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	st, serr := d.Status(sctx)
+	cancel()
+	if serr == nil && st.State == StateError {
+		msg := st.Msg
+		if msg == "" {
+			msg = "no message"
+		}
+		return Accepted{}, WithReason(DeviceMessageReason(msg), fmt.Errorf("%w: the update failed on the device: %s (OTA.Status; its reply to OTA.Update was lost: none came within %s); its boot state is unchanged",
+			ErrUpdateFailed, msg, time.Since(start).Round(time.Second)))
+	}
+	emit(args.OnEvent, Event{Kind: EventNoReply, Err: errReplyLost, Msg: "no reply to OTA.Update, and OTA.Status shows no update running any more: the reply was lost; what the device booted tells the outcome"})
+	return Accepted{Finished: finished}, nil
 }
 
 // GaveUpError is Update's error when ctx's deadline passed before the

@@ -627,7 +627,7 @@ func (r *run) finish(ctx context.Context, accepted Accepted) error {
 	wctx, cancel := context.WithTimeout(ctx, u.RebootTimeout+VerdictMargin)
 	defer cancel()
 	out, c, err := WaitOutcome(wctx, WaitOptions{
-		Dial: r.dial, Before: r.before, Accepted: accepted.Confirmed, Expect: r.expect,
+		Dial: r.dial, Before: r.before, Accepted: accepted.Confirmed || accepted.Finished, Expect: r.expect,
 		RebootTimeout: u.RebootTimeout, OnEvent: r.emit,
 	})
 	r.stopServing()

@@ -527,6 +527,10 @@ func (d *Device) handleFrame(ctx context.Context, f *frame.Frame) (resp *frame.F
 		// must not get its error out in between.)
 		return cutOff(ctx)
 	}
+	if resp != nil && d.cfg.Hooks.DropReply != nil && d.cfg.Hooks.DropReply(f.Method) {
+		d.log.Warn("reply lost on its way (Hooks.DropReply)", "method", f.Method, "id", f.ID)
+		return nil
+	}
 	return resp
 }
 

@@ -70,6 +70,13 @@ type Hooks struct {
 	// ErrPowerCut cuts the power; any other error fails that write (and
 	// so the operation doing it).
 	FlashWrite func(w FlashWrite) error
+	// DropReply, when it returns true for a call's method, loses that
+	// call's reply on its way to the client: the device did everything
+	// the call asked (an OTA.Update installs and reboots), but the reply
+	// never arrives and the link stays up, as when a broker or a radio
+	// loses a message (docs/emulator.md, "From Go tests"). Over HTTP the
+	// request then gets an empty answer.
+	DropReply func(method string) bool
 }
 
 // PowerCutAt returns a FlashWrite hook that cuts the power at the n-th
