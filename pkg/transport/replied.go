@@ -7,7 +7,7 @@ import (
 
 // A device answers a call first and acts on it afterwards: a Mongoose OS
 // device sends the reply to OTA.Update, OTA.End, OTA.Revert or Sys.Reboot
-// and reboots about 100 ms later (docs/protocol.md, "Reboots"). A handler
+// and reboots about 100 ms later (docs/emulator.md, "Reboots"). A handler
 // that must not act before its reply is on the link asks to hear when it
 // is (AfterReply); each transport's device side reports it (WithReplyNotice).
 
