@@ -66,8 +66,8 @@ func (b *embeddedBroker) start() error {
 	if err := srv.AddHook(new(allowAll), nil); err != nil {
 		return fmt.Errorf("embedded MQTT broker: %w", err)
 	}
-	tcp := listeners.NewTCP(listeners.Config{ID: "emulator", Address: b.addr, TLSConfig: b.tls})
-	if err := srv.AddListener(mochisafe.Wrap(srv, tcp)); err != nil {
+	tcp := mochisafe.NewTCP(srv, listeners.Config{ID: "emulator", Address: b.addr, TLSConfig: b.tls})
+	if err := srv.AddListener(tcp); err != nil {
 		return fmt.Errorf("embedded MQTT broker: listening on %s: %w", b.addr, err)
 	}
 	if err := srv.Serve(); err != nil {

@@ -129,8 +129,8 @@ func Start(t testing.TB, c Config) *Broker {
 	if addr == "" {
 		addr = "127.0.0.1:0"
 	}
-	l := listeners.NewTCP(listeners.Config{ID: "t1", Address: addr, TLSConfig: c.TLS})
-	if err := srv.AddListener(mochisafe.Wrap(srv, l)); err != nil {
+	l := mochisafe.NewTCP(srv, listeners.Config{ID: "t1", Address: addr, TLSConfig: c.TLS})
+	if err := srv.AddListener(l); err != nil {
 		t.Fatalf("mqtttest: listen on %s: %v", addr, err)
 	}
 	if err := srv.Serve(); err != nil { // returns at once
