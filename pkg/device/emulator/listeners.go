@@ -258,6 +258,7 @@ type SerialListener struct {
 
 	mu     sync.Mutex
 	port   *uartPort // from the first Start until Close
+	path   string    // the pty's own name (/dev/pts/N), from the first Start
 	closed bool
 	srv    *serial.Server
 	// uart carries the device's log lines to the link while it is up
@@ -285,10 +286,11 @@ func (l *SerialListener) Start(_ context.Context, h transport.Handler) error {
 		return nil
 	}
 	if l.port == nil {
-		master, _, err := serial.OpenPTY(l.link)
+		master, path, err := serial.OpenPTY(l.link)
 		if err != nil {
 			return err
 		}
+		l.path = path
 		l.port = newUARTPort(master, l.Baud)
 	}
 	l.boot.Store(nil)
@@ -359,11 +361,16 @@ func (l *SerialListener) booting() {
 	}
 }
 
-// Info implements Listener.
+// Info implements Listener: the port's address is its link, or without
+// one the pty's own name once it exists.
 func (l *SerialListener) Info() []ListenerInfo {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return []ListenerInfo{{Transport: "serial", Addr: l.link}}
+	addr := l.link
+	if addr == "" && l.port != nil {
+		addr = l.path
+	}
+	return []ListenerInfo{{Transport: "serial", Addr: addr}}
 }
 
 // MQTT reconnect back-off of the emulated device: a Mongoose OS device

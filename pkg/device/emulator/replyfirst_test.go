@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/base64"
 	"errors"
+	"io"
 	"sync"
 	"testing"
 	"time"
@@ -14,7 +15,7 @@ import (
 	"github.com/otactl/otactl/pkg/transport/mqtt/mqtttest"
 )
 
-// lateLink is a real listener (HTTP and WebSocket, MQTT) whose transport writes
+// lateLink is a real listener (HTTP and WebSocket, MQTT, serial) whose transport writes
 // one chosen call's reply late: after the device's handler returned it,
 // lateLink runs before (the test fires the reboot timer on the ManualClock
 // there) and then holds the reply until the listener is being stopped
@@ -68,6 +69,15 @@ func (l *lateLink) Stop() error {
 	return l.Listener.Stop()
 }
 
+// Close releases what the wrapped listener keeps for the device's life
+// (the serial pty), as Device.Close does for an unwrapped one.
+func (l *lateLink) Close() error {
+	if c, ok := l.Listener.(io.Closer); ok {
+		return c.Close()
+	}
+	return nil
+}
+
 func (l *lateLink) heldReplies() int {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -81,11 +91,9 @@ func (l *lateLink) heldReplies() int {
 // the write; Sys.Reboot with delay_ms 0 reboots at once). The reply arrives,
 // then the device reboots.
 func TestRebootWaitsForTheReplyItFollows(t *testing.T) {
-	// Not serial here: the emulator closes its pty at a reboot, and the
-	// kernel drops what the client had not read yet with it (a device's
-	// UART keeps its cable; keeping the pty across reboots is
-	// listeners.go's business).
-	for _, tr := range []string{"http", "ws", "mqtt"} {
+	// Serial too: the pty stays across the reboot (a UART keeps its
+	// cable), so a reply written before the reboot is read after it.
+	for _, tr := range []string{"http", "ws", "mqtt", "serial"} {
 		for _, method := range []string{"Sys.Reboot", "Sys.Reboot delay_ms 0", "OTA.Update", "OTA.End", "OTA.Revert"} {
 			t.Run(tr+"/"+method, func(t *testing.T) {
 				replyFirst(t, tr, method)
@@ -112,6 +120,8 @@ func replyFirst(t *testing.T, tr, call string) {
 				t.Fatal(err)
 			}
 			l.Listener = ml
+		case "serial":
+			l.Listener = NewSerialListener("", nil)
 		}
 		c.RebootAfter = DefaultRebootAfter
 		c.Listeners = []Listener{l}
