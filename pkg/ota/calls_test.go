@@ -229,10 +229,12 @@ func TestUpdateReplyLost(t *testing.T) {
 // ends it; a failed or finished update there is a verdict.
 func TestUpdateGivesUpSayingWhatTheDeviceDoes(t *testing.T) {
 	for _, tc := range []struct {
-		status ota.Status
+		status ota.Status  // before OTA.Update is sent, and while it runs
+		during *ota.Status // if set, OTA.Status once OTA.Update arrived
+		over   bool        // otactl ends the wait before its deadline
 		check  func(t *testing.T, acc ota.Accepted, err error)
 	}{
-		{ota.Status{State: ota.StateProgress, ProgressPercent: 37}, func(t *testing.T, acc ota.Accepted, err error) {
+		{status: ota.Status{State: ota.StateProgress, ProgressPercent: 37}, check: func(t *testing.T, acc ota.Accepted, err error) {
 			var ge *ota.GaveUpError
 			if !errors.As(err, &ge) || !errors.Is(err, context.DeadlineExceeded) || errors.Is(err, ota.ErrUpdateFailed) || ota.ReasonOf(err) != ota.ReasonTimeout {
 				t.Fatalf("err = %v", err)
@@ -240,22 +242,42 @@ func TestUpdateGivesUpSayingWhatTheDeviceDoes(t *testing.T) {
 			contains(t, err, "no reply to OTA.Update within 1m0s", "still updating (OTA.Status: in progress, 37%)",
 				"update watchdog (--update-timeout 50s, counted from the start of the update) should have ended it 10s ago", "a reboot ends it")
 		}},
-		// Idle all along while OTA.Update is outstanding: the device does
-		// not run it (the request or its reply was lost). otactl does not
-		// wait for its deadline: after a few seconds the outcome wait
-		// takes over, and tells from the device what it runs.
-		{ota.Status{State: ota.StateIdle}, func(t *testing.T, acc ota.Accepted, err error) {
-			if err != nil || acc.Confirmed || acc.Finished {
-				t.Fatalf("%+v, %v: want the reply taken as lost, handed to the outcome wait", acc, err)
+		// Idle all along while OTA.Update is outstanding, the device not
+		// rebooting: it may still be connecting to the bundle server (a
+		// real device shows no progress before data arrives), so that is
+		// no evidence the update is over: otactl waits to its deadline and
+		// says what the device shows.
+		{status: ota.Status{State: ota.StateIdle}, check: func(t *testing.T, acc ota.Accepted, err error) {
+			var ge *ota.GaveUpError
+			if !errors.As(err, &ge) || errors.Is(err, ota.ErrUpdateFailed) || acc.Confirmed {
+				t.Fatalf("%+v, %v: want a GaveUpError", acc, err)
 			}
+			contains(t, err, "OTA.Status says idle", "has not started downloading yet", "'otactl bootstate'")
 		}},
-		{ota.Status{State: ota.StateError, Msg: "Update timed out"}, func(t *testing.T, acc ota.Accepted, err error) {
+		// An earlier update's failure, still shown, unchanged: not this
+		// update's verdict.
+		{status: ota.Status{State: ota.StateError, Msg: "Update timed out"}, check: func(t *testing.T, acc ota.Accepted, err error) {
+			var ge *ota.GaveUpError
+			if !errors.As(err, &ge) || !ge.Leftover || errors.Is(err, ota.ErrUpdateFailed) {
+				t.Fatalf("%+v, %v: want a GaveUpError naming the leftover failure", acc, err)
+			}
+			contains(t, err, "still shows the failure it showed before this update was sent (Update timed out", "whether this update started is unknown")
+		}},
+		// A failure that appears while OTA.Update is outstanding is this
+		// update's: the verdict, within seconds.
+		{status: ota.Status{State: ota.StateIdle}, during: &ota.Status{State: ota.StateError, Msg: "Update timed out"}, over: true, check: func(t *testing.T, acc ota.Accepted, err error) {
 			if !errors.Is(err, ota.ErrUpdateFailed) || ota.ReasonOf(err) != ota.ReasonUpdateTimeout {
 				t.Fatalf("err = %v (%s)", err, ota.ReasonOf(err))
 			}
 			contains(t, err, "the update failed on the device: Update timed out", "boot state is unchanged")
 		}},
-		{ota.Status{State: ota.StateSuccess}, func(t *testing.T, acc ota.Accepted, err error) {
+		{status: ota.Status{State: ota.StateError, Msg: "Update timed out"}, during: &ota.Status{State: ota.StateError, Msg: "Invalid HTTP response code 404"}, over: true, check: func(t *testing.T, acc ota.Accepted, err error) {
+			if !errors.Is(err, ota.ErrUpdateFailed) || ota.ReasonOf(err) != ota.ReasonDownloadFailed {
+				t.Fatalf("err = %v (%s)", err, ota.ReasonOf(err))
+			}
+			contains(t, err, "the update failed on the device: Invalid HTTP response code 404")
+		}},
+		{status: ota.Status{State: ota.StateSuccess}, check: func(t *testing.T, acc ota.Accepted, err error) {
 			if err != nil || acc.Confirmed {
 				t.Fatalf("%+v, %v: a finished update goes on to the outcome", acc, err)
 			}
@@ -265,6 +287,11 @@ func TestUpdateGivesUpSayingWhatTheDeviceDoes(t *testing.T) {
 			d := newFakeDev(t)
 			d.status = tc.status
 			d.srv.Handle("OTA.Update", func(ctx context.Context, _ *rpc.Request) (any, error) {
+				if tc.during != nil {
+					d.mu.Lock()
+					d.status = *tc.during
+					d.mu.Unlock()
+				}
 				<-ctx.Done()
 				return nil, ctx.Err()
 			})
@@ -272,11 +299,9 @@ func TestUpdateGivesUpSayingWhatTheDeviceDoes(t *testing.T) {
 			defer cancel()
 			start := time.Now()
 			acc, err := ota.New(d.client(t)).Update(cctx, ota.UpdateArgs{URL: "http://x/fw.zip", Timeout: 50 * time.Second})
-			// (synctest's clock: no timing flake.) A device that shows no
-			// update running (idle, failed) does not keep otactl waiting
-			// until its deadline.
-			over := tc.status.State == ota.StateIdle || tc.status.State == ota.StateError
-			if took := time.Since(start); (took < time.Minute) != over {
+			// (synctest's clock: no timing flake.) Only a failure of this
+			// update ends the wait before otactl's deadline.
+			if took := time.Since(start); (took < time.Minute) != tc.over {
 				t.Errorf("status %s: Update took %v", tc.status.State, took)
 			}
 			tc.check(t, acc, err)

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/otactl/otactl/pkg/ota/wire"
@@ -65,23 +64,25 @@ func (d *Device) Update(ctx context.Context, args UpdateArgs) (Accepted, error) 
 		params.Timeout = seconds(DefaultUpdateTimeout)
 	}
 
+	base := d.readBaseline(ctx)
 	start := time.Now()
 	var wg sync.WaitGroup
 	stop := make(chan struct{})
-	// The poller ends the call when OTA.Status shows the update over
-	// without its reply having come (lost on the way, or cut off by the
-	// reboot): otherwise otactl would wait the whole update timeout.
+	// The poller ends the call when the device shows, on evidence, that
+	// the update is over without its reply having come (lost on the way,
+	// or cut off by the reboot): otherwise otactl would wait the whole
+	// update timeout.
 	callCtx, endCall := context.WithCancelCause(ctx)
 	defer endCall(nil)
-	var finished atomic.Bool // OTA.Status showed the update finished
+	w := &replyWatch{base: base}
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		d.pollProgress(ctx, stop, args, endCall, &finished)
+		d.pollProgress(ctx, stop, args, endCall, w)
 	}()
 	_, err := d.c.Call(callCtx, wire.OTAUpdate, params)
 	close(stop)
-	wg.Wait()
+	wg.Wait() // w is the poller's no more
 
 	switch {
 	case err == nil:
@@ -89,13 +90,13 @@ func (d *Device) Update(ctx context.Context, args UpdateArgs) (Accepted, error) 
 		emit(args.OnEvent, Event{Kind: EventAccepted, Msg: "the device installed the update and is rebooting"})
 		return Accepted{Confirmed: true}, nil
 	case ctx.Err() == nil && errors.Is(context.Cause(callCtx), errReplyLost):
-		return d.replyLost(ctx, args, finished.Load(), start)
+		return d.replyLost(ctx, args, w, start)
 	case lostLink(ctx, err):
 		emit(args.OnEvent, Event{Kind: EventNoReply, Err: err, Msg: "no reply to OTA.Update; the device is probably rebooting"})
 		return Accepted{}, nil
 	case !isDeviceError(err) && errors.Is(ctx.Err(), context.DeadlineExceeded):
 		// otactl gives up waiting: say what the device still does.
-		return d.gaveUp(ctx, args, time.Duration(params.Timeout)*time.Second, start, err)
+		return d.gaveUp(ctx, args, time.Duration(params.Timeout)*time.Second, start, w, err)
 	case !isDeviceError(err):
 		// ctx was cancelled: the device was not heard to refuse anything
 		// and carries on by itself.
@@ -112,17 +113,86 @@ var errReplyLost = errors.New(wire.OTAStatus + " shows the update over, but its 
 // it replies) before the reply counts as lost.
 const replyGrace = 5 * time.Second
 
+// baseline is what the device showed just before OTA.Update was sent:
+// what pollProgress compares with, so that neither a device still
+// connecting to the bundle server (OTA.Status idle) nor an earlier
+// update's failure (OTA.Status keeps it until the next update starts) is
+// taken for this update's end.
+type baseline struct {
+	status   Status
+	statusOK bool
+	info     Observation // Info and At; Boot unused
+	infoOK   bool
+}
+
+// readBaseline reads OTA.Status and Sys.GetInfo, each under a short
+// deadline; what could not be read stays unknown (old firmware has no
+// OTA.Status), and the update goes ahead.
+func (d *Device) readBaseline(ctx context.Context) baseline {
+	var b baseline
+	sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	st, err := d.Status(sctx)
+	cancel()
+	b.status, b.statusOK = st, err == nil
+	ictx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	info, err := d.GetInfo(ictx)
+	cancel()
+	if err == nil {
+		b.info, b.infoOK = Observation{Info: info, At: time.Now()}, true
+	}
+	return b
+}
+
+// sameAs reports whether st is what the baseline showed (state and
+// message).
+func (b baseline) sameAs(st Status) bool {
+	return b.statusOK && st.State == b.status.State && st.Msg == b.status.Msg
+}
+
+// Why pollProgress ended an OTA.Update call.
+const (
+	lostNone     = iota
+	lostOver     // showed running or finished, then idle or failed for replyGrace
+	lostFailed   // a failure that is not the baseline's, for replyGrace
+	lostRebooted // the device rebooted while the call was outstanding
+)
+
+// replyWatch is pollProgress's record of one OTA.Update call; Update
+// reads it once the poller has returned.
+type replyWatch struct {
+	base     baseline
+	ran      bool   // OTA.Status showed this update in progress or finished
+	finished bool   // ... finished (state success)
+	changed  bool   // OTA.Status showed something other than the baseline
+	why      int    // lost*: why the call was ended
+	failMsg  string // the failure OTA.Status showed (lostOver, lostFailed)
+}
+
+// newFailure reports whether st is a failure of this update: the status
+// showed the update running, or something other than the baseline,
+// during the call. The baseline's own failure, unchanged, is an earlier
+// update's.
+func (w *replyWatch) newFailure(st Status) bool {
+	return st.State == StateError && (w.ran || w.changed)
+}
+
 // pollProgress reports OTA.Status progress (with OnEvent) until stop is
 // closed. Percent is capped at 99: only the reply says the device
 // finished. It also watches for an update that ended without its reply
-// reaching us (docs/protocol.md, "A lost reply to OTA.Update"): while
-// OTA.Update is outstanding, a device that has it shows it in progress,
-// or finished until it reboots; OTA.Status idle or failed for replyGrace
-// on end (the device rebooted, or the update failed, however fast, and the
-// reply was lost, or the request never arrived) calls
-// endCall(errReplyLost). finished is set once the status showed the
-// update finished.
-func (d *Device) pollProgress(ctx context.Context, stop <-chan struct{}, args UpdateArgs, endCall context.CancelCauseFunc, finished *atomic.Bool) {
+// reaching us, and ends the call (endCall(errReplyLost)) only on evidence
+// (docs/protocol.md, "A lost reply to OTA.Update"):
+//   - OTA.Status showed the update in progress or finished, then idle or
+//     failed for replyGrace (lostOver);
+//   - OTA.Status shows a failure other than the baseline's, for
+//     replyGrace (lostFailed);
+//   - Sys.GetInfo, read at most every replyGrace while the status shows
+//     nothing new, says the device rebooted since the baseline: other
+//     firmware, an uptime reset, or back after being away (lostRebooted).
+//
+// Idle, or the baseline's failure, with none of these is a device still
+// connecting to the bundle server (it shows no progress before data
+// arrives), or one that never got the request: otactl keeps waiting.
+func (d *Device) pollProgress(ctx context.Context, stop <-chan struct{}, args UpdateArgs, endCall context.CancelCauseFunc, w *replyWatch) {
 	every := args.ProgressInterval
 	if every <= 0 {
 		every = time.Second
@@ -130,7 +200,13 @@ func (d *Device) pollProgress(ctx context.Context, stop <-chan struct{}, args Up
 	t := time.NewTicker(every)
 	defer t.Stop()
 	last := -1
-	var idleSince time.Time // since when OTA.Status shows no update running
+	var overSince time.Time // since when OTA.Status shows the update over
+	var wentAway time.Time  // when the device first did not answer
+	var infoAt time.Time    // when Sys.GetInfo was last read
+	end := func(why int) {
+		w.why = why
+		endCall(errReplyLost)
+	}
 	for {
 		select {
 		case <-stop:
@@ -146,20 +222,54 @@ func (d *Device) pollProgress(ctx context.Context, stop <-chan struct{}, args Up
 		case err != nil:
 			// Away, or going (418): a reboot may cut the reply off;
 			// what it shows once back counts.
-			idleSince = time.Time{}
+			if (!isDeviceError(err) || isCode(err, CodeShuttingDown)) && wentAway.IsZero() {
+				wentAway = time.Now()
+			}
+			overSince = time.Time{}
 			continue
 		case st.State == StateProgress || st.State == StateSuccess:
-			idleSince = time.Time{}
+			overSince = time.Time{}
+			w.ran, w.changed = true, true
 			if st.State == StateSuccess {
-				finished.Store(true)
+				w.finished = true
 			}
 		default: // idle, or failed
-			if idleSince.IsZero() {
-				idleSince = time.Now()
-			} else if time.Since(idleSince) >= replyGrace {
-				endCall(errReplyLost)
+			if !w.base.sameAs(st) {
+				w.changed = true
+			}
+			why := lostNone
+			switch {
+			case w.ran:
+				why = lostOver
+			case w.newFailure(st):
+				why = lostFailed
+			}
+			if why != lostNone {
+				if overSince.IsZero() {
+					overSince = time.Now()
+				} else if time.Since(overSince) >= replyGrace {
+					w.failMsg = st.Msg
+					end(why)
+					return
+				}
+				continue
+			}
+			overSince = time.Time{}
+			if !w.base.infoOK || (!infoAt.IsZero() && time.Since(infoAt) < replyGrace) {
+				continue
+			}
+			ictx, cancel := context.WithTimeout(ctx, every*5)
+			info, err := d.GetInfo(ictx)
+			cancel()
+			if err != nil {
+				continue
+			}
+			infoAt = time.Now()
+			if rebootedSince(w.base.info, probe{info: info, at: infoAt}, wentAway) {
+				end(lostRebooted)
 				return
 			}
+			continue
 		}
 		if args.OnEvent == nil || st.State != StateProgress {
 			continue
@@ -178,26 +288,32 @@ func (d *Device) pollProgress(ctx context.Context, stop <-chan struct{}, args Up
 	}
 }
 
-// replyLost decides an OTA.Update whose reply did not come although
-// OTA.Status shows the update over (pollProgress): OTA.Status, read once
-// more, failed is the verdict (ErrUpdateFailed, the device's reason);
-// otherwise the update is handed over unconfirmed, as after a lost link,
-// and WaitOutcome tells from the device what booted (the new firmware, or
-// the old one with its boot state unchanged: not applied).
-func (d *Device) replyLost(ctx context.Context, args UpdateArgs, finished bool, start time.Time) (Accepted, error) {
-	sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	st, serr := d.Status(sctx)
-	cancel()
-	if serr == nil && st.State == StateError {
-		msg := st.Msg
-		if msg == "" {
-			msg = "no message"
+// replyLost decides an OTA.Update whose reply did not come although the
+// device showed the update over (pollProgress): a failure of this update
+// is the verdict (ErrUpdateFailed, the device's reason); otherwise the
+// update is handed over unconfirmed, as after a lost link, and
+// WaitOutcome tells from the device what booted (the new firmware, or the
+// old one with its boot state unchanged: not applied).
+func (d *Device) replyLost(ctx context.Context, args UpdateArgs, w *replyWatch, start time.Time) (Accepted, error) {
+	if w.why != lostRebooted {
+		sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		st, serr := d.Status(sctx)
+		cancel()
+		if serr == nil && w.newFailure(st) {
+			msg := st.Msg
+			if msg == "" {
+				msg = "no message"
+			}
+			return Accepted{}, WithReason(DeviceMessageReason(msg), fmt.Errorf("%w: the update failed on the device: %s (OTA.Status; its reply to OTA.Update was lost: none came within %s); its boot state is unchanged",
+				ErrUpdateFailed, msg, time.Since(start).Round(time.Second)))
 		}
-		return Accepted{}, WithReason(DeviceMessageReason(msg), fmt.Errorf("%w: the update failed on the device: %s (OTA.Status; its reply to OTA.Update was lost: none came within %s); its boot state is unchanged",
-			ErrUpdateFailed, msg, time.Since(start).Round(time.Second)))
 	}
-	emit(args.OnEvent, Event{Kind: EventNoReply, Err: errReplyLost, Msg: "no reply to OTA.Update, and OTA.Status shows no update running any more: the reply was lost; what the device booted tells the outcome"})
-	return Accepted{Finished: finished}, nil
+	msg := "no reply to OTA.Update, and OTA.Status shows no update running any more: the reply was lost; what the device booted tells the outcome"
+	if w.why == lostRebooted {
+		msg = "no reply to OTA.Update, and the device rebooted meanwhile (Sys.GetInfo): the reply was lost; what the device booted tells the outcome"
+	}
+	emit(args.OnEvent, Event{Kind: EventNoReply, Err: errReplyLost, Msg: msg})
+	return Accepted{Finished: w.finished}, nil
 }
 
 // GaveUpError is Update's error when ctx's deadline passed before the
@@ -215,7 +331,11 @@ type GaveUpError struct {
 	// read (StatusErr says why).
 	Status    *Status
 	StatusErr error
-	Err       error
+	// Leftover is true when Status is the failure OTA.Status already
+	// showed before OTA.Update was sent, and nothing else was seen since:
+	// an earlier update's, not this one's.
+	Leftover bool
+	Err      error
 }
 
 func (e *GaveUpError) Error() string {
@@ -225,11 +345,13 @@ func (e *GaveUpError) Error() string {
 		s += fmt.Sprintf("the device does not answer OTA.Status either (%v), so what it does is unknown. ", e.StatusErr)
 	case e.Status.State == StateProgress:
 		s += fmt.Sprintf("the device is still updating (OTA.Status: in progress, %d%%). ", e.Status.ProgressPercent)
+	case e.Leftover:
+		s += fmt.Sprintf("%s still shows the failure it showed before this update was sent (%s: an earlier update's), so whether this update started is unknown. ", wire.OTAStatus, e.Status.Msg)
 	default:
 		s += fmt.Sprintf("%s says %s. ", wire.OTAStatus, e.Status.State)
 	}
 	if e.Status != nil && e.Status.State == StateIdle {
-		return s + "The update ended without its reply reaching otactl: check what runs with 'otactl bootstate'"
+		return s + "Either the update has not started downloading yet (a device shows no progress while it connects to the bundle server, or it never got the request), or it ended without its reply reaching otactl: check what runs with 'otactl bootstate'"
 	}
 	if e.Watchdog > 0 {
 		end := e.Started.Add(e.Watchdog)
@@ -250,7 +372,7 @@ func (e *GaveUpError) Unwrap() error { return e.Err }
 // the wait for OTA.Update's reply ended. A failed update there is the
 // verdict (ErrUpdateFailed); a finished one is handed over like a lost
 // reply (WaitOutcome tells what booted); otherwise a *GaveUpError.
-func (d *Device) gaveUp(ctx context.Context, args UpdateArgs, watchdog time.Duration, start time.Time, err error) (Accepted, error) {
+func (d *Device) gaveUp(ctx context.Context, args UpdateArgs, watchdog time.Duration, start time.Time, w *replyWatch, err error) (Accepted, error) {
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	st, serr := d.Status(sctx)
 	cancel()
@@ -260,15 +382,19 @@ func (d *Device) gaveUp(ctx context.Context, args UpdateArgs, watchdog time.Dura
 		return Accepted{}, ge
 	}
 	ge.Status = &st
-	switch st.State {
-	case StateError:
+	switch {
+	case st.State == StateError && !w.newFailure(st) && w.base.sameAs(st):
+		// The baseline's failure, and nothing else seen: not a verdict.
+		ge.Leftover = true
+		return Accepted{}, ge
+	case st.State == StateError:
 		msg := st.Msg
 		if msg == "" {
 			msg = "no message"
 		}
 		return Accepted{}, WithReason(DeviceMessageReason(msg), fmt.Errorf("%w: the update failed on the device: %s (OTA.Status; its reply to OTA.Update did not come within %s); its boot state is unchanged",
 			ErrUpdateFailed, msg, ge.Waited.Round(time.Second)))
-	case StateSuccess:
+	case st.State == StateSuccess:
 		emit(args.OnEvent, Event{Kind: EventNoReply, Err: err, Msg: "no reply to OTA.Update, but OTA.Status says it finished; the device is about to reboot"})
 		return Accepted{}, nil
 	}
