@@ -41,6 +41,9 @@ func (d *Device) CommitAfterHealthCheck(ctx context.Context, h HealthOptions) (B
 				err, bs.ActiveSlot, bs.RevertSlot)
 		}
 	}
+	if err := h.Device.check(ctx, d); err != nil {
+		return bs, fmt.Errorf("checking which device answers before committing: %w", err)
+	}
 	if err := d.Commit(ctx); err != nil {
 		slot := bs.ActiveSlot
 		if errors.Is(err, ErrAlreadyCommitted) {
