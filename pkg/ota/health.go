@@ -96,6 +96,10 @@ func (d *Device) CheckHealth(ctx context.Context, h HealthOptions) (int, error) 
 			return tries, ctx.Err()
 		}
 		last = err
+		var dc *DeviceChangedError
+		if err := h.Device.srcChanged(d.c, err); errors.As(err, &dc) {
+			return tries, err // another device answers: not a health verdict
+		}
 		if errors.Is(err, rpc.ErrAuth) || isCode(err, 401) {
 			return tries, &HealthError{Method: h.Method, Grace: h.Grace, Tries: tries, Last: err}
 		}
@@ -120,6 +124,9 @@ func (d *Device) CheckHealth(ctx context.Context, h HealthOptions) (int, error) 
 func RevertAndWait(ctx context.Context, c *rpc.Client, opts WaitOptions) (*Outcome, *rpc.Client, error) {
 	d := New(c)
 	ref, err := d.Observe(ctx)
+	if err != nil {
+		err = opts.Device.srcChanged(c, err)
+	}
 	if err == nil {
 		err = opts.Device.Check(ref.Info) // never revert another device
 	}

@@ -2,8 +2,11 @@ package ota
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
+
+	"github.com/otactl/otactl/pkg/rpc"
 )
 
 // Identity tells one device from another: the fields of Sys.GetInfo that
@@ -84,9 +87,29 @@ func (i Identity) check(ctx context.Context, d *Device) error {
 	}
 	info, err := d.GetInfo(ctx)
 	if err != nil {
-		return err
+		return i.srcChanged(d.c, err)
 	}
 	return i.Check(info)
+}
+
+// srcChanged turns err into a *DeviceChangedError when it is the RPC
+// client's report of replies from two senders (src) on a link that one
+// device answers at a time (serial, HTTP, WebSocket: not shared, unlike an
+// MQTT device id): the port reaches another device now. Anything else is
+// returned as it is, as is everything when i is zero.
+func (i Identity) srcChanged(c Caller, err error) error {
+	var de *rpc.DuplicateReplyError
+	if i.IsZero() || !errors.As(err, &de) || len(de.Srcs) != 2 {
+		return err
+	}
+	if sh, ok := c.(interface{ Shared() bool }); !ok || sh.Shared() {
+		return err
+	}
+	got := Identity{ID: de.Srcs[1]}
+	if i.ID != "" && got.ID == i.ID {
+		got.ID = de.Srcs[0]
+	}
+	return &DeviceChangedError{Want: i, Got: got}
 }
 
 // DeviceChangedError says that the port now reaches another device than

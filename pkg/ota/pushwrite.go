@@ -444,10 +444,14 @@ func (p *pusher) probe(ctx context.Context) (Status, bool, error) {
 	defer cancel()
 	st, err := p.dev.Status(actx)
 	if err != nil {
-		return st, false, err
+		return st, false, p.opts.Device.srcChanged(p.dev.c, err)
 	}
 	info, err := p.dev.GetInfo(actx)
+	err = p.opts.Device.srcChanged(p.dev.c, err)
+	var dc *DeviceChangedError
 	switch {
+	case errors.As(err, &dc):
+		return st, false, err
 	case err == nil:
 	case isTransient(err):
 		return st, false, err

@@ -770,6 +770,7 @@ func (r *run) commit(ctx context.Context, c *rpc.Client, out *Outcome) error {
 		dc.While = "before OTA.Commit"
 		dc.Then = fmt.Sprintf("device %s was last seen running %s on slot %d, uncommitted, and was not committed: it falls back to slot %d at its commit timeout or any reboot unless committed; find it and check it with 'otactl bootstate'",
 			dc.Want, out.Info.Firmware(), out.After.ActiveSlot, out.After.RevertSlot)
+		rep.Message = dc.Error()
 		return exitAs(ExitUnreachable, dc)
 	case errors.Is(err, ErrHealthCheck):
 		return r.healthFailed(ctx, c, out, err)
@@ -820,6 +821,7 @@ func (r *run) healthFailed(ctx context.Context, c *rpc.Client, out *Outcome, her
 		} else {
 			dc.Then = fmt.Sprintf("%s; device %s was sent OTA.Revert and should run slot %d again; find it and check it with 'otactl bootstate'", why, dc.Want, out.After.RevertSlot)
 		}
+		rep.Message = dc.Error()
 		return exitAs(ExitUnreachable, dc)
 	}
 	if rout != nil && rout.Result == RolledBack {
