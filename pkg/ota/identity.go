@@ -10,8 +10,8 @@ import (
 )
 
 // Identity tells one device from another: the fields of Sys.GetInfo that
-// stay the same across reboots and updates (docs/protocol.md, "Which
-// device answers"). An update records it from the device's first answer
+// stay the same across reboots and updates (docs/reliability.md, "Another
+// device at the port"). An update records it from the device's first answer
 // and checks it on every answer after a lost link or a reboot: a serial
 // port renumbered, a --port symlink left pointing at another adapter, an
 // address taken over by another device must not make otactl take another
