@@ -332,6 +332,13 @@ func resultFor(err error, r ota.Reason, sent bool) string {
 		ota.ReasonNoReboot, ota.ReasonWrongFirmware, ota.ReasonUsage:
 		return string(ota.NotApplied)
 	}
+	var dc *ota.DeviceChangedError
+	if errors.As(err, &dc) {
+		if dc.NothingInstalled || !sent {
+			return string(ota.NotApplied)
+		}
+		return string(ota.Unknown)
+	}
 	var pe *ota.PushError
 	if errors.As(err, &pe) || !sent {
 		return string(ota.NotApplied) // a push that failed leaves the boot state unchanged

@@ -157,6 +157,13 @@ func ResultOf(err error, r Reason, sent bool) Result {
 		ReasonNoReboot, ReasonWrongFirmware, ReasonUsage:
 		return NotApplied
 	}
+	var dc *DeviceChangedError
+	if errors.As(err, &dc) {
+		if dc.NothingInstalled || !sent {
+			return NotApplied
+		}
+		return Unknown
+	}
 	var pe *PushError
 	if errors.As(err, &pe) || !sent {
 		return NotApplied // a push that failed leaves the boot state unchanged

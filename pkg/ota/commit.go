@@ -21,9 +21,16 @@ import (
 //  3. OTA.Commit;
 //  4. OTA.GetBootState must now show the same slot, committed.
 //
+// With h.Device set, Sys.GetInfo is checked against it first and again
+// right before OTA.Commit: when another device answers, nothing is
+// committed and the error wraps a *DeviceChangedError.
+//
 // It returns the boot state read last (also when OTA.Commit was refused as
 // already committed: then the state read after that refusal).
 func (d *Device) CommitAfterHealthCheck(ctx context.Context, h HealthOptions) (BootState, error) {
+	if err := h.Device.check(ctx, d); err != nil {
+		return BootState{}, fmt.Errorf("checking which device answers before committing: %w", err)
+	}
 	bs, err := d.GetBootState(ctx)
 	if err != nil {
 		return bs, fmt.Errorf("reading the boot state before committing: %w", err)
@@ -39,6 +46,13 @@ func (d *Device) CommitAfterHealthCheck(ctx context.Context, h HealthOptions) (B
 			}
 			return bs, fmt.Errorf("%w; not committing: slot %d falls back to slot %d when its commit timeout expires (or run `otactl revert`)",
 				err, bs.ActiveSlot, bs.RevertSlot)
+		}
+	}
+	if h.Method != "" {
+		// The health check may have taken its whole grace period: check
+		// again that the device is the same.
+		if err := h.Device.check(ctx, d); err != nil {
+			return bs, fmt.Errorf("checking which device answers before committing: %w", err)
 		}
 	}
 	if err := d.Commit(ctx); err != nil {

@@ -29,6 +29,10 @@ type HealthOptions struct {
 	// CallTimeout bounds each call (default 5 s); the last try starts
 	// within the grace period and may end up to CallTimeout after it.
 	CallTimeout time.Duration
+	// Device, if set, is the device to commit: CommitAfterHealthCheck
+	// reads Sys.GetInfo right before OTA.Commit and commits nothing when
+	// another device answers (*DeviceChangedError).
+	Device Identity
 	// OnEvent, if set, gets EventHealthCheck for each try.
 	OnEvent func(Event)
 }
@@ -92,6 +96,10 @@ func (d *Device) CheckHealth(ctx context.Context, h HealthOptions) (int, error) 
 			return tries, ctx.Err()
 		}
 		last = err
+		var dc *DeviceChangedError
+		if err := h.Device.srcChanged(d.c, err); errors.As(err, &dc) {
+			return tries, err // another device answers: not a health verdict
+		}
 		if errors.Is(err, rpc.ErrAuth) || isCode(err, 401) {
 			return tries, &HealthError{Method: h.Method, Grace: h.Grace, Tries: tries, Last: err}
 		}
@@ -116,6 +124,12 @@ func (d *Device) CheckHealth(ctx context.Context, h HealthOptions) (int, error) 
 func RevertAndWait(ctx context.Context, c *rpc.Client, opts WaitOptions) (*Outcome, *rpc.Client, error) {
 	d := New(c)
 	ref, err := d.Observe(ctx)
+	if err != nil {
+		err = opts.Device.srcChanged(c, err)
+	}
+	if err == nil {
+		err = opts.Device.Check(ref.Info) // never revert another device
+	}
 	if err == nil {
 		err = d.Revert(ctx)
 	}
@@ -127,6 +141,9 @@ func RevertAndWait(ctx context.Context, c *rpc.Client, opts WaitOptions) (*Outco
 		opts.RebootTimeout = 15 * time.Second
 	}
 	opts.Before, opts.Accepted = ref, false
+	if opts.Device.IsZero() {
+		opts.Device = IdentityOf(ref.Info)
+	}
 	out, nc, err := WaitOutcome(ctx, opts)
 	if out == nil {
 		return nil, nil, err

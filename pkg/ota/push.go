@@ -161,6 +161,12 @@ type PushOptions struct {
 	// Backoff spaces attempts to regain the link (default 250 ms, doubling
 	// up to 5 s).
 	Backoff Backoff
+	// Device, if set, is the device to update: Push checks Sys.GetInfo
+	// against it before OTA.Begin and on every answer after a lost link or
+	// a failed write, before resuming; when another device answers, Push
+	// stops with a *DeviceChangedError and sends that device nothing that
+	// changes its state (no OTA.Write, no OTA.End).
+	Device Identity
 	// OnEvent, if set, gets EventBegin, EventRetry, EventReconnecting,
 	// EventResumed, EventAbort, EventFinalizing, EventAccepted and
 	// EventNoReply.
@@ -297,7 +303,19 @@ func (d *Device) Push(ctx context.Context, r io.ReaderAt, size int64, opts PushO
 	}
 	res.ChunkSize = opts.ChunkSize
 
-	// 2. Begin.
+	// 2. Begin, on the device the update is for.
+	ictx, cancel := context.WithTimeout(ctx, opts.WriteTimeout)
+	err = opts.Device.check(ictx, d)
+	cancel()
+	if err != nil {
+		var dc *DeviceChangedError
+		if errors.As(err, &dc) {
+			dc.While, dc.NothingInstalled = "before the push started", true
+			dc.Then = fmt.Sprintf("nothing was sent to device %s either", dc.Want)
+			return res, dc
+		}
+		return res, fmt.Errorf("push: reading Sys.GetInfo before starting: %w", err)
+	}
 	begin := wire.BeginArgs{Timeout: seconds(opts.Timeout), CommitTimeout: commitSeconds(opts.CommitTimeout), Size: size}
 	bctx, cancel := context.WithTimeout(ctx, opts.FirstWriteTimeout)
 	_, err = d.c.Call(bctx, wire.OTABegin, begin)

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/otactl/otactl/internal/human"
 	"github.com/otactl/otactl/pkg/ota/wire"
 	"github.com/otactl/otactl/pkg/rpc"
 )
@@ -124,7 +125,8 @@ func (p *pusher) await(ctx context.Context, w *window, f *flight) error {
 // OTA.Begin, or its update ended). No answer tells nothing.
 func (p *pusher) updateGone(ctx context.Context) bool {
 	st, rebooted, err := p.probe(ctx)
-	return err == nil && (rebooted || st.State != StateProgress)
+	var dc *DeviceChangedError
+	return (err == nil && (rebooted || st.State != StateProgress)) || errors.As(err, &dc)
 }
 
 // report passes confirmed progress on; the last byte is reported only once
@@ -326,8 +328,11 @@ func (p *pusher) recover(ctx context.Context, t *trouble) (int64, error) {
 		}
 	}
 	st, rebooted, redialed, err := p.resync(ctx, t.linkErr)
+	var dc *DeviceChangedError
 	switch {
 	case err == nil:
+	case errors.As(err, &dc):
+		return 0, p.changed(dc)
 	case ctx.Err() != nil:
 		return 0, p.fail(ctx, p.acked, fmt.Errorf("%w (%v)", ctx.Err(), t.first))
 	case errors.Is(err, ErrLinkLost):
@@ -400,6 +405,10 @@ func (p *pusher) resync(ctx context.Context, cause error) (st Status, rebooted, 
 			if err == nil {
 				return st, rebooted, redialed, nil
 			}
+			var dc *DeviceChangedError
+			if errors.As(err, &dc) {
+				return st, false, redialed, err
+			}
 			if !isTransient(err) {
 				// The device answers, but not OTA.Status: no way to
 				// know where it stands.
@@ -435,15 +444,22 @@ func (p *pusher) probe(ctx context.Context) (Status, bool, error) {
 	defer cancel()
 	st, err := p.dev.Status(actx)
 	if err != nil {
-		return st, false, err
+		return st, false, p.opts.Device.srcChanged(p.dev.c, err)
 	}
 	info, err := p.dev.GetInfo(actx)
+	err = p.opts.Device.srcChanged(p.dev.c, err)
+	var dc *DeviceChangedError
 	switch {
+	case errors.As(err, &dc):
+		return st, false, err
 	case err == nil:
 	case isTransient(err):
 		return st, false, err
 	default:
 		return st, false, nil // no Sys.GetInfo: no evidence either way
+	}
+	if err := p.opts.Device.Check(info); err != nil {
+		return st, false, err
 	}
 	if info.Uptime <= 0 {
 		return st, false, nil
@@ -513,8 +529,13 @@ func (p *pusher) fail(ctx context.Context, off int64, cause error) error {
 // a link such as HTTP that did not notice the reset): that is a lost
 // update, not a refused bundle.
 func (p *pusher) refused(ctx context.Context, off int64, err error) error {
-	if st, rebooted, perr := p.probe(ctx); perr == nil && (rebooted || st.State == StateIdle) {
+	st, rebooted, perr := p.probe(ctx)
+	if perr == nil && (rebooted || st.State == StateIdle) {
 		return p.lost(ctx, &UpdateLostError{Offset: p.acked, Size: p.size, Rebooted: rebooted, Status: st, Err: err})
+	}
+	var dc *DeviceChangedError
+	if errors.As(perr, &dc) {
+		return p.changed(dc)
 	}
 	return p.fail(ctx, off, err)
 }
@@ -523,6 +544,21 @@ func (p *pusher) refused(ctx context.Context, off int64, err error) error {
 func (p *pusher) lost(_ context.Context, e *UpdateLostError) error {
 	emit(p.opts.OnEvent, Event{Kind: EventAbort, Sent: p.acked, Total: p.size, Err: e, Msg: e.Error()})
 	return e
+}
+
+// changed ends a push that found another device at the port: it closes
+// the link and sends that device nothing (an OTA.End would abort that
+// device's own update). The update on the device it started with is cut
+// before all its data was confirmed, so that device installed nothing: its
+// update watchdog ends the update.
+func (p *pusher) changed(dc *DeviceChangedError) error {
+	dc.While = fmt.Sprintf("when the push resumed at offset %d of %d", p.acked, p.size)
+	dc.NothingInstalled = true
+	dc.Then = fmt.Sprintf("device %s was sent %d of %d bytes, so it cannot have installed the update: its update watchdog (--update-timeout %s) ends the update, its boot state unchanged; find it and check it with 'otactl status'",
+		dc.Want, p.acked, p.size, human.Duration(p.opts.Timeout))
+	p.drop()
+	emit(p.opts.OnEvent, Event{Kind: EventAbort, Sent: p.acked, Total: p.size, Err: dc, Msg: dc.Error()})
+	return dc
 }
 
 // end sends OTA.End once every byte was confirmed. With Redial, a link
@@ -555,6 +591,15 @@ func (p *pusher) end(ctx context.Context) error {
 			st, rebooted, _, rerr := p.resync(ctx, err)
 			if ctx.Err() != nil {
 				return fmt.Errorf("push: OTA.End: %w", err)
+			}
+			var dc *DeviceChangedError
+			if errors.As(rerr, &dc) {
+				// OTA.End was sent to the first device and its reply
+				// lost: it may have installed the update and rebooted.
+				dc.While = "after OTA.End, whose reply was lost"
+				dc.Then = fmt.Sprintf("device %s was sent the whole bundle and OTA.End: it may have installed the update and rebooted into it, uncommitted (it falls back unless committed); find it and check it with 'otactl bootstate'", dc.Want)
+				p.drop()
+				return dc
 			}
 			if rerr == nil && !rebooted && st.State == StateProgress && (st.Offset == nil || *st.Offset == p.size) {
 				emit(p.opts.OnEvent, Event{Kind: EventRetry, Sent: p.size, Total: p.size, Attempt: try + 1, Err: err,

@@ -78,6 +78,12 @@ const (
 	// ReasonTimeout: the device did not answer, or the outcome was not
 	// clear, in time (exit 5).
 	ReasonTimeout Reason = "timeout"
+	// ReasonDeviceChanged: after a lost link or a reboot, another device
+	// answered at the port (a renumbered serial port, a --port link now
+	// to another adapter, an address taken over): otactl sent it nothing
+	// that changes its state, and cannot tell what the first device did
+	// (DeviceChangedError; exit 5).
+	ReasonDeviceChanged Reason = "device_changed"
 	// ReasonAuth: the device or broker refused the credentials, for a
 	// reason none of the codes below names (exit 4).
 	ReasonAuth Reason = "auth_failed"
@@ -124,7 +130,7 @@ func Reasons() []Reason {
 		ReasonUncommitted, ReasonWrongPlatform, ReasonBusy, ReasonCorruptBundle, ReasonBadSignature,
 		ReasonDownloadFailed, ReasonUpdateTimeout, ReasonRejected, ReasonDeviceReset,
 		ReasonNoReboot, ReasonWrongFirmware, ReasonRolledBack, ReasonHealthFailed,
-		ReasonUnreachable, ReasonTimeout,
+		ReasonUnreachable, ReasonTimeout, ReasonDeviceChanged,
 		ReasonAuthRequired, ReasonAuthRefused, ReasonForbidden, ReasonAuthMalformed, ReasonTLS, ReasonAuth,
 		ReasonDeviceError, ReasonUsage,
 		ReasonInterrupted, ReasonNotRPC, ReasonDuplicateDevice, ReasonBadReply, ReasonFailed}
@@ -152,7 +158,7 @@ func (r Reason) ExitCode() int {
 		ReasonDownloadFailed, ReasonUpdateTimeout, ReasonRejected, ReasonDeviceReset,
 		ReasonNoReboot, ReasonWrongFirmware, ReasonRolledBack, ReasonHealthFailed:
 		return ExitUpdate
-	case ReasonUnreachable, ReasonTimeout:
+	case ReasonUnreachable, ReasonTimeout, ReasonDeviceChanged:
 		return ExitUnreachable
 	case ReasonAuth, ReasonAuthRequired, ReasonAuthRefused, ReasonForbidden, ReasonAuthMalformed, ReasonTLS:
 		return ExitAuth

@@ -155,6 +155,7 @@ type run struct {
 	local  *LocalBundle // the bundle file, for SourceServed and SourcePushed
 	expect Firmware     // what the new firmware is, when known
 	before Observation
+	device Identity // the device updated: every later answer is checked against it
 
 	stopDL   func()        // ends the served download
 	ownSrv   *BundleServer // the server the run started, if any
@@ -411,6 +412,7 @@ func (r *run) prepare(ctx context.Context, man *bundle.Manifest) error {
 	}
 	r.before = before
 	r.rep.Before = &before
+	r.device = IdentityOf(before.Info)
 	if !before.Boot.IsCommitted {
 		return exitAs(ExitUpdate, fmt.Errorf("%w: %w: the device runs uncommitted firmware on slot %d: run 'otactl commit' to keep it or 'otactl revert' to go back, then update", ErrUpdateFailed, ErrUncommitted, before.Boot.ActiveSlot))
 	}
@@ -468,6 +470,14 @@ func (r *run) update(ctx context.Context) (Accepted, error) {
 			return err
 		}
 		defer c.Close()
+		if err := r.device.check(uctx, New(c)); err != nil {
+			var dc *DeviceChangedError
+			if errors.As(err, &dc) {
+				dc.While, dc.NothingInstalled = "before OTA.Update", true
+				dc.Then = fmt.Sprintf("nothing was sent to device %s either", dc.Want)
+			}
+			return err
+		}
 		accepted, err = New(c).Update(uctx, UpdateArgs{
 			URL: updateURL, CommitTimeout: u.CommitTimeout, Timeout: u.UpdateTimeout,
 			OnEvent: func(ev Event) {
@@ -550,7 +560,7 @@ func (r *run) push(ctx context.Context) (Accepted, error) {
 		// wait long for its reply.
 		res, err = New(c).Push(ctx, r.local, r.local.Size, PushOptions{
 			ChunkSize: u.ChunkSize, Window: u.Window, WriteTimeout: u.WriteTimeout,
-			CommitTimeout: u.CommitTimeout, Timeout: u.UpdateTimeout,
+			CommitTimeout: u.CommitTimeout, Timeout: u.UpdateTimeout, Device: r.device,
 			Redial: r.dial, ReconnectTimeout: reconnect, AttemptTimeout: min(u.Timeout, DefaultAttemptTimeout),
 			Progress: func(sent, total int64) { r.emit(Event{Kind: EventSent, Sent: sent, Total: total}) },
 			OnEvent: func(ev Event) {
@@ -585,6 +595,10 @@ func (r *run) push(ctx context.Context) (Accepted, error) {
 // update). A link that did not come back is exit 5, saying what the device
 // does meanwhile.
 func pushFailed(err error, timeout, updateTimeout time.Duration) error {
+	var dc *DeviceChangedError
+	if errors.As(err, &dc) {
+		return exitAs(ExitUnreachable, err)
+	}
 	var lost *UpdateLostError
 	if errors.As(err, &lost) {
 		return exitAs(ExitUpdate, err)
@@ -627,7 +641,7 @@ func (r *run) finish(ctx context.Context, accepted Accepted) error {
 	wctx, cancel := context.WithTimeout(ctx, u.RebootTimeout+VerdictMargin)
 	defer cancel()
 	out, c, err := WaitOutcome(wctx, WaitOptions{
-		Dial: r.dial, Before: r.before, Accepted: accepted.Confirmed || accepted.Finished, Expect: r.expect,
+		Dial: r.dial, Before: r.before, Accepted: accepted.Confirmed || accepted.Finished, Expect: r.expect, Device: r.device,
 		RebootTimeout: u.RebootTimeout, OnEvent: r.emit,
 	})
 	r.stopServing()
@@ -641,6 +655,11 @@ func (r *run) finish(ctx context.Context, accepted Accepted) error {
 				msg = "the device had accepted the update and was rebooting into it; with --commit-timeout 0 the new firmware commits itself at boot: check what booted with 'otactl bootstate'"
 			}
 			return &InterruptedError{Err: err, Msg: msg}
+		}
+		var dc *DeviceChangedError
+		if errors.As(err, &dc) {
+			dc.Then = r.rebootingThen(dc.Want, accepted.Confirmed || accepted.Finished)
+			return exitAs(ExitUnreachable, dc)
 		}
 		if !accepted.Confirmed {
 			// The link went before the device answered: otactl does not
@@ -707,6 +726,7 @@ func (r *run) commit(ctx context.Context, c *rpc.Client, out *Outcome) error {
 			h.Grace = max(room, time.Second)
 		}
 	}
+	h.Device = r.device
 	h.OnEvent = func(ev Event) {
 		if ev.Kind == EventHealthCheck {
 			rep.HealthChecks = ev.Attempt
@@ -721,6 +741,7 @@ func (r *run) commit(ctx context.Context, c *rpc.Client, out *Outcome) error {
 	cctx, ccancel := context.WithTimeout(ctx, h.Grace+h.CallTimeout+u.Timeout)
 	bs, err := New(c).CommitAfterHealthCheck(cctx, h)
 	ccancel()
+	var dc *DeviceChangedError
 	if errors.Is(err, ErrAlreadyCommitted) && bs.ActiveSlot == out.After.ActiveSlot && bs.IsCommitted {
 		err = nil // it committed itself meanwhile: the same slot, committed
 	}
@@ -744,6 +765,13 @@ func (r *run) commit(ctx context.Context, c *rpc.Client, out *Outcome) error {
 		rep.Running, rep.RunningInfo = r.before.Info.Firmware(), nil
 		rep.Message = fmt.Sprintf("slot %d ran %s uncommitted, but its commit timeout expired before otactl could commit it: the device falls back to slot %d", out.After.ActiveSlot, out.Info.Firmware(), out.After.RevertSlot)
 		return r.failed(fmt.Errorf("%w: %s", ErrUpdateFailed, rep.Message))
+	case errors.As(err, &dc):
+		rep.Result = Unknown
+		dc.While = "before OTA.Commit"
+		dc.Then = fmt.Sprintf("device %s was last seen running %s on slot %d, uncommitted, and was not committed: it falls back to slot %d at its commit timeout or any reboot unless committed; find it and check it with 'otactl bootstate'",
+			dc.Want, out.Info.Firmware(), out.After.ActiveSlot, out.After.RevertSlot)
+		rep.Message = dc.Error()
+		return exitAs(ExitUnreachable, dc)
 	case errors.Is(err, ErrHealthCheck):
 		return r.healthFailed(ctx, c, out, err)
 	case ctx.Err() != nil:
@@ -780,9 +808,21 @@ func (r *run) healthFailed(ctx context.Context, c *rpc.Client, out *Outcome, her
 	rt := min(RevertRebootTimeout, u.RebootTimeout)
 	wctx, cancel := context.WithTimeout(ctx, rt+VerdictMargin)
 	defer cancel()
-	rout, rc, err := RevertAndWait(wctx, c, WaitOptions{Dial: r.dial, RebootTimeout: rt, OnEvent: r.emit})
+	rout, rc, err := RevertAndWait(wctx, c, WaitOptions{Dial: r.dial, RebootTimeout: rt, Device: r.device, OnEvent: r.emit})
 	if rc != nil {
 		rc.Close()
+	}
+	var dc *DeviceChangedError
+	if errors.As(err, &dc) {
+		rep.Result = Unknown
+		if dc.While == "" {
+			dc.While = "before OTA.Revert"
+			dc.Then = fmt.Sprintf("%s; device %s was not reverted: it falls back to slot %d at its commit timeout or any reboot unless committed; find it and check it with 'otactl bootstate'", why, dc.Want, out.After.RevertSlot)
+		} else {
+			dc.Then = fmt.Sprintf("%s; device %s was sent OTA.Revert and should run slot %d again; find it and check it with 'otactl bootstate'", why, dc.Want, out.After.RevertSlot)
+		}
+		rep.Message = dc.Error()
+		return exitAs(ExitUnreachable, dc)
 	}
 	if rout != nil && rout.Result == RolledBack {
 		after, info := rout.After, rout.Info
@@ -822,6 +862,7 @@ func (u Updater) CommitTrial(ctx context.Context, info SysInfo, bs BootState, at
 	// The firmware it falls back to is not known here: a device that fell
 	// back before the commit is read again below.
 	r.before = Observation{Boot: bs, At: at}
+	r.device = IdentityOf(info)
 	out := &Outcome{Result: UpdatedUncommitted, Reason: ReasonOK, Before: bs, After: bs, BeforeInfo: info, Info: info,
 		Message: fmt.Sprintf("slot %d already runs %s, uncommitted", bs.ActiveSlot, fw)}
 	if v := ViewBoot(bs, &info); v.FallbackIn != nil {
@@ -843,4 +884,17 @@ func (u Updater) CommitTrial(ctx context.Context, info SysInfo, bs BootState, at
 	r.endPhase()
 	r.finishReport(err)
 	return r.rep
+}
+
+// rebootingThen says what is known of device want, which was rebooting
+// into the update when another device answered at its port.
+func (r *run) rebootingThen(want Identity, confirmed bool) string {
+	s := fmt.Sprintf("device %s had accepted the update and was rebooting into it", want)
+	if !confirmed {
+		s = fmt.Sprintf("device %s may have taken the update (its reply was lost)", want)
+	}
+	if r.u.CommitTimeout == AutoCommit {
+		return s + "; with --commit-timeout 0 the new firmware commits itself at boot: find the device and check what it runs with 'otactl bootstate'"
+	}
+	return s + fmt.Sprintf("; nothing was committed: it runs the new firmware on trial (falling back to slot %d unless committed) or its old one: find it and check with 'otactl bootstate'", r.before.Boot.ActiveSlot)
 }

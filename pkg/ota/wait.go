@@ -137,6 +137,11 @@ type WaitOptions struct {
 	Resend time.Duration
 	// Backoff spaces attempts while the device does not answer.
 	Backoff Backoff
+	// Device is the device waited for (zero: IdentityOf(Before.Info)).
+	// Every attempt checks the first Sys.GetInfo answer against it: when
+	// another device answers, WaitOutcome ends at once with a
+	// *DeviceChangedError and no outcome.
+	Device Identity
 	// OnEvent, if set, gets EventWaiting, EventNotRebooted and EventBack.
 	OnEvent func(Event)
 }
@@ -159,6 +164,9 @@ func (o *WaitOptions) defaults() {
 	}
 	if o.Backoff.Max < o.Backoff.Initial {
 		o.Backoff.Max = max(5*time.Second, o.Backoff.Initial)
+	}
+	if o.Device.IsZero() {
+		o.Device = IdentityOf(o.Before.Info)
 	}
 }
 
@@ -254,6 +262,15 @@ func WaitOutcome(ctx context.Context, opts WaitOptions) (*Outcome, *rpc.Client, 
 		attempts++
 		c, p, err := attempt(ctx, opts)
 		if err != nil {
+			var dc *DeviceChangedError
+			if errors.As(err, &dc) {
+				// Another device answers: nothing it says tells what this
+				// one did.
+				if dc.While == "" {
+					dc.While = fmt.Sprintf("waiting for the device to come back, attempt %d", attempts)
+				}
+				return nil, nil, err
+			}
 			if errors.Is(err, rpc.ErrAuth) || isCode(err, 401) || errors.Is(err, ErrBadReply) {
 				return nil, nil, fmt.Errorf("reconnecting after the update: %w", err)
 			}
@@ -342,6 +359,9 @@ func attempt(ctx context.Context, opts WaitOptions) (*rpc.Client, probe, error) 
 	}
 	first, err = firstInfo(ctx, d, opts)
 	if err == nil {
+		err = opts.Device.Check(first)
+	}
+	if err == nil {
 		firstAt = time.Now()
 		err = call(func(ctx context.Context) (err error) { p.boot, err = d.GetBootState(ctx); return err })
 	}
@@ -355,6 +375,9 @@ func attempt(ctx context.Context, opts WaitOptions) (*rpc.Client, probe, error) 
 		}
 		if err == nil {
 			err = call(func(ctx context.Context) (err error) { p.info, err = d.GetInfo(ctx); return err })
+		}
+		if err == nil {
+			err = opts.Device.Check(p.info)
 		}
 	}
 	if err != nil {
