@@ -24,7 +24,7 @@ const fleetCPUDevices = 100
 // BenchmarkFleetUpdateCPU measures the CPU one emulated device's update
 // costs in all (the emulated device, otactl's fleet path and, with the
 // in-process broker, the broker), which is what bounds issue 8's figure 2
-// on a small machine (docs/benchmarks.md, "Why figure 2 is above 3"). Each
+// on a small machine (docs/benchmarks.md, "Fleet rollouts: issue 8, figures 1 to 5"). Each
 // op is one `fleet update --file --commit --parallel 200` (64 KiB bundle)
 // of fleetCPUDevices devices of one emulator.Host in this process, run
 // in-process through Main; the metric cpu-ms/update is this process's user
