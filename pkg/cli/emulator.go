@@ -25,6 +25,7 @@ type EmulatorOptions struct {
 	ID          string
 	Platform    string
 	Slots       int
+	FlashSync   bool
 	Listen      string
 	SerialLink  string
 	SerialBaud  int
@@ -130,6 +131,7 @@ otactl fleet.`,
 	fl.StringVar(&o.ID, "id", emulator.DefaultID, "device id (frame src, MQTT topics)")
 	fl.StringVar(&o.Platform, "platform", emulator.DefaultPlatform, "device platform, checked against bundles")
 	fl.IntVar(&o.Slots, "slots", emulator.DefaultSlots, "number of firmware slots")
+	fl.BoolVar(&o.FlashSync, "flash-sync", false, "fsync every flash write, so that --state-dir also survives a crash of this machine (slower)")
 	fl.StringVar(&o.Listen, "listen", "", "HTTP /rpc, /rpc/<Method> and WebSocket /rpc on this address (e.g. 127.0.0.1:8080; port 0 picks one)")
 	fl.StringVar(&o.SerialLink, "serial-link", "", "create a pty and a symlink at PATH to its device end")
 	fl.IntVar(&o.SerialBaud, "serial-baud", 0, "pace the serial link to this UART speed (e.g. 115200) to time transfers as over a cable; 0 = no limit")
@@ -191,6 +193,7 @@ func runEmulator(ctx context.Context, o *EmulatorOptions) error {
 		ID:          o.ID,
 		Platform:    o.Platform,
 		Slots:       o.Slots,
+		FlashSync:   o.FlashSync,
 		RebootDelay: o.RebootDelay,
 		Listen:      o.Listen,
 		SerialLink:  serialLink,

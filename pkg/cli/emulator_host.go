@@ -114,7 +114,7 @@ func runEmulatorHost(ctx context.Context, o *EmulatorOptions) error {
 	for i, id := range ids {
 		cfgs[i] = emulator.Config{
 			Auth: auth, Signing: signing,
-			StateDir: filepath.Join(o.StateDir, id), ID: id, Platform: o.Platform, Slots: o.Slots,
+			StateDir: filepath.Join(o.StateDir, id), ID: id, Platform: o.Platform, Slots: o.Slots, FlashSync: o.FlashSync,
 			RebootDelay: o.RebootDelay, SerialBaud: o.SerialBaud, CAFile: o.CAFile, Logger: logger(id),
 		}
 		if serialDir != "" {

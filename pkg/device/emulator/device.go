@@ -80,6 +80,14 @@ type Config struct {
 	Platform string
 	// Slots is the number of firmware slots (>= 2). Default 2.
 	Slots int
+	// FlashSync fsyncs every file and directory of the flash as it is
+	// written, so that the state dir survives a crash of the host OS or a
+	// loss of its power too. Without it (the default) the flash survives
+	// what a device meets, a power cut at any flash write (Hooks,
+	// PowerCut) and a kill of the emulator process at any instant, as
+	// the writes reach the host's page cache in order and each commit is
+	// a rename; it costs a fraction of the CPU (docs/emulator.md).
+	FlashSync bool
 	// RebootDelay is how long a reboot keeps the device off every
 	// transport, on Clock: with a ManualClock the device stays off until
 	// Advance moves past it (State.OffUntil says when). Zero reboots at
@@ -359,7 +367,7 @@ func newDevice(cfg Config, att *attachment) (*Device, error) {
 	// firmware's, to its serial link (uartlog.go).
 	d.log = slog.New(&uartHandler{next: log.With("device", cfg.ID).Handler(), uart: &d.uartLog})
 	d.life, d.lifeStop = context.WithCancel(context.Background())
-	d.fl = &flash{dir: cfg.StateDir, slots: cfg.Slots, onCut: d.cutPower}
+	d.fl = &flash{dir: cfg.StateDir, slots: cfg.Slots, sync: cfg.FlashSync, onCut: d.cutPower}
 	if cfg.Auth != nil {
 		a, err := newDeviceAuth(cfg.Auth, cfg.Clock, d.log)
 		if err != nil {
@@ -469,7 +477,7 @@ func (d *Device) initFlash() error {
 	}
 	m.Parts["app"].Size, m.Parts["app"].CSSHA1, m.Parts["app"].CSSHA256 = bundle.Int64(size), s1, s256
 	conf, _ := json.MarshalIndent(map[string]any{"device": map[string]any{"id": d.cfg.ID}}, "", "  ")
-	if err := writeSync(filepath.Join(d.fl.fsDir(0), "conf9.json"), conf); err != nil {
+	if err := d.fl.writeFile(filepath.Join(d.fl.fsDir(0), "conf9.json"), conf); err != nil {
 		return err
 	}
 	man, err := m.Indented()
