@@ -164,6 +164,10 @@ type scriptedDevice struct {
 	state    int
 	onUpdate func(d *scriptedDevice) // under mu
 	onBoot   func(d *scriptedDevice) // under mu, before answering OTA.GetBootState
+	// onCommit, under mu, runs as OTA.Commit arrives, before the device
+	// decides on it: what happened on the device between otactl's last
+	// read and its commit.
+	onCommit func(d *scriptedDevice)
 	// handlers adds methods (health checks, OTA.Revert…).
 	handlers map[string]rpc.HandlerFunc
 }
@@ -199,6 +203,9 @@ func (d *scriptedDevice) start(t *testing.T) string {
 	s.Handle("OTA.Commit", func(context.Context, *rpc.Request) (any, error) {
 		d.mu.Lock()
 		defer d.mu.Unlock()
+		if d.onCommit != nil {
+			d.onCommit(d)
+		}
 		if d.boot["is_committed"] == true {
 			return nil, &rpc.Error{Code: -1}
 		}

@@ -32,12 +32,9 @@ func TestUpdateCommitTooLateIsRolledBack(t *testing.T) {
 		d.onUpdate = func(d *scriptedDevice) { // reboots at once into the new firmware
 			d.version, d.bootedAt = "2.0", time.Now()
 			d.boot = map[string]any{"active_slot": 1, "revert_slot": 0, "is_committed": false, "commit_timeout": 1}
-			reads := 0
-			d.onBoot = func(d *scriptedDevice) {
-				if reads++; reads == 2 { // the commit timer fires: back to slot 0
-					d.version, d.bootedAt = "1.0", time.Now()
-					d.boot = map[string]any{"active_slot": 0, "revert_slot": 0, "is_committed": true, "commit_timeout": 0}
-				}
+			d.onCommit = func(d *scriptedDevice) { // the commit timer fired first: back to slot 0
+				d.version, d.bootedAt = "1.0", time.Now()
+				d.boot = map[string]any{"active_slot": 0, "revert_slot": 0, "is_committed": true, "commit_timeout": 0}
 			}
 		}
 		port := d.start(t)
@@ -75,12 +72,7 @@ func TestUpdateCommittedByItselfMeanwhile(t *testing.T) {
 	d.onUpdate = func(d *scriptedDevice) {
 		d.version, d.bootedAt = "2.0", time.Now()
 		d.boot = map[string]any{"active_slot": 1, "revert_slot": 0, "is_committed": false, "commit_timeout": 300}
-		reads := 0
-		d.onBoot = func(d *scriptedDevice) {
-			if reads++; reads == 2 {
-				d.boot["is_committed"] = true
-			}
-		}
+		d.onCommit = func(d *scriptedDevice) { d.boot["is_committed"] = true }
 	}
 	port := d.start(t)
 	r := run(t, nil, "--port", port, "update", "--url", "http://127.0.0.1:1/fw.zip", "--commit")

@@ -28,12 +28,27 @@ import (
 // It returns the boot state read last (also when OTA.Commit was refused as
 // already committed: then the state read after that refusal).
 func (d *Device) CommitAfterHealthCheck(ctx context.Context, h HealthOptions) (BootState, error) {
-	if err := h.Device.check(ctx, d); err != nil {
-		return BootState{}, fmt.Errorf("checking which device answers before committing: %w", err)
-	}
-	bs, err := d.GetBootState(ctx)
-	if err != nil {
-		return bs, fmt.Errorf("reading the boot state before committing: %w", err)
+	return d.commitAfterHealthCheck(ctx, h, nil)
+}
+
+// commitAfterHealthCheck is CommitAfterHealthCheck; seen, when set, is the
+// boot state the caller has just read on this link, after checking the
+// Sys.GetInfo of the same boot against h.Device (WaitOutcome's probe), with
+// no call in between: step 1 and the first identity check take it rather
+// than reading both again. The check after a health check, and the read
+// after OTA.Commit, stay.
+func (d *Device) commitAfterHealthCheck(ctx context.Context, h HealthOptions, seen *BootState) (BootState, error) {
+	var bs BootState
+	if seen != nil {
+		bs = *seen
+	} else {
+		if err := h.Device.check(ctx, d); err != nil {
+			return BootState{}, fmt.Errorf("checking which device answers before committing: %w", err)
+		}
+		var err error
+		if bs, err = d.GetBootState(ctx); err != nil {
+			return bs, fmt.Errorf("reading the boot state before committing: %w", err)
+		}
 	}
 	if bs.IsCommitted {
 		return bs, fmt.Errorf("%w: slot %d is active and committed, nothing to commit", ErrNothingToCommit, bs.ActiveSlot)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/otactl/otactl/pkg/rpc"
 )
@@ -82,14 +83,24 @@ func (i Identity) Check(info SysInfo) error {
 
 // check reads Sys.GetInfo and checks it against i (nothing when i is zero).
 func (i Identity) check(ctx context.Context, d *Device) error {
+	_, err := i.checkInfo(ctx, d)
+	return err
+}
+
+// checkInfo is check that also returns the Sys.GetInfo answer it read, with
+// the moment it arrived, when it read one that passed (nil when i is zero).
+func (i Identity) checkInfo(ctx context.Context, d *Device) (*Observation, error) {
 	if i.IsZero() {
-		return nil
+		return nil, nil
 	}
 	info, err := d.GetInfo(ctx)
 	if err != nil {
-		return i.srcChanged(d.c, err)
+		return nil, i.srcChanged(d.c, err)
 	}
-	return i.Check(info)
+	if err := i.Check(info); err != nil {
+		return nil, err
+	}
+	return &Observation{Info: info, At: time.Now()}, nil
 }
 
 // srcChanged turns err into a *DeviceChangedError when it is the RPC

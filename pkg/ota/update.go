@@ -53,6 +53,14 @@ type Accepted struct {
 // (link dropped, per-call deadline) is not an error: Accepted.Confirmed is
 // false. Cancelling ctx returns ctx's error (the device carries on).
 func (d *Device) Update(ctx context.Context, args UpdateArgs) (Accepted, error) {
+	return d.update(ctx, args, nil)
+}
+
+// update is Update; info, when set, is the Sys.GetInfo answer the caller
+// read from this device on this link just before (the identity check before
+// OTA.Update), with no call in between: the baseline takes it rather than
+// reading it again.
+func (d *Device) update(ctx context.Context, args UpdateArgs, info *Observation) (Accepted, error) {
 	params := wire.UpdateArgs{URL: args.URL, CommitTimeout: commitSeconds(args.CommitTimeout), Timeout: seconds(args.Timeout)}
 	if args.URL == "" {
 		return Accepted{}, fmt.Errorf("%s: no bundle URL given", wire.OTAUpdate)
@@ -64,7 +72,7 @@ func (d *Device) Update(ctx context.Context, args UpdateArgs) (Accepted, error) 
 		params.Timeout = seconds(DefaultUpdateTimeout)
 	}
 
-	base := d.readBaseline(ctx)
+	base := d.readBaseline(ctx, info)
 	start := time.Now()
 	var wg sync.WaitGroup
 	stop := make(chan struct{})
@@ -127,18 +135,23 @@ type baseline struct {
 
 // readBaseline reads OTA.Status and Sys.GetInfo, each under a short
 // deadline; what could not be read stays unknown (old firmware has no
-// OTA.Status), and the update goes ahead.
-func (d *Device) readBaseline(ctx context.Context) baseline {
+// OTA.Status), and the update goes ahead. info, when set, is a Sys.GetInfo
+// answer read just before on the same link: it is taken as it is.
+func (d *Device) readBaseline(ctx context.Context, info *Observation) baseline {
 	var b baseline
 	sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	st, err := d.Status(sctx)
 	cancel()
 	b.status, b.statusOK = st, err == nil
+	if info != nil {
+		b.info, b.infoOK = Observation{Info: info.Info, At: info.At}, true
+		return b
+	}
 	ictx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	info, err := d.GetInfo(ictx)
+	got, err := d.GetInfo(ictx)
 	cancel()
 	if err == nil {
-		b.info, b.infoOK = Observation{Info: info, At: time.Now()}, true
+		b.info, b.infoOK = Observation{Info: got, At: time.Now()}, true
 	}
 	return b
 }

@@ -470,7 +470,8 @@ func (r *run) update(ctx context.Context) (Accepted, error) {
 			return err
 		}
 		defer c.Close()
-		if err := r.device.check(uctx, New(c)); err != nil {
+		info, err := r.device.checkInfo(uctx, New(c))
+		if err != nil {
 			var dc *DeviceChangedError
 			if errors.As(err, &dc) {
 				dc.While, dc.NothingInstalled = "before OTA.Update", true
@@ -478,7 +479,9 @@ func (r *run) update(ctx context.Context) (Accepted, error) {
 			}
 			return err
 		}
-		accepted, err = New(c).Update(uctx, UpdateArgs{
+		// The identity check's Sys.GetInfo is the update's baseline: it
+		// was read on this link a moment ago, nothing sent in between.
+		accepted, err = New(c).update(uctx, UpdateArgs{
 			URL: updateURL, CommitTimeout: u.CommitTimeout, Timeout: u.UpdateTimeout,
 			OnEvent: func(ev Event) {
 				if ev.Kind == EventDownload && served {
@@ -486,7 +489,7 @@ func (r *run) update(ctx context.Context) (Accepted, error) {
 				}
 				r.emit(ev)
 			},
-		})
+		}, info)
 		return err
 	}()
 	if err != nil || accepted.Confirmed {
@@ -682,7 +685,11 @@ func (r *run) finish(ctx context.Context, accepted Accepted) error {
 		return r.failed(out.Err())
 	}
 	if out.Result == UpdatedUncommitted && u.Commit {
-		if err := r.commit(ctx, c, out); err != nil {
+		// WaitOutcome's probe read the boot state and the device's
+		// identity on c a moment ago (out.After, out.Info), nothing sent
+		// since: not read again before the health check or OTA.Commit.
+		seen := out.After
+		if err := r.commit(ctx, c, out, &seen); err != nil {
 			return err
 		}
 	}
@@ -709,8 +716,10 @@ func (r *run) failed(err error) error {
 }
 
 // commit runs the health check (with its grace period) and commits the new
-// firmware.
-func (r *run) commit(ctx context.Context, c *rpc.Client, out *Outcome) error {
+// firmware. seen, when set, is the boot state just read on c, after the
+// device's identity was checked on it, nothing sent since: it is not read
+// again before the health check (commitAfterHealthCheck).
+func (r *run) commit(ctx context.Context, c *rpc.Client, out *Outcome, seen *BootState) error {
 	u := &r.u
 	rep := r.rep
 	h := u.Health
@@ -739,7 +748,7 @@ func (r *run) commit(ctx context.Context, c *rpc.Client, out *Outcome) error {
 	// The health check has its own grace period (its last try may end one
 	// call timeout later); the rest of the commit the usual Timeout.
 	cctx, ccancel := context.WithTimeout(ctx, h.Grace+h.CallTimeout+u.Timeout)
-	bs, err := New(c).CommitAfterHealthCheck(cctx, h)
+	bs, err := New(c).commitAfterHealthCheck(cctx, h, seen)
 	ccancel()
 	var dc *DeviceChangedError
 	if errors.Is(err, ErrAlreadyCommitted) && bs.ActiveSlot == out.After.ActiveSlot && bs.IsCommitted {
@@ -870,7 +879,7 @@ func (u Updater) CommitTrial(ctx context.Context, info SysInfo, bs BootState, at
 	}
 	r.setOutcome(out)
 	err := r.withDevice(ctx, func(ctx context.Context, c *rpc.Client, d *Device) error {
-		err := r.commit(ctx, c, out)
+		err := r.commit(ctx, c, out, nil) // out was read on another link
 		if r.rep.Result == RolledBack && r.rep.Running.IsZero() {
 			if now, ierr := d.GetInfo(ctx); ierr == nil {
 				r.rep.Running = now.Firmware()
