@@ -626,7 +626,9 @@ type slotted struct {
 
 func (r *recentReplies) add(id int64, a answer) {
 	if r.by == nil {
-		r.by = make(map[int64]slotted, recentAnswers)
+		// Not sized for recentAnswers: most clients live for a few calls
+		// (each update dials several), and the map grows when one lives on.
+		r.by = make(map[int64]slotted)
 	}
 	if old := r.ring[r.next]; old != 0 {
 		if s, ok := r.by[old]; ok && s.slot == r.next {

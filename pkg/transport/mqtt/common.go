@@ -16,6 +16,7 @@
 package mqtt
 
 import (
+	"bufio"
 	"context"
 	"crypto/rand"
 	"crypto/tls"
@@ -214,8 +215,28 @@ func (d *ctxDialer) open(_ *url.URL, _ paho.ClientOptions) (net.Conn, error) {
 	d.mu.Lock()
 	d.stop = stop
 	d.mu.Unlock()
-	return c, nil
+	return newBufferedConn(c), nil
 }
+
+// readBufferSize is the read buffer of each connection to the broker: an
+// RPC request or reply, with its topic, fits in one.
+const readBufferSize = 2048
+
+// bufferedConn buffers what paho reads: paho reads a packet's first byte,
+// then its length one byte at a time, then its body, each a read from the
+// connection (a system call on TCP); buffered, a packet usually costs one
+// read, and packets that arrive together one between them. Bodies larger
+// than the buffer are read straight into paho's buffer.
+type bufferedConn struct {
+	net.Conn
+	r *bufio.Reader
+}
+
+func newBufferedConn(c net.Conn) *bufferedConn {
+	return &bufferedConn{Conn: c, r: bufio.NewReaderSize(c, readBufferSize)}
+}
+
+func (c *bufferedConn) Read(p []byte) (int, error) { return c.r.Read(p) }
 
 // release detaches the connection from ctx. It reports false when ctx ended
 // first (the connection is then closed or being closed).
