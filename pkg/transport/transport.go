@@ -132,9 +132,10 @@ func RedactAuth(s string) string {
 const DebugFrameMax = 300
 
 // DebugFrame logs a frame at debug level with its direction, if a logger is
-// set. Frames longer than DebugFrameMax are cut, saying how long they were.
+// set that logs that level. Frames longer than DebugFrameMax are cut, saying
+// how long they were. Otherwise it costs nothing: it runs for every frame.
 func (o Options) DebugFrame(dir string, data []byte) {
-	if o.Logger == nil {
+	if o.Logger == nil || !o.Logger.Enabled(context.Background(), slog.LevelDebug) {
 		return
 	}
 	s := RedactAuth(string(data))
