@@ -162,23 +162,14 @@ func (b baseline) sameAs(st Status) bool {
 	return b.statusOK && st.State == b.status.State && st.Msg == b.status.Msg
 }
 
-// Why pollProgress ended an OTA.Update call.
-const (
-	lostNone     = iota
-	lostOver     // showed running or finished, then idle or failed for replyGrace
-	lostFailed   // a failure that is not the baseline's, for replyGrace
-	lostRebooted // the device rebooted while the call was outstanding
-)
-
 // replyWatch is pollProgress's record of one OTA.Update call; Update
 // reads it once the poller has returned.
 type replyWatch struct {
 	base     baseline
-	ran      bool   // OTA.Status showed this update in progress or finished
-	finished bool   // ... finished (state success)
-	changed  bool   // OTA.Status showed something other than the baseline
-	why      int    // lost*: why the call was ended
-	failMsg  string // the failure OTA.Status showed (lostOver, lostFailed)
+	ran      bool // OTA.Status showed this update in progress or finished
+	finished bool // ... finished (state success)
+	changed  bool // OTA.Status showed something other than the baseline
+	rebooted bool // the call was ended because the device rebooted meanwhile
 }
 
 // newFailure reports whether st is a failure of this update: the status
@@ -195,12 +186,12 @@ func (w *replyWatch) newFailure(st Status) bool {
 // reaching us, and ends the call (endCall(errReplyLost)) only on evidence
 // (docs/protocol.md, "A lost reply to OTA.Update"):
 //   - OTA.Status showed the update in progress or finished, then idle or
-//     failed for replyGrace (lostOver);
+//     failed for replyGrace;
 //   - OTA.Status shows a failure other than the baseline's, for
-//     replyGrace (lostFailed);
+//     replyGrace;
 //   - Sys.GetInfo, read at most every replyGrace while the status shows
 //     nothing new, says the device rebooted since the baseline: other
-//     firmware, an uptime reset, or back after being away (lostRebooted).
+//     firmware, an uptime reset, or back after being away (w.rebooted).
 //
 // Idle, or the baseline's failure, with none of these is a device still
 // connecting to the bundle server (it shows no progress before data
@@ -216,10 +207,6 @@ func (d *Device) pollProgress(ctx context.Context, stop <-chan struct{}, args Up
 	var overSince time.Time // since when OTA.Status shows the update over
 	var wentAway time.Time  // when the device first did not answer
 	var infoAt time.Time    // when Sys.GetInfo was last read
-	end := func(why int) {
-		w.why = why
-		endCall(errReplyLost)
-	}
 	for {
 		select {
 		case <-stop:
@@ -250,19 +237,11 @@ func (d *Device) pollProgress(ctx context.Context, stop <-chan struct{}, args Up
 			if !w.base.sameAs(st) {
 				w.changed = true
 			}
-			why := lostNone
-			switch {
-			case w.ran:
-				why = lostOver
-			case w.newFailure(st):
-				why = lostFailed
-			}
-			if why != lostNone {
+			if w.ran || w.newFailure(st) {
 				if overSince.IsZero() {
 					overSince = time.Now()
 				} else if time.Since(overSince) >= replyGrace {
-					w.failMsg = st.Msg
-					end(why)
+					endCall(errReplyLost)
 					return
 				}
 				continue
@@ -279,7 +258,8 @@ func (d *Device) pollProgress(ctx context.Context, stop <-chan struct{}, args Up
 			}
 			infoAt = time.Now()
 			if rebootedSince(w.base.info, probe{info: info, at: infoAt}, wentAway) {
-				end(lostRebooted)
+				w.rebooted = true
+				endCall(errReplyLost)
 				return
 			}
 			continue
@@ -308,7 +288,7 @@ func (d *Device) pollProgress(ctx context.Context, stop <-chan struct{}, args Up
 // WaitOutcome tells from the device what booted (the new firmware, or the
 // old one with its boot state unchanged: not applied).
 func (d *Device) replyLost(ctx context.Context, args UpdateArgs, w *replyWatch, start time.Time) (Accepted, error) {
-	if w.why != lostRebooted {
+	if !w.rebooted {
 		sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		st, serr := d.Status(sctx)
 		cancel()
@@ -322,7 +302,7 @@ func (d *Device) replyLost(ctx context.Context, args UpdateArgs, w *replyWatch, 
 		}
 	}
 	msg := "no reply to OTA.Update, and OTA.Status shows no update running any more: the reply was lost; what the device booted tells the outcome"
-	if w.why == lostRebooted {
+	if w.rebooted {
 		msg = "no reply to OTA.Update, and the device rebooted meanwhile (Sys.GetInfo): the reply was lost; what the device booted tells the outcome"
 	}
 	emit(args.OnEvent, Event{Kind: EventNoReply, Err: errReplyLost, Msg: msg})
