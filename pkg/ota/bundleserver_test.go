@@ -5,8 +5,6 @@ import (
 	"io"
 	"net/http"
 	"net/url"
-	"os"
-	"path/filepath"
 	"runtime"
 	"strings"
 	"sync"
@@ -21,10 +19,7 @@ import (
 func servedBundle(t *testing.T, size int) (*ota.LocalBundle, []byte) {
 	t.Helper()
 	body := benchBundle(t, size)
-	path := filepath.Join(t.TempDir(), "fw.zip")
-	if err := os.WriteFile(path, body, 0o644); err != nil {
-		t.Fatal(err)
-	}
+	path := bundleFile(t, body)
 	b, err := ota.OpenBundle(path)
 	if err != nil {
 		t.Fatal(err)

@@ -4,7 +4,6 @@ import (
 	"context"
 	"io"
 	"net"
-	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -15,10 +14,8 @@ import (
 	"github.com/otactl/otactl/pkg/device/emulator"
 	"github.com/otactl/otactl/pkg/ota"
 	"github.com/otactl/otactl/pkg/ota/wire"
-	"github.com/otactl/otactl/pkg/rpc"
 	"github.com/otactl/otactl/pkg/rpc/frame"
 	"github.com/otactl/otactl/pkg/transport"
-	"github.com/otactl/otactl/pkg/transport/all"
 )
 
 // switchProxy is a loopback TCP proxy whose backend can be changed: an
@@ -215,17 +212,8 @@ func TestUpdaterNoticesAnotherDeviceAtTheAddress(t *testing.T) {
 			} else {
 				data, _ = emuBundle(t, "2.0.0", "")
 			}
-			path := filepath.Join(t.TempDir(), "fw.zip")
-			if err := os.WriteFile(path, data, 0o644); err != nil {
-				t.Fatal(err)
-			}
-			dial := func(ctx context.Context) (*rpc.Client, error) {
-				conn, err := all.NewRegistry().Dial(ctx, port, transport.Options{})
-				if err != nil {
-					return nil, err
-				}
-				return rpc.NewClient(conn, rpc.ClientOptions{}), nil
-			}
+			path := bundleFile(t, data)
+			dial := dialPort(port)
 			var once sync.Once
 			switched := false
 			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)

@@ -4,8 +4,6 @@ import (
 	"context"
 	"net/http"
 	"net/http/httptest"
-	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -63,10 +61,6 @@ func TestUpdaterURLUpdateWithItsReplyLost(t *testing.T) {
 				w.Write(data)
 			}))
 			t.Cleanup(srv.Close)
-			path := filepath.Join(t.TempDir(), "fw.zip")
-			if err := os.WriteFile(path, data, 0o644); err != nil {
-				t.Fatal(err)
-			}
 			dial := func(ctx context.Context) (*rpc.Client, error) {
 				return rpc.NewClient(pipe.New(d.Handler()), rpc.ClientOptions{}), nil
 			}

@@ -2,17 +2,12 @@ package ota_test
 
 import (
 	"context"
-	"os"
-	"path/filepath"
 	"slices"
 	"testing"
 	"time"
 
 	"github.com/otactl/otactl/pkg/ota"
 	"github.com/otactl/otactl/pkg/ota/wire"
-	"github.com/otactl/otactl/pkg/rpc"
-	"github.com/otactl/otactl/pkg/transport"
-	"github.com/otactl/otactl/pkg/transport/all"
 )
 
 // An update with --commit reads nothing twice that it has just read on the
@@ -29,17 +24,8 @@ func TestUpdaterReadsNothingTwiceInARow(t *testing.T) {
 			_, addr, log := httpDevice(t, "dev-A")
 			port := "http://" + addr + "/rpc"
 			data, _ := emuBundle(t, "2.0.0", "")
-			path := filepath.Join(t.TempDir(), "fw.zip")
-			if err := os.WriteFile(path, data, 0o644); err != nil {
-				t.Fatal(err)
-			}
-			dial := func(ctx context.Context) (*rpc.Client, error) {
-				conn, err := all.NewRegistry().Dial(ctx, port, transport.Options{})
-				if err != nil {
-					return nil, err
-				}
-				return rpc.NewClient(conn, rpc.ClientOptions{}), nil
-			}
+			path := bundleFile(t, data)
+			dial := dialPort(port)
 			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 			defer cancel()
 			rep := ota.Updater{Dial: dial, Address: port, File: path, ServeAddr: "127.0.0.1:0",

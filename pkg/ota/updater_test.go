@@ -15,6 +15,8 @@ import (
 	"github.com/otactl/otactl/pkg/ota"
 	"github.com/otactl/otactl/pkg/ota/wire"
 	"github.com/otactl/otactl/pkg/rpc"
+	"github.com/otactl/otactl/pkg/transport"
+	"github.com/otactl/otactl/pkg/transport/all"
 	"github.com/otactl/otactl/pkg/transport/pipe"
 )
 
@@ -32,14 +34,31 @@ func updaterDevice(t *testing.T, version, behavior string) (ota.Dialer, *emulato
 	}
 	t.Cleanup(func() { d.Close() })
 	data, _ := emuBundle(t, version, behavior)
+	dial := func(ctx context.Context) (*rpc.Client, error) {
+		return rpc.NewClient(pipe.New(d.Handler()), rpc.ClientOptions{}), nil
+	}
+	return dial, d, bundleFile(t, data)
+}
+
+// bundleFile writes data to a fw.zip of the test's own and returns its path.
+func bundleFile(t *testing.T, data []byte) string {
+	t.Helper()
 	path := filepath.Join(t.TempDir(), "fw.zip")
 	if err := os.WriteFile(path, data, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	dial := func(ctx context.Context) (*rpc.Client, error) {
-		return rpc.NewClient(pipe.New(d.Handler()), rpc.ClientOptions{}), nil
+	return path
+}
+
+// dialPort dials port (a --port address) through the transports' registry.
+func dialPort(port string) ota.Dialer {
+	return func(ctx context.Context) (*rpc.Client, error) {
+		conn, err := all.NewRegistry().Dial(ctx, port, transport.Options{})
+		if err != nil {
+			return nil, err
+		}
+		return rpc.NewClient(conn, rpc.ClientOptions{}), nil
 	}
-	return dial, d, path
 }
 
 // phasesOf lists the phases of a report, in order.
