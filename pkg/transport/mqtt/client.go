@@ -218,17 +218,14 @@ func (c *conn) Send(ctx context.Context, f *frame.Frame) error {
 	c.remember(f.ID)
 
 	// Publish itself may block (up to the write timeout) when the link is
-	// stalled; run it aside so that ctx and Close are honoured meanwhile.
-	if !s.t.enter() {
+	// stalled; it runs aside so that ctx and Close are honoured meanwhile.
+	toks, ok := s.gate.publish(s.cl, c.reqTopic, data, s.lost)
+	if !ok {
+		if e := s.lostErr(); e != nil {
+			return e
+		}
 		return transport.ErrClosed
 	}
-	toks := make(chan paho.Token, 1)
-	go func() {
-		defer s.t.leave()
-		if tok, ok := s.gate.publish(s.cl, c.reqTopic, data, s.lost); ok {
-			toks <- tok
-		}
-	}()
 	var tok paho.Token
 	select {
 	case tok = <-toks:

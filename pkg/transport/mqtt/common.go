@@ -302,49 +302,97 @@ func explainConnectError(b *broker, err error, cw *transport.CertWatch) error {
 	return fmt.Errorf("cannot connect to MQTT broker %s (%s): check the address and that the broker is running: %w", where, b.addr, err)
 }
 
-// pubGate keeps paho's Publish (and SubscribeMultiple) from racing with
-// Disconnect: once a connection's writer has stopped, a Publish blocks for
-// the whole write timeout (paho hands messages to the writer through an
-// unbuffered channel), and a Close waiting for it would stall that long.
-// Publish calls hold the gate open; close waits for those under way (they
-// return at once while the connection is up) and lets no more through.
+// pubGate keeps paho's Publish (and SubscribeMultiple) calls on one
+// client from holding up its Close. Such a call blocks until paho's writer
+// takes the packet (an unbuffered channel); once the connection broke,
+// nothing takes it and the call blocks for the whole write timeout (10 s,
+// paho v1.5.1: the connected check comes first, so the calls caught are
+// those that were queued behind the writer when the link went, as many as
+// a client had requests in flight).
+//
+// Each call runs on a goroutine of its own that the gate counts (start).
+// Whoever waits for its token also watches lost, so nobody waits for a
+// call that the lost connection stranded; close lets no more calls
+// through and waits for those under way (they return at once while the
+// connection is up), unless the connection is lost meanwhile: a stranded
+// call then ends by itself within the write timeout, its token unread.
 type pubGate struct {
-	mu     sync.RWMutex
+	mu     sync.Mutex
 	closed bool
+	calls  int           // under way
+	idle   chan struct{} // closed when calls is back to 0 after close began
 }
 
-// publish calls cl.Publish, unless the gate is closed or lost is (ok is
-// false then).
-func (g *pubGate) publish(cl paho.Client, topic string, data []byte, lost <-chan struct{}) (tok paho.Token, ok bool) {
-	return g.do(lost, func() paho.Token { return cl.Publish(topic, qos, false, data) })
+// publish starts cl.Publish at QoS 1 (see start).
+func (g *pubGate) publish(cl paho.Client, topic string, data []byte, lost <-chan struct{}) (toks <-chan paho.Token, ok bool) {
+	return g.start(lost, func() paho.Token { return cl.Publish(topic, qos, false, data) })
 }
 
-// subscribe calls cl.SubscribeMultiple (which blocks as Publish does) for
-// filters, with no callback of its own (the client's default handler gets
-// the messages), unless the gate is closed or lost is (ok is false then).
-func (g *pubGate) subscribe(cl paho.Client, filters map[string]byte, lost <-chan struct{}) (tok paho.Token, ok bool) {
-	return g.do(lost, func() paho.Token { return cl.SubscribeMultiple(filters, nil) })
+// subscribe starts cl.SubscribeMultiple for filters, with no callback of
+// its own (the client's default handler gets the messages); see start.
+func (g *pubGate) subscribe(cl paho.Client, filters map[string]byte, lost <-chan struct{}) (toks <-chan paho.Token, ok bool) {
+	return g.start(lost, func() paho.Token { return cl.SubscribeMultiple(filters, nil) })
 }
 
-func (g *pubGate) do(lost <-chan struct{}, call func() paho.Token) (tok paho.Token, ok bool) {
-	g.mu.RLock()
-	defer g.mu.RUnlock()
-	if g.closed {
-		return nil, false
-	}
+// start runs call on a goroutine of its own, unless the gate is closed or
+// lost is (ok is false then); its token arrives on toks (buffered: nobody
+// has to read it). Wait for it together with lost.
+func (g *pubGate) start(lost <-chan struct{}, call func() paho.Token) (toks <-chan paho.Token, ok bool) {
 	select {
 	case <-lost:
 		return nil, false
 	default:
 	}
-	return call(), true
+	g.mu.Lock()
+	if g.closed {
+		g.mu.Unlock()
+		return nil, false
+	}
+	g.calls++
+	g.mu.Unlock()
+	ch := make(chan paho.Token, 1)
+	go func() {
+		defer g.leave()
+		ch <- call()
+	}()
+	return ch, true
 }
 
-// close waits for the Publish calls under way and lets no more through.
-func (g *pubGate) close() {
+func (g *pubGate) leave() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.calls--
+	if g.calls == 0 && g.idle != nil {
+		close(g.idle)
+		g.idle = nil
+	}
+}
+
+// close lets no more calls through and waits for those under way, or
+// until lost is closed.
+func (g *pubGate) close(lost <-chan struct{}) {
 	g.mu.Lock()
 	g.closed = true
+	if g.calls == 0 {
+		g.mu.Unlock()
+		return
+	}
+	if g.idle == nil {
+		g.idle = make(chan struct{})
+	}
+	idle := g.idle
 	g.mu.Unlock()
+	select {
+	case <-idle:
+	case <-lost:
+	}
+}
+
+// underWay returns how many calls are under way (tests).
+func (g *pubGate) underWay() int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.calls
 }
 
 // disconnect ends cl and waits until paho's workers have stopped.

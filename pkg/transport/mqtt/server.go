@@ -110,7 +110,7 @@ type session struct {
 
 // close stops publishing and disconnects from the broker.
 func (sess *session) close() {
-	sess.gate.close()
+	sess.gate.close(sess.lost)
 	disconnect(sess.cl)
 }
 
@@ -410,9 +410,16 @@ func (s *Server) reply(req, resp *frame.Frame) {
 	}
 	s.opts.DebugFrame("send", data)
 	topic := cp.Dst + "/rpc"
-	tok, ok := sess.gate.publish(sess.cl, topic, data, sess.lost)
+	toks, ok := sess.gate.publish(sess.cl, topic, data, sess.lost)
 	if !ok {
 		s.logf("dropping reply: disconnecting from the broker", "id", req.ID)
+		return
+	}
+	var tok paho.Token
+	select {
+	case tok = <-toks:
+	case <-sess.lost:
+		s.logf("publishing reply failed", "topic", topic, "error", sess.err)
 		return
 	}
 	if err := waitToken(s.ctx, tok, sess.lost); err != nil {
@@ -421,7 +428,8 @@ func (s *Server) reply(req, resp *frame.Frame) {
 }
 
 // Close disconnects from the broker, cancels the handlers' ctx and waits for
-// every goroutine of the server. It is idempotent.
+// every goroutine of the server (but not, after a lost connection, for paho
+// calls the loss stranded: pubGate). It is idempotent.
 func (s *Server) Close() error {
 	s.closeOnce.Do(func() {
 		s.t.shut()

@@ -300,12 +300,20 @@ func (s *brokerSession) subscribe(batch []*route) {
 	}
 	var granted map[string]byte
 	err := func() error {
-		tok, ok := s.gate.subscribe(s.cl, filters, s.lost)
+		toks, ok := s.gate.subscribe(s.cl, filters, s.lost)
 		if !ok {
 			if e := s.lostErr(); e != nil {
 				return e
 			}
 			return transport.ErrClosed
+		}
+		var tok paho.Token
+		select {
+		case tok = <-toks:
+		case <-s.done:
+			return transport.ErrClosed
+		case <-s.lost:
+			return s.lostErr()
 		}
 		select {
 		case <-tok.Done():
@@ -407,15 +415,16 @@ func (s *brokerSession) release() {
 
 // shutdown ends the session: a connect under way is aborted, dials
 // waiting fail, connections' Send and Recv return ErrClosed, the client
-// disconnects, and shutdown waits for the session's goroutines. It is
-// idempotent.
+// disconnects, and shutdown waits for the session's goroutines (but not,
+// after a lost connection, for paho calls the loss stranded: pubGate). It
+// is idempotent.
 func (s *brokerSession) shutdown() {
 	s.shutOnce.Do(func() {
 		s.abort()
 		<-s.ready
 		s.t.shut()
 		close(s.done)
-		s.gate.close()
+		s.gate.close(s.lost)
 		if s.connErr == nil {
 			disconnect(s.cl)
 		}
