@@ -576,70 +576,18 @@ func TestSessionsDialCtx(t *testing.T) {
 // accepted and never answered, and whose later ones are relayed to addr.
 func stallFirst(t *testing.T, addr string) (front string, firstAccepted <-chan struct{}) {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
 	first := make(chan struct{})
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	var open []net.Conn
-	track := func(c net.Conn) {
-		mu.Lock()
-		open = append(open, c)
-		mu.Unlock()
-	}
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for n := 0; ; n++ {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			track(c)
-			if n == 0 {
-				close(first)
-				continue
-			}
-			up, err := net.Dial("tcp", addr)
-			if err != nil {
-				c.Close()
-				continue
-			}
-			track(up)
-			wg.Add(2)
-			relay := func(dst, src net.Conn) {
-				defer wg.Done()
-				buf := make([]byte, 4096)
-				for {
-					n, err := src.Read(buf)
-					if n > 0 {
-						if _, werr := dst.Write(buf[:n]); werr != nil {
-							break
-						}
-					}
-					if err != nil {
-						break
-					}
-				}
-				dst.Close()
-				src.Close()
-			}
-			go relay(up, c)
-			go relay(c, up)
+	px := startLoopProxy(t, func(px *loopProxy, n int, c net.Conn) {
+		if n == 0 {
+			close(first)
+			return
 		}
-	}()
-	t.Cleanup(func() {
-		l.Close()
-		mu.Lock()
-		for _, c := range open {
-			c.Close()
+		if up, ok := px.dial(addr, c); ok {
+			px.run(func() { relay(up, c) })
+			px.run(func() { relay(c, up) })
 		}
-		mu.Unlock()
-		wg.Wait()
 	})
-	return l.Addr().String(), first
+	return px.addr, first
 }
 
 // Separate client ids, credentials or TLS configurations are separate

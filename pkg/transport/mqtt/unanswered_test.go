@@ -7,7 +7,6 @@ import (
 	"io"
 	"net"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -90,77 +89,40 @@ func TestSessionsUnansweredSubscribe(t *testing.T) {
 // connection stays up and answers pings). swallowed is closed when it did.
 func swallowSubscribe(t *testing.T, addr string, n int) (front string, swallowed <-chan struct{}) {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
 	done := make(chan struct{})
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	var open []net.Conn
-	track := func(cs ...net.Conn) {
-		mu.Lock()
-		open = append(open, cs...)
-		mu.Unlock()
-	}
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for first := true; ; first = false {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			up, err := net.Dial("tcp", addr)
-			if err != nil {
-				c.Close()
-				continue
-			}
-			track(c, up)
-			drop := 0
-			if first {
-				drop = n
-			}
-			wg.Add(2)
-			go func() { // broker to client: as is
-				defer wg.Done()
-				_, _ = io.Copy(c, up)
-				c.Close()
-			}()
-			go func() { // client to broker: packet by packet
-				defer wg.Done()
-				defer up.Close()
-				r := bufio.NewReader(c)
-				subs := 0
-				for {
-					pkt, err := readMQTTPacket(r)
-					if err != nil {
-						return
-					}
-					if pkt[0]>>4 == 8 { // SUBSCRIBE
-						subs++
-						if subs == drop {
-							close(done)
-							continue
-						}
-					}
-					if _, err := up.Write(pkt); err != nil {
-						return
+	px := startLoopProxy(t, func(px *loopProxy, k int, c net.Conn) {
+		up, ok := px.dial(addr, c)
+		if !ok {
+			return
+		}
+		drop := 0
+		if k == 0 {
+			drop = n
+		}
+		px.run(func() { relay(c, up) }) // broker to client: as is
+		px.run(func() {                 // client to broker: packet by packet
+			defer up.Close()
+			r := bufio.NewReader(c)
+			subs := 0
+			for {
+				pkt, err := readMQTTPacket(r)
+				if err != nil {
+					return
+				}
+				if pkt[0]>>4 == 8 { // SUBSCRIBE
+					subs++
+					if subs == drop {
+						close(done)
+						continue
 					}
 				}
-			}()
-		}
-	}()
-	t.Cleanup(func() {
-		l.Close()
-		mu.Lock()
-		for _, c := range open {
-			c.Close()
-		}
-		mu.Unlock()
-		wg.Wait()
+				if _, err := up.Write(pkt); err != nil {
+					return
+				}
+			}
+		})
 	})
-	return l.Addr().String(), done
+	return px.addr, done
 }
 
 // readMQTTPacket reads one whole MQTT packet: the fixed header, the
