@@ -20,9 +20,10 @@ import (
 	"github.com/otactl/otactl/pkg/rpc/frame"
 	"github.com/otactl/otactl/pkg/transport"
 	"github.com/otactl/otactl/pkg/transport/pipe"
+	"github.com/otactl/otactl/pkg/transport/transporttest"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m, transporttest.LeakIgnores()...) }
 
 // fault is what the fake device does with one request instead of, or
 // before, answering normally.

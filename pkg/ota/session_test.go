@@ -18,6 +18,7 @@ import (
 	"github.com/otactl/otactl/pkg/transport/all"
 	"github.com/otactl/otactl/pkg/transport/mqtt"
 	"github.com/otactl/otactl/pkg/transport/mqtt/mqtttest"
+	"github.com/otactl/otactl/pkg/transport/transporttest"
 )
 
 // Several emulated devices of one host, updated at once through one
@@ -27,7 +28,7 @@ import (
 // connection ends with the registry.
 func TestFleetOverOneBrokerConnection(t *testing.T) {
 	ignore := goleak.IgnoreCurrent()
-	t.Cleanup(func() { goleak.VerifyNone(t, ignore) })
+	t.Cleanup(func() { goleak.VerifyNone(t, transporttest.LeakIgnores(ignore)...) })
 	b := mqtttest.Start(t, mqtttest.Config{})
 	h, err := emulator.NewHost(context.Background(), emulator.HostConfig{MQTTBroker: b.URL})
 	if err != nil {

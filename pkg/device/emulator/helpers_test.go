@@ -17,6 +17,7 @@ import (
 	"github.com/otactl/otactl/pkg/ota/bundle"
 	"github.com/otactl/otactl/pkg/rpc"
 	"github.com/otactl/otactl/pkg/transport/pipe"
+	"github.com/otactl/otactl/pkg/transport/transporttest"
 )
 
 const waitLimit = 10 * time.Second
@@ -43,7 +44,7 @@ func (e *env) setHandler(h http.Handler) {
 
 func newEnv(t *testing.T, mod func(*Config)) *env {
 	t.Helper()
-	t.Cleanup(func() { goleak.VerifyNone(t) })
+	t.Cleanup(func() { goleak.VerifyNone(t, transporttest.LeakIgnores()...) })
 	e := &env{t: t, dir: t.TempDir(), clock: NewManualClock(time.Date(2024, 1, 1, 0, 0, 0, 0, time.UTC)), files: map[string][]byte{}}
 	e.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		e.fmu.Lock()

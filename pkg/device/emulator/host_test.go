@@ -26,6 +26,7 @@ import (
 	"github.com/otactl/otactl/pkg/transport/mqtt"
 	"github.com/otactl/otactl/pkg/transport/mqtt/mqtttest"
 	"github.com/otactl/otactl/pkg/transport/pipe"
+	"github.com/otactl/otactl/pkg/transport/transporttest"
 )
 
 // startHost starts a host with n devices dev-0001…, each on a state dir
@@ -54,7 +55,9 @@ func startHost(t *testing.T, hc HostConfig, n int, mod func(c *Config)) (*Host, 
 	return h, devs
 }
 
-func leakCheck(t *testing.T) { t.Cleanup(func() { goleak.VerifyNone(t) }) }
+func leakCheck(t *testing.T) {
+	t.Cleanup(func() { goleak.VerifyNone(t, transporttest.LeakIgnores()...) })
+}
 
 // addr returns the device's address on transport tr.
 func addr(t *testing.T, d *Device, tr string) string {

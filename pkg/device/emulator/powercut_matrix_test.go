@@ -24,6 +24,7 @@ import (
 	"github.com/otactl/otactl/pkg/rpc"
 	"github.com/otactl/otactl/pkg/transport"
 	"github.com/otactl/otactl/pkg/transport/pipe"
+	"github.com/otactl/otactl/pkg/transport/transporttest"
 )
 
 // The power-cut matrix (docs/reliability.md, "Power loss"). For each flow
@@ -300,7 +301,7 @@ type pcHarness struct {
 
 func newPCHarness(t *testing.T) *pcHarness {
 	t.Helper()
-	t.Cleanup(func() { goleak.VerifyNone(t) })
+	t.Cleanup(func() { goleak.VerifyNone(t, transporttest.LeakIgnores()...) })
 	h := &pcHarness{t: t, bundles: map[string][]byte{}, templates: map[string]string{}, known: map[string]map[string]bool{}}
 	// 2.0.0 has a 6-page app, so that updates and snapshots write many
 	// pages; 9.0.0 is the update taken after each cut.

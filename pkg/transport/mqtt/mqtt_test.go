@@ -32,7 +32,7 @@ const wait = transporttest.Timeout
 func noLeaks(t *testing.T) {
 	t.Helper()
 	ignore := goleak.IgnoreCurrent()
-	t.Cleanup(func() { goleak.VerifyNone(t, ignore) })
+	t.Cleanup(func() { goleak.VerifyNone(t, transporttest.LeakIgnores(ignore)...) })
 }
 
 // startMochi starts an in-process broker and registers a leak check that

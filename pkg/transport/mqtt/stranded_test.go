@@ -27,6 +27,7 @@ import (
 // requests queued when its broker connection breaks closes at once, while
 // the stranded calls are still in paho.
 func TestCloseDoesNotWaitForPublishesStrandedByALoss(t *testing.T) {
+	noLeaks(t) // but the calls still stranded (transporttest.LeakIgnores)
 	b := mqtttest.Start(t, mqtttest.Config{})
 	px := startFreezeProxy(t, b.Addr)
 	p := newSessions(t, SessionsOptions{Linger: -1})
@@ -64,6 +65,7 @@ func TestCloseDoesNotWaitForPublishesStrandedByALoss(t *testing.T) {
 // replies are queued when its broker connection breaks (a reboot right
 // after a broker restart) closes at once too.
 func TestServerCloseDoesNotWaitForRepliesStrandedByALoss(t *testing.T) {
+	noLeaks(t)
 	b := mqtttest.Start(t, mqtttest.Config{})
 	px := startFreezeProxy(t, b.Addr)
 	big := bigFrame(0).Params
