@@ -499,8 +499,9 @@ func LeakCheck(t *testing.T) {
 // that uses MQTT lets run on: the MQTT library's Publish and
 // SubscribeMultiple calls that a lost broker connection stranded. paho
 // v1.5.1 holds each for its write timeout (10 s) and then ends it; nobody
-// waits for them (docs/transports.md, "Messages caught in flight by a
-// loss"). A call blocked there always ends, so ignoring it hides no leak.
+// waits for them (docs/transports.md, "One broker connection for many
+// devices"). A call blocked there always ends, so ignoring it hides no
+// leak.
 func LeakIgnores(opts ...goleak.Option) []goleak.Option {
 	return append(opts,
 		goleak.IgnoreTopFunction("github.com/eclipse/paho%2emqtt%2egolang.(*client).Publish"),
