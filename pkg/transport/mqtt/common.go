@@ -419,18 +419,67 @@ func waitToken(ctx context.Context, tok paho.Token, done <-chan struct{}) error 
 }
 
 // subscribe subscribes cl to topic at QoS 1 and checks that the broker
-// granted it.
+// granted it (subackVerdict), sending the SUBSCRIBE again when the broker
+// answered that its packet identifier was in use.
 func subscribe(ctx context.Context, cl paho.Client, topic string, cb paho.MessageHandler, done <-chan struct{}) error {
-	tok := cl.Subscribe(topic, qos, cb)
-	if err := waitToken(ctx, tok, done); err != nil {
-		return fmt.Errorf("subscribe to MQTT topic %q: %w", topic, err)
-	}
-	if st, ok := tok.(*paho.SubscribeToken); ok {
-		if g, ok := st.Result()[topic]; ok && g == 0x80 {
-			return fmt.Errorf("the MQTT broker refused the subscription to %q: check its access rules for this user", topic)
+	for try := 1; ; try++ {
+		tok := cl.Subscribe(topic, qos, cb)
+		if err := waitToken(ctx, tok, done); err != nil {
+			return fmt.Errorf("subscribe to MQTT topic %q: %w", topic, err)
+		}
+		code, ok := subackCode(tok, topic)
+		again, err := subackVerdict(topic, code, ok)
+		if !again || try == maxSubscribeTries {
+			return err
 		}
 	}
-	return nil
+}
+
+// maxSubscribeTries bounds how often one topic's SUBSCRIBE is sent while
+// the broker answers that its packet identifier is in use.
+const maxSubscribeTries = 4
+
+// Return codes of a SUBACK (MQTT 3.1.1, 3.9.3): 0x00 to 0x02 grant the
+// subscription at that QoS, 0x80 refuses it. codeIDInUse is MQTT 5's
+// "packet identifier in use", which some brokers also answer to a 3.1.1
+// client (docs/transports.md, "One broker connection for many devices").
+const (
+	codeMaxGranted = 0x02
+	codeRefused    = 0x80
+	codeIDInUse    = 0x91
+)
+
+// subackCode returns the return code the broker's SUBACK gave topic; ok
+// is false when the SUBACK named none for it.
+func subackCode(tok paho.Token, topic string) (code byte, ok bool) {
+	st, isSub := tok.(*paho.SubscribeToken)
+	if !isSub {
+		return 0, false
+	}
+	code, ok = st.Result()[topic]
+	return code, ok
+}
+
+// subackVerdict says what the return code a SUBACK gave topic means: err
+// is nil when the broker granted the subscription, else it says why not; again is true
+// when the SUBSCRIBE is worth sending again (with a new packet
+// identifier). Only 0x00 to 0x02 grant a subscription: a broker that
+// answers anything else has subscribed nothing, and a connection that
+// took such an answer for a grant would wait for replies that never
+// come.
+func subackVerdict(topic string, code byte, ok bool) (again bool, err error) {
+	switch {
+	case !ok:
+		return false, fmt.Errorf("the MQTT broker's SUBACK gave no return code for %q: check the broker", topic)
+	case code <= codeMaxGranted:
+		return false, nil
+	case code == codeRefused:
+		return false, fmt.Errorf("the MQTT broker refused the subscription to %q: check its access rules for this user", topic)
+	case code == codeIDInUse:
+		return true, fmt.Errorf("the MQTT broker did not subscribe %q: it answered that the SUBSCRIBE's packet identifier was in use (0x91), %d times; retry", topic, maxSubscribeTries)
+	default:
+		return false, fmt.Errorf("the MQTT broker did not subscribe %q: its SUBACK answered 0x%02x, which grants nothing; check the broker", topic, code)
+	}
 }
 
 // tracker counts callbacks and goroutines so that Close can wait for them,

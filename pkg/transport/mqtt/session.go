@@ -291,62 +291,76 @@ func (s *brokerSession) kick() {
 	}
 }
 
-// subscribe sends one SUBSCRIBE for batch and settles its routes.
+// subscribe sends one SUBSCRIBE for batch and settles its routes. The
+// topics the broker answered "packet identifier in use" go out again in a
+// new SUBSCRIBE (a new identifier), up to maxSubscribeTries times.
 func (s *brokerSession) subscribe(batch []*route) {
 	defer s.t.leave()
-	filters := make(map[string]byte, len(batch))
-	for _, r := range batch {
-		filters[r.topic] = qos
-	}
-	var granted map[string]byte
-	err := func() error {
-		toks, ok := s.gate.subscribe(s.cl, filters, s.lost)
-		if !ok {
-			if e := s.lostErr(); e != nil {
-				return e
+	todo := batch
+	for try := 1; len(todo) > 0; try++ {
+		tok, err := s.subscribeOnce(todo)
+		var again []*route
+		s.mu.Lock()
+		for _, r := range todo {
+			if err == nil {
+				code, ok := subackCode(tok, r.topic)
+				var retry bool
+				retry, r.err = subackVerdict(r.topic, code, ok)
+				if retry && try < maxSubscribeTries {
+					again = append(again, r)
+					continue
+				}
+			} else {
+				r.err = fmt.Errorf("subscribe to MQTT topic %q: %w", r.topic, err)
 			}
-			return transport.ErrClosed
+			if r.err != nil && s.routes[r.topic] == r {
+				// A later dial tries again.
+				delete(s.routes, r.topic)
+			}
+			close(r.ready)
 		}
-		var tok paho.Token
-		select {
-		case tok = <-toks:
-		case <-s.done:
-			return transport.ErrClosed
-		case <-s.lost:
-			return s.lostErr()
+		if len(again) > 0 {
+			s.subscribes++
 		}
-		select {
-		case <-tok.Done():
-		case <-s.done:
-			return transport.ErrClosed
-		case <-s.lost:
-			return s.lostErr()
-		}
-		if err := tok.Error(); err != nil {
-			return err
-		}
-		if st, ok := tok.(*paho.SubscribeToken); ok {
-			granted = st.Result()
-		}
-		return nil
-	}()
+		s.mu.Unlock()
+		todo = again
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for _, r := range batch {
-		switch {
-		case err != nil:
-			r.err = fmt.Errorf("subscribe to MQTT topic %q: %w", r.topic, err)
-		case granted[r.topic] == 0x80:
-			r.err = fmt.Errorf("the MQTT broker refused the subscription to %q: check its access rules for this user", r.topic)
-		}
-		if r.err != nil && s.routes[r.topic] == r {
-			// A later dial tries again.
-			delete(s.routes, r.topic)
-		}
-		close(r.ready)
-	}
 	s.subs--
 	s.kick()
+}
+
+// subscribeOnce sends one SUBSCRIBE for routes and waits for its SUBACK
+// (or the end of the session or of its broker connection).
+func (s *brokerSession) subscribeOnce(routes []*route) (paho.Token, error) {
+	filters := make(map[string]byte, len(routes))
+	for _, r := range routes {
+		filters[r.topic] = qos
+	}
+	toks, ok := s.gate.subscribe(s.cl, filters, s.lost)
+	if !ok {
+		if e := s.lostErr(); e != nil {
+			return nil, e
+		}
+		return nil, transport.ErrClosed
+	}
+	var tok paho.Token
+	select {
+	case tok = <-toks:
+	case <-s.done:
+		return nil, transport.ErrClosed
+	case <-s.lost:
+		return nil, s.lostErr()
+	}
+	select {
+	case <-tok.Done():
+	case <-s.done:
+		return nil, transport.ErrClosed
+	case <-s.lost:
+		return nil, s.lostErr()
+	}
+	return tok, tok.Error()
 }
 
 // onMessage runs in its own paho goroutine per message (order does not
