@@ -32,8 +32,8 @@ func TestSessionsSubscribeAnsweredIDInUse(t *testing.T) {
 	}
 	front, answered := answerSubscribes(t, b.Addr, 0x91, 1)
 	p := newSessions(t, SessionsOptions{})
-	// The three dials' topics go out in one SUBSCRIBE, the one answered
-	// 0x91.
+	// The first SUBSCRIBE (one or more of the three topics, as the dials
+	// come) is answered 0x91.
 	conns := make([]transport.Conn, len(ids))
 	errs := make(chan error, len(ids))
 	for i, id := range ids {
