@@ -302,17 +302,19 @@ func (s *brokerSession) subscribe(batch []*route) {
 		var again []*route
 		s.mu.Lock()
 		for _, r := range todo {
-			if err == nil {
-				code, ok := subackCode(tok, r.topic)
-				var retry bool
-				retry, r.err = subackVerdict(r.topic, code, ok)
-				if retry && try < maxSubscribeTries {
-					again = append(again, r)
-					continue
-				}
+			var retry bool
+			var rerr error
+			if err != nil {
+				rerr = fmt.Errorf("subscribe to MQTT topic %q: %w", r.topic, err)
 			} else {
-				r.err = fmt.Errorf("subscribe to MQTT topic %q: %w", r.topic, err)
+				code, ok := subackCode(tok, r.topic)
+				retry, rerr = subackVerdict(r.topic, code, ok)
 			}
+			if retry && try < maxSubscribeTries {
+				again = append(again, r)
+				continue
+			}
+			r.err = rerr
 			if r.err != nil && s.routes[r.topic] == r {
 				// A later dial tries again.
 				delete(s.routes, r.topic)

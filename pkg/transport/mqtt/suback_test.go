@@ -30,7 +30,7 @@ func TestSessionsSubscribeAnsweredIDInUse(t *testing.T) {
 	for _, id := range ids {
 		serve(t, b.URL, id, whoAmI(id), transport.Options{})
 	}
-	front, answered := answerSubscribes(t, b.Addr, 0x91, 1)
+	front, answered := answerFirstSubscribe(t, b.Addr, 0x91)
 	p := newSessions(t, SessionsOptions{})
 	// The first SUBSCRIBE (one or more of the three topics, as the dials
 	// come) is answered 0x91.
@@ -73,7 +73,7 @@ func TestSessionsSubscribeAnsweredUnknownCode(t *testing.T) {
 	noLeaks(t)
 	b := mqtttest.Start(t, mqtttest.Config{})
 	serve(t, b.URL, "devA", whoAmI("devA"), transport.Options{})
-	front, _ := answerSubscribes(t, b.Addr, 0x87, 1)
+	front, _ := answerFirstSubscribe(t, b.Addr, 0x87)
 	p := newSessions(t, SessionsOptions{})
 	_, err := p.Dial(ctxT(t), mustURL(t, "mqtt://"+front+"/devA"), transport.Options{})
 	if err == nil || !strings.Contains(err.Error(), "0x87, which grants nothing") {
@@ -86,7 +86,7 @@ func TestSessionsSubscribeAnsweredUnknownCode(t *testing.T) {
 func TestServeSubscribeAnsweredIDInUse(t *testing.T) {
 	noLeaks(t)
 	b := mqtttest.Start(t, mqtttest.Config{})
-	front, answered := answerSubscribes(t, b.Addr, 0x91, 1)
+	front, answered := answerFirstSubscribe(t, b.Addr, 0x91)
 	serve(t, "mqtt://"+front, "devA", whoAmI("devA"), transport.Options{})
 	if n := answered.Load(); n != 1 {
 		t.Fatalf("the proxy answered %d SUBSCRIBEs itself, want 1", n)
@@ -121,11 +121,11 @@ func TestSubackVerdict(t *testing.T) {
 	}
 }
 
-// answerSubscribes relays TCP connections to the broker at addr; it
-// answers the first n SUBSCRIBEs of the first connection itself, with a
-// SUBACK giving every topic code, and does not pass them on (relaying all
-// else). answered counts them.
-func answerSubscribes(t *testing.T, addr string, code byte, n int32) (front string, answered *atomic.Int32) {
+// answerFirstSubscribe relays TCP connections to the broker at addr; it
+// answers the first SUBSCRIBE of the first connection itself, with a
+// SUBACK giving every topic code, and does not pass it on (relaying all
+// else). answered counts the SUBSCRIBEs it answered.
+func answerFirstSubscribe(t *testing.T, addr string, code byte) (front string, answered *atomic.Int32) {
 	t.Helper()
 	answered = new(atomic.Int32)
 	px := startLoopProxy(t, func(px *loopProxy, k int, c net.Conn) {
@@ -174,7 +174,7 @@ func answerSubscribes(t *testing.T, addr string, code byte, n int32) (front stri
 				if err != nil {
 					return
 				}
-				if pkt[0]>>4 == 8 && k == 0 && answered.Load() < n {
+				if pkt[0]>>4 == 8 && k == 0 && answered.Load() == 0 {
 					answered.Add(1)
 					fake <- suback(t, pkt, code)
 					continue
@@ -209,5 +209,6 @@ func suback(t *testing.T, sub []byte, code byte) []byte {
 		filters = filters[2+l+1:]
 		codes = append(codes, code)
 	}
+	// A remaining length below 128 takes one byte: 2 + at most 8 codes.
 	return append([]byte{0x90, byte(2 + len(codes)), id[0], id[1]}, codes...)
 }
