@@ -137,6 +137,13 @@ type fleetUpdateDoc struct {
 		Started     time.Time `json:"started"`
 		Finished    time.Time `json:"finished"`
 		FromJournal bool      `json:"from_journal"`
+		Seconds     float64   `json:"seconds"`
+		Report      struct {
+			Phases []struct {
+				Phase   string  `json:"phase"`
+				Seconds float64 `json:"seconds"`
+			} `json:"phases"`
+		} `json:"report"`
 	} `json:"devices"`
 }
 
@@ -208,6 +215,17 @@ func TestFleetUpdate200(t *testing.T) {
 	}
 	if code != 0 || doc.Result != "ok" || doc.Totals.ByOutcome["updated-committed"] != 200 || doc.Totals.Ran != 200 {
 		t.Fatalf("fleet update: exit %d, result %s, totals %+v\n%s\n%s", code, doc.Result, doc.Totals, errOut, em.log)
+	}
+	// Every device's report says where its time went.
+	for _, d := range doc.Devices {
+		var names []string
+		var sum float64
+		for _, p := range d.Report.Phases {
+			names, sum = append(names, p.Phase), sum+p.Seconds
+		}
+		if got := strings.Join(names, " "); got != "check transfer reboot commit" || sum <= 0 || sum > d.Seconds+0.005 {
+			t.Errorf("%s: phases %q taking %.3fs in all, the device %.3fs", d.Device, got, sum, d.Seconds)
+		}
 	}
 	after := fleetBootstate(t, em.inventory)
 	for _, id := range em.ids {

@@ -436,7 +436,7 @@ func fleetExit(sum *fleet.Summary, commit bool) int {
 }
 
 func newFleetDoc(o *fleetUpdateOptions, b fleet.Bundle, sum *fleet.Summary, start, end time.Time) *fleetDoc {
-	doc := &fleetDoc{Bundle: b, Started: start.UTC(), Finished: end.UTC(), Seconds: math.Round(end.Sub(start).Seconds()*1000) / 1000,
+	doc := &fleetDoc{Bundle: b, Started: start.UTC(), Finished: end.UTC(), Seconds: millis(end.Sub(start)),
 		Journal: o.journal, Stopped: sum.Stop,
 		Plan: fleetPlanDoc{Parallel: o.plan.Parallel, Canary: o.plan.Canary, MaxFailures: o.plan.MaxFailures.String(), Threshold: sum.Threshold,
 			MaxPerMinute: o.plan.MaxPerMinute, Commit: o.plan.Commit},
@@ -456,7 +456,7 @@ func newFleetDoc(o *fleetUpdateOptions, b fleet.Bundle, sum *fleet.Summary, star
 		}
 		rd := fleetRecordDoc{Record: r}
 		if d := r.Duration(); d > 0 {
-			rd.Seconds = math.Round(d.Seconds()*1000) / 1000
+			rd.Seconds = millis(d)
 		}
 		doc.Devices = append(doc.Devices, rd)
 	}

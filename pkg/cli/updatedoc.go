@@ -3,6 +3,7 @@ package cli
 import (
 	"encoding/json"
 	"errors"
+	"math"
 	"strings"
 	"time"
 
@@ -37,6 +38,10 @@ type updateResult struct {
 	HealthChecks   int             `json:"health_checks,omitempty"`
 	Transfer       *transferInfo   `json:"transfer,omitempty"`
 	Info           json.RawMessage `json:"info,omitempty"`
+	// Seconds is how long the whole run took; Phases how long each of its
+	// phases took, in the order the run met them.
+	Seconds float64     `json:"seconds,omitempty"`
+	Phases  []phaseInfo `json:"phases,omitempty"`
 	// Delivery says how the bundle reached the device: "download" (the
 	// device fetched --url or the bundle server of --file) or "push" (sent
 	// over the RPC link: push, ota, or update --file over a serial port).
@@ -77,6 +82,13 @@ func bootFieldsOf(bs *ota.BootState) *bootFields {
 	return &bootFields{ActiveSlot: bs.ActiveSlot, RevertSlot: bs.RevertSlot, IsCommitted: bs.IsCommitted, CommitTimeout: bs.CommitTimeout}
 }
 
+// phaseInfo is one phase of an update in --json: check, transfer, reboot,
+// health, commit or revert (ota.Phase).
+type phaseInfo struct {
+	Phase   ota.Phase `json:"phase"`
+	Seconds float64   `json:"seconds"`
+}
+
 // transferInfo is what a push reports in --json.
 type transferInfo struct {
 	Bytes     int64   `json:"bytes"`
@@ -108,6 +120,10 @@ func (r *updateResult) fill(rep *ota.Report) {
 	}
 	if rep.Reason == ota.ReasonHealthFailed {
 		r.HealthChecks = rep.HealthChecks
+	}
+	r.Seconds, r.Phases = millis(rep.Elapsed), nil
+	for _, pt := range rep.Phases {
+		r.Phases = append(r.Phases, phaseInfo{Phase: pt.Phase, Seconds: millis(pt.Duration)})
 	}
 	if t := rep.Transfer; t != nil {
 		r.Transfer = &transferInfo{Bytes: t.Bytes, ChunkSize: t.ChunkSize, Chunks: t.Chunks, Retries: t.Retries,
@@ -345,3 +361,7 @@ func resultFor(err error, r ota.Reason, sent bool) string {
 	}
 	return string(ota.Unknown)
 }
+
+// millis is d in seconds, to the millisecond, as otactl's JSON documents
+// give durations.
+func millis(d time.Duration) float64 { return math.Round(d.Seconds()*1000) / 1000 }
