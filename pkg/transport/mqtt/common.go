@@ -191,6 +191,7 @@ func (d *ctxDialer) open(_ *url.URL, _ paho.ClientOptions) (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
+	c = quickAck(c)
 	if d.b.tls {
 		conf := d.certs.Watch(d.tls)
 		if conf.ServerName == "" {
