@@ -15,7 +15,7 @@ import (
 // before OTA.Update is also the update's baseline, and the outcome probe's
 // OTA.GetBootState and Sys.GetInfo (identity checked) are what OTA.Commit
 // goes on from. Every round trip costs the device and the broker CPU, and
-// over MQTT about 40 ms. The checks that guard a verdict stay: the identity
+// time on a network. The checks that guard a verdict stay: the identity
 // check on the new link before OTA.Update, the probe bracketed by two
 // Sys.GetInfo, the boot state read after OTA.Commit.
 func TestUpdaterReadsNothingTwiceInARow(t *testing.T) {
