@@ -2,6 +2,7 @@ package transport
 
 import (
 	"errors"
+	"net/url"
 	"strings"
 	"testing"
 )
@@ -23,6 +24,44 @@ func TestParsePortHostPortWithoutScheme(t *testing.T) {
 		u, err := ParsePort(p)
 		if err != nil || u.Scheme != "serial" || u.Path != p {
 			t.Fatalf("ParsePort(%q) = %v, %v; want the serial path %q", p, u, err, p)
+		}
+	}
+}
+
+// A network URL typed without its "//" is a usage error that shows how to
+// write it, not a serial device that is not found; what may be credentials
+// is not shown.
+func TestParsePortSchemeWithoutSlashes(t *testing.T) {
+	for port, example := range map[string]string{
+		"http:":                    "http://192.168.4.1/rpc",
+		"HTTP:192.168.4.1/rpc":     "http://192.168.4.1/rpc",
+		"wss:":                     "wss://192.168.4.1/rpc",
+		"mqtt:u:s3cret@broker/dev": "mqtt://broker/<device_id>",
+		"mqtts:broker/dev":         "mqtts://broker/<device_id>",
+	} {
+		u, err := ParsePort(port)
+		if !errors.Is(err, ErrBadPort) {
+			t.Fatalf("ParsePort(%q) = %v, %v; want ErrBadPort", port, u, err)
+		}
+		if !strings.Contains(err.Error(), `lacks "//"`) || !strings.Contains(err.Error(), "write for example "+example) {
+			t.Errorf("ParsePort(%q): %q does not say what is missing and how to write it (%s)", port, err, example)
+		}
+		if strings.Contains(err.Error(), "s3cret") {
+			t.Errorf("ParsePort(%q): the error shows the secret: %v", port, err)
+		}
+	}
+}
+
+// url.URL prints an empty authority as nothing at all ("mqtt:"); Redact
+// keeps the "//" the user typed, so that errors quote the port as given.
+func TestRedactEmptyAuthority(t *testing.T) {
+	for _, port := range []string{"mqtt://", "ws://?x=1", "http://#f"} {
+		u, err := url.Parse(port)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := Redact(u); got != port {
+			t.Errorf("Redact(%q) = %q", port, got)
 		}
 	}
 }

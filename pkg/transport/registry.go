@@ -89,6 +89,17 @@ func ParsePort(port string) (*url.URL, error) {
 			// scheme, not a serial device in the working directory.
 			return nil, fmt.Errorf("%w: %s is not a serial port: did you mean http://%s/rpc or ws://%s/rpc?", ErrBadPort, port, port, port)
 		}
+		if scheme, _, _ := strings.Cut(port, ":"); strings.Contains(port, ":") && networkExample[strings.ToLower(scheme)] != "" {
+			// "http:", "mqtt:broker/dev1": a URL whose "//" was lost, not
+			// a serial device. What may be credentials (up to an '@') is
+			// not shown.
+			shown := port
+			if at := strings.LastIndex(port, "@"); at >= 0 {
+				shown = scheme + ":xxxxx" + port[at:]
+			}
+			return nil, fmt.Errorf("%w: %s is not a serial port, and as a URL it lacks \"//\" after %q: write for example %s",
+				ErrBadPort, shown, scheme+":", networkExample[strings.ToLower(scheme)])
+		}
 		return &url.URL{Scheme: "serial", Path: port}, nil
 	}
 	if !utf8.ValidString(port) {
@@ -108,6 +119,14 @@ func ParsePort(port string) (*url.URL, error) {
 	}
 	u.Scheme = strings.ToLower(u.Scheme)
 	return u, nil
+}
+
+// networkExample is a --port of each network scheme, for the error that
+// says how to write one.
+var networkExample = map[string]string{
+	"http": "http://192.168.4.1/rpc", "https": "https://192.168.4.1/rpc",
+	"ws": "ws://192.168.4.1/rpc", "wss": "wss://192.168.4.1/rpc",
+	"mqtt": "mqtt://broker/<device_id>", "mqtts": "mqtts://broker/<device_id>",
 }
 
 // hostPort reports whether s is HOST:PORT (an IP address, "localhost" or a
@@ -168,6 +187,11 @@ func Redact(u *url.URL) string {
 		return ""
 	}
 	if u.User == nil {
+		if u.Scheme != "" && u.Opaque == "" && u.Host == "" && u.Path == "" {
+			// url.URL drops the "//" of an empty authority: "mqtt://"
+			// would print as "mqtt:".
+			return u.Scheme + "://" + strings.TrimPrefix(u.String(), u.Scheme+":")
+		}
 		return u.String()
 	}
 	c := *u
