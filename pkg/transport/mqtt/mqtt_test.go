@@ -83,7 +83,7 @@ func dial(t *testing.T, devURL string, opts transport.Options) transport.Conn {
 
 var testIDs atomic.Int64
 
-func echoCall(t *testing.T, c transport.Conn, v string) *frame.Frame {
+func echoCall(t testing.TB, c transport.Conn, v string) *frame.Frame {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), wait)
 	defer cancel()

@@ -5,7 +5,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/otactl/otactl/pkg/rpc/frame"
 	"github.com/otactl/otactl/pkg/transport"
 	"github.com/otactl/otactl/pkg/transport/mqtt/mqtttest"
 	"github.com/otactl/otactl/pkg/transport/transporttest"
@@ -41,22 +40,8 @@ func BenchmarkRoundTrip(b *testing.B) {
 			n := max(b.N, 20) // make bench runs each benchmark once
 			b.ResetTimer()
 			start := time.Now()
-			for i := range n {
-				ctx, cancel := context.WithTimeout(context.Background(), wait)
-				req := &frame.Frame{ID: int64(i) + 1, Method: transporttest.MethodEcho, Params: []byte(`"x"`)}
-				if err := c.Send(ctx, req); err != nil {
-					b.Fatalf("send: %v", err)
-				}
-				for {
-					f, err := c.Recv(ctx)
-					if err != nil {
-						b.Fatalf("recv: %v", err)
-					}
-					if f.ID == req.ID {
-						break
-					}
-				}
-				cancel()
+			for range n {
+				echoCall(b, c, "x")
 			}
 			b.ReportMetric(float64(time.Since(start).Microseconds())/1000/float64(n), "ms/call")
 		})
