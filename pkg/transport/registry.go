@@ -89,7 +89,7 @@ func ParsePort(port string) (*url.URL, error) {
 			// scheme, not a serial device in the working directory.
 			return nil, fmt.Errorf("%w: %s is not a serial port: did you mean http://%s/rpc or ws://%s/rpc?", ErrBadPort, port, port, port)
 		}
-		if scheme, _, _ := strings.Cut(port, ":"); strings.Contains(port, ":") && networkExample[strings.ToLower(scheme)] != "" {
+		if scheme, _, ok := strings.Cut(port, ":"); ok && networkExample[strings.ToLower(scheme)] != "" {
 			// "http:", "mqtt:broker/dev1": a URL whose "//" was lost, not
 			// a serial device. What may be credentials (up to an '@') is
 			// not shown.
