@@ -50,6 +50,12 @@ func TestParsePortSchemeWithoutSlashes(t *testing.T) {
 			t.Errorf("ParsePort(%q): the error shows the secret: %v", port, err)
 		}
 	}
+	// Without a colon it is a serial device's name, however it reads.
+	for _, port := range []string{"http", "mqtt"} {
+		if u, err := ParsePort(port); err != nil || u.Scheme != "serial" || u.Path != port {
+			t.Errorf("ParsePort(%q) = %v, %v; want the serial path %q", port, u, err, port)
+		}
+	}
 }
 
 // url.URL prints an empty authority as nothing at all ("mqtt:"); Redact

@@ -89,7 +89,8 @@ func ParsePort(port string) (*url.URL, error) {
 			// scheme, not a serial device in the working directory.
 			return nil, fmt.Errorf("%w: %s is not a serial port: did you mean http://%s/rpc or ws://%s/rpc?", ErrBadPort, port, port, port)
 		}
-		if scheme, _, ok := strings.Cut(port, ":"); ok && networkExample[strings.ToLower(scheme)] != "" {
+		scheme, _, colon := strings.Cut(port, ":")
+		if example := networkExample[strings.ToLower(scheme)]; colon && example != "" {
 			// "http:", "mqtt:broker/dev1": a URL whose "//" was lost, not
 			// a serial device. What may be credentials (up to an '@') is
 			// not shown.
@@ -98,7 +99,7 @@ func ParsePort(port string) (*url.URL, error) {
 				shown = scheme + ":xxxxx" + port[at:]
 			}
 			return nil, fmt.Errorf("%w: %s is not a serial port, and as a URL it lacks \"//\" after %q: write for example %s",
-				ErrBadPort, shown, scheme+":", networkExample[strings.ToLower(scheme)])
+				ErrBadPort, shown, scheme+":", example)
 		}
 		return &url.URL{Scheme: "serial", Path: port}, nil
 	}
